@@ -1,0 +1,67 @@
+"""Shared fixtures: generated datasets in the Kaggle layout and small builds made through the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sample_tool = _load_tool("make_sample_dataset")
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m shardgen ARGS`` in a subprocess; returns the completed process (text)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    p = subprocess.run([sys.executable, "-m", "shardgen", *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, env=full_env, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"shardgen {' '.join(map(str, args))} exited {p.returncode}\n"
+                             f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def sample_src(tmp_path_factory) -> Path:
+    """A clean synthetic Kaggle-layout dataset: 4 classes x 30 images (299x299)."""
+    root = tmp_path_factory.mktemp("sample")
+    base = sample_tool.make_dataset(str(root), {c: 30 for c in sample_tool.FULL_COUNTS}, seed=0, workers=2)
+    return Path(base)
+
+
+@pytest.fixture(scope="session")
+def hostile_src(tmp_path_factory) -> Path:
+    """The same layout, 4 x 12 images, plus broken and unusual files (see add_hostile)."""
+    root = tmp_path_factory.mktemp("hostile")
+    base = sample_tool.make_dataset(str(root), {c: 12 for c in sample_tool.FULL_COUNTS}, seed=1,
+                                    hostile=True, workers=2)
+    return Path(base)
+
+
+@pytest.fixture(scope="session")
+def small_build(sample_src, tmp_path_factory) -> Path:
+    """``shardgen build`` of ``sample_src`` at 64x64, 25 samples per shard, train=0.8,test=0.2.
+
+    Read-only for tests: copy it (shutil.copytree) before corrupting anything.
+    """
+    out = tmp_path_factory.mktemp("build") / "out"
+    run_cli("build", sample_src, out, "--size", "64", "--shard_size", "25", "--workers", "2",
+            "--progress", "false", check=True)
+    return out
