@@ -1,0 +1,37 @@
+"""loaders: stream shardgen shards into PyTorch training on one or many GPUs.
+
+.. code-block:: python
+
+    from loaders import make_loader, DevicePrefetcher
+    loader = make_loader("out/", split="train", batch_size=256, num_workers=4)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in DevicePrefetcher(loader, "cuda"):
+            ...  # images: bf16 [B,1,S,S] on the GPU, normalised; labels: int64 [B]
+
+Every rank yields exactly ``len(loader)`` batches (rank and world size come from
+``torch.distributed`` or torchrun's environment); ``mode="eval"`` yields every sample
+exactly once across ranks, padding with label -100. Sources are build folders,
+``manifest.json`` files or any fsspec URL (``s3://``, ``http(s)://``), streamed with
+retries and an optional size-bounded local cache. See :func:`make_loader`.
+"""
+
+from .device import DevicePrefetcher, to_device
+from .dist import world
+from .errors import LoaderError, UsageError
+from .loader import ShardLoader, ShardStream, make_loader
+from .stream import PAD_LABEL
+from .stylegan import StyleGANShards
+
+__all__ = [
+    "make_loader",
+    "ShardLoader",
+    "ShardStream",
+    "to_device",
+    "DevicePrefetcher",
+    "StyleGANShards",
+    "LoaderError",
+    "UsageError",
+    "PAD_LABEL",
+    "world",
+]

@@ -1,0 +1,328 @@
+""":func:`make_loader`: batches of shardgen shards for training and evaluation, on one
+or many GPUs, with the same number of batches on every rank."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import random
+from typing import Any, Iterator
+
+import fsspec
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shardgen.storage import open_build
+
+from .dist import world
+from .errors import LoaderError, UsageError
+from .plan import MODES, batches_per_rank
+from .sources import DEFAULT_CHUNK, ShardInfo, parse_size
+from .stream import PAD_LABEL, SampleReader, Spec, check_on_error, decode_into, new_batch, shuffled, slot_plan, \
+    slot_seed
+
+__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
+
+log = logging.getLogger("loaders")
+
+
+class _WorkerFailure:
+    """Sent through the DataLoader in place of a batch when a worker hits bad data."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _as_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UsageError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
+               cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
+               chunk_size: int = DEFAULT_CHUNK) -> Spec:
+    """Read the manifest of ``source`` and describe ``split`` for the workers.
+
+    Raises:
+        UsageError: no manifest, no such split, an empty split, or shards that are not PNG.
+    """
+    build = open_build(str(source), storage_options)
+    info = build.split(str(split))
+    image = build.manifest.get("image", {})
+    if image.get("ext", "png") != "png" or image.get("mode", "L") != "L":
+        raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
+                         f"{image.get('mode')} {image.get('ext')}")
+    shards = [ShardInfo(s["path"], int(s["samples"]), int(s["bytes"]), str(s["xxh64"])) for s in info["shards"]]
+    if sum(s.samples for s in shards) == 0:
+        raise UsageError(f"{build.root}: split {split!r} holds no samples")
+    local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
+    return Spec(
+        root=build.root, local_root=build.path if local else None,
+        storage_options=dict(storage_options or {}), split=str(split), shards=shards,
+        classes=build.classes, size=int(image["size"]), on_error=check_on_error(on_error),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
+        retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),
+    )
+
+
+class ShardStream(IterableDataset):
+    """The IterableDataset behind :func:`make_loader`: each worker yields whole batches.
+
+    Use :func:`make_loader` rather than this class directly; it is public for people
+    who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
+    ``num_workers`` as ``workers`` here).
+    """
+
+    def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
+                 shuffle_buffer: int, with_keys: bool, skipped=None):
+        self.spec = spec
+        self.batch_size = batch_size
+        self.mode = mode
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.with_keys = with_keys
+        self.skipped = skipped
+        self.epoch = 0
+        self.batches = batches_per_rank(sum(s.samples for s in spec.shards), batch_size, world_size, mode)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            yield from self._batches(worker, workers, in_worker=info is not None)
+        except LoaderError as e:
+            yield _WorkerFailure(str(e))
+
+    def _batches(self, worker: int, workers: int, in_worker: bool) -> Iterator:
+        spec, B = self.spec, self.batch_size
+        plan = slot_plan(spec, B, self.rank, self.world_size, worker, workers, self.mode, self.seed, self.epoch)
+        if plan.batches == 0:
+            return
+        reader = SampleReader(spec, self.skipped)
+        samples = reader.read(plan)
+        if self.mode == "train":
+            rng = random.Random(slot_seed(self.seed, self.epoch, self.rank, worker, 1))
+            samples = shuffled(samples, self.shuffle_buffer, rng)
+        n_classes = len(spec.classes)
+        produced = 0
+        images, labels = new_batch(B, spec.size, in_worker)
+        arr = images.numpy()
+        keys: list[str] = [""] * B
+        i = 0
+        for s in samples:  # the plan makes these fit exactly in plan.batches batches
+            if produced == plan.batches:
+                raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
+            try:
+                labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
+            except LoaderError as e:
+                if spec.on_error == "raise":
+                    raise
+                log.warning("skipped: %s", e)
+                reader.count_skip()
+                continue
+            keys[i] = s.key
+            i += 1
+            if i == B:
+                yield (images, labels, keys) if self.with_keys else (images, labels)
+                produced += 1
+                i = 0
+                if produced < plan.batches:
+                    images, labels = new_batch(B, spec.size, in_worker)
+                    arr = images.numpy()
+                    keys = [""] * B
+        # Padding (eval's last batch, or samples skipped with on_error="skip").
+        while produced < plan.batches:
+            arr[i:] = 0
+            labels[i:] = PAD_LABEL
+            keys[i:] = [""] * (B - i)
+            yield (images, labels, keys) if self.with_keys else (images, labels)
+            produced += 1
+            i = 0
+            if produced < plan.batches:
+                images, labels = new_batch(B, spec.size, in_worker)
+                arr = images.numpy()
+                keys = [""] * B
+
+
+class ShardLoader:
+    """Iterable over the batches of one rank; made by :func:`make_loader`.
+
+    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``) or, with
+    ``with_keys``, ``(images, labels, keys)``; exactly ``len(loader)`` batches per epoch
+    on every rank. Bad data raises :class:`loaders.LoaderError` naming the shard and key.
+
+    Attributes:
+        dataset: the :class:`ShardStream`.
+        classes: class names (label ``i`` is ``classes[i]``).
+        image_size: side of the square images in pixels.
+        rank, world_size: this process's place in the job.
+        samples: samples in the split (all ranks together).
+    """
+
+    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool, prefetch_factor: int | None,
+                 multiprocessing_context: Any = None, timeout: float = 0):
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
+        self.timeout = timeout
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.spec.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.dataset.spec.size
+
+    @property
+    def batch_size(self) -> int:
+        return self.dataset.batch_size
+
+    @property
+    def rank(self) -> int:
+        return self.dataset.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.dataset.world_size
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.dataset.spec.shards)
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far (with ``on_error="skip"``), all epochs and workers of this rank."""
+        v = self.dataset.skipped
+        return 0 if v is None else int(v.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: reseeds the shard order and the shuffle buffer (train mode)."""
+        self.dataset.epoch = _as_int(epoch, "epoch", 0)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator:
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context=self.multiprocessing_context,
+                      timeout=self.timeout)
+        dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                        pin_memory=self.pin_memory, persistent_workers=False, **kw)
+        n = 0
+        it = iter(dl)
+        try:
+            for item in it:
+                if isinstance(item, _WorkerFailure):
+                    raise LoaderError(item.message)
+                n += 1
+                yield item
+        finally:
+            del it
+        if n != len(self):  # the plan guarantees this; a mismatch is a bug, not bad data
+            raise LoaderError(f"internal error: rank {self.rank} yielded {n} batches, planned {len(self)}")
+
+    def __repr__(self) -> str:
+        s = self.dataset
+        return (f"ShardLoader({s.spec.root!r}, split={s.spec.split!r}, mode={s.mode!r}, batch_size={s.batch_size}, "
+                f"rank={s.rank}/{s.world_size}, workers={self.num_workers}, batches={len(self)})")
+
+
+def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: str = "train",
+                num_workers: int = 4, seed: int = 0, with_keys: bool = False, *,
+                shuffle_buffer: int = 1000, on_error: str = "raise", storage_options: dict | None = None,
+                cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
+                chunk_size: int = DEFAULT_CHUNK, pin_memory: bool | None = None, prefetch_factor: int = 2,
+                multiprocessing_context: Any = None, timeout: float = 0) -> ShardLoader:
+    """Stream a shardgen split as batches, the same number on every rank.
+
+    Rank and world size come from ``torch.distributed`` when it is initialised (call
+    this after ``init_process_group``), else from ``RANK``/``WORLD_SIZE`` (torchrun),
+    else a single process. The split, classes, image size and shard list come from
+    the manifest; each rank and worker works out its own share from it (see
+    :mod:`loaders.plan`), so there is no node splitter to pass.
+
+    ``mode="train"``: shard order and a shuffle buffer of ``shuffle_buffer`` samples,
+    reseeded by ``set_epoch`` (identical on every rank for a given ``seed`` and epoch,
+    and reproducible for the same seed, epoch, world size, workers and batch size).
+    Every rank yields ``len(loader) = total // (batch_size * world)`` full batches
+    (at least 1). To get there an epoch drops the last ``total - len(loader) *
+    batch_size * world`` samples of that epoch's shard order (the tail of its last
+    shard(s); a different tail each epoch) and repeats nothing, except when the split
+    has fewer samples than ``batch_size * world``: then samples repeat to fill the one
+    batch.
+
+    ``mode="eval"``: manifest order, no shuffle; across all ranks every sample is
+    yielded exactly once; every rank yields ``ceil(total / (batch_size * world))``
+    batches, the last ones padded with label ``-100`` (``cross_entropy``'s default
+    ``ignore_index``) and an all-zero image (and key ``""``).
+
+    Args:
+        source: a build folder, its ``manifest.json``, or a URL of either that fsspec
+            opens (``s3://``, ``http(s)://``, ``gs://``, ``file://``...).
+        split: split name (default ``train``).
+        batch_size: samples per batch on each rank (default 256).
+        mode: ``train`` or ``eval`` (default ``train``).
+        num_workers: DataLoader worker processes (default 4; 0 loads in this process).
+        seed: seed of the shard order and shuffle buffer (default 0).
+        with_keys: also yield the list of sample keys (default false).
+        shuffle_buffer: samples held (encoded, ~35 KB each at 256x256) per worker for
+            shuffling in train mode (default 1000; 0 or 1 = no buffer shuffle).
+        on_error: ``raise`` (default): bad data raises :class:`LoaderError` naming the
+            shard and key; ``skip``: log a warning, count it in ``loader.skipped`` and put
+            a padding sample (label -100, zero image) at the end of that worker's batches,
+            so batch counts stay equal.
+        storage_options: fsspec options for remote sources (e.g. ``{"client_kwargs":
+            {"endpoint_url": ...}}``); the S3 endpoint also comes from ``AWS_ENDPOINT_URL``.
+        cache_dir: for remote sources, a folder keeping a verified copy (size and xxh64
+            checked against the manifest) of every shard streamed, read instead of the
+            network in later epochs. Ignored for local builds.
+        cache_limit: the most bytes the cache may hold (int, or ``"10GB"``, ``"512MiB"``;
+            default 10 GB); least recently used shards are evicted first.
+        retries: further attempts of a failed remote read before giving up with an
+            error naming the shard (default 5, backoff 0.5 s doubling up to 8 s).
+        chunk_size: bytes per ranged request for remote shards (default 8 MiB).
+        pin_memory: pin batches for fast GPU copies (default: when CUDA is available).
+        prefetch_factor: batches each worker prepares ahead (default 2).
+        multiprocessing_context: start method for workers (default: PyTorch's).
+        timeout: seconds to wait for a batch from a worker (default 0: no limit).
+
+    Returns:
+        A :class:`ShardLoader`.
+
+    Raises:
+        UsageError: bad arguments, a missing/invalid manifest, an unknown or empty split.
+    """
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    batch_size = _as_int(batch_size, "batch_size", 1)
+    num_workers = _as_int(num_workers, "num_workers", 0)
+    seed = _as_int(seed, "seed", 0)
+    shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
+    prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
+    spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size)
+    rank, size = world()
+    ctx = multiprocessing_context
+    if isinstance(ctx, str):
+        ctx = multiprocessing.get_context(ctx)
+    skipped = (ctx or multiprocessing).Value("q", 0)
+    ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return ShardLoader(ds, num_workers, bool(pin_memory), prefetch_factor, ctx, timeout)

@@ -1,0 +1,176 @@
+"""Which samples each (rank, worker) reads in an epoch, decided from the manifest alone.
+
+The manifest gives the number of samples of every shard, so every process can work
+out, without talking to the others, exactly which samples it yields and how many
+batches that makes. That is what keeps every rank at the same number of batches.
+
+An epoch is a sequence of samples: the split's shards in an order (shuffled with
+``(seed, epoch)`` in train mode, the manifest's order in eval mode), each shard's
+samples in stored order. Each rank takes one contiguous run of that sequence; the
+rank's workers split that run into contiguous pieces, one per worker, sized in whole
+batches. A piece may start or end inside a shard, so any number of shards works with
+any number of ranks and workers (fewer shards than ranks x workers included).
+
+PyTorch's ``DataLoader`` takes batches from its workers in turn (worker 0, 1, ...,
+0, 1, ...), skipping a worker once it is done; worker ``w`` of ``n`` therefore gets
+``L // n`` batches plus one if ``w < L % n``, and batch ``L - 1`` (the last of the
+rank) comes from worker ``(L - 1) % n``.
+
+train:
+    ``L = total // (batch_size * world)`` batches per rank (at least 1). The last
+    ``total - L * batch_size * world`` samples of the epoch's sequence (the tail of the
+    last shards in that epoch's order, so different samples every epoch) are dropped;
+    nothing repeats, unless the split holds fewer samples than one batch on every
+    rank (``batch_size * world``), in which case the sequence wraps round and early
+    samples repeat to fill that single batch.
+eval:
+    ``L = ceil(total / (batch_size * world))`` batches per rank. Rank ``r`` gets
+    ``total // world`` samples, plus one if ``r < total % world``, so every sample
+    is read exactly once across ranks. The rank's padding (at most one batch) all
+    lands in its very last batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+
+__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "shard_order", "plan_slot", "worker_batches"]
+
+MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``start .. stop-1`` (stored order) of shard number ``shard`` (manifest index)."""
+
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """What one worker of one rank does in one epoch.
+
+    Attributes:
+        batches: full batches this worker yields.
+        segments: the samples it reads, in order.
+        real: samples read (``sum(s.count for s in segments)``).
+        pad: padding samples (label -100, zero image) after them; ``real + pad ==
+            batches * batch_size``.
+    """
+
+    batches: int
+    segments: tuple[Segment, ...]
+    real: int
+    pad: int
+
+
+def _check(total: int, batch_size: int, world: int, mode: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+    if world < 1:
+        raise UsageError(f"world size must be at least 1, got {world}")
+    if total < 1:
+        raise UsageError("the split holds no samples")
+
+
+def batches_per_rank(total: int, batch_size: int, world: int, mode: str) -> int:
+    """Batches every rank yields per epoch (the same on all ranks); see the module doc."""
+    _check(total, batch_size, world, mode)
+    per_step = batch_size * world
+    if mode == "train":
+        return max(1, total // per_step)
+    return -(-total // per_step)
+
+
+def worker_batches(batches: int, worker: int, workers: int) -> int:
+    """Batches worker ``worker`` of ``workers`` yields when its rank yields ``batches``."""
+    return batches // workers + (1 if worker < batches % workers else 0)
+
+
+def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The order in which the epoch visits the shards (same on every rank).
+
+    Shuffled with a generator seeded by ``(seed, epoch)`` when ``shuffle``, else
+    ``0 .. n_shards-1``.
+    """
+    if not shuffle:
+        return list(range(n_shards))
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFF, int(epoch) & 0xFFFFFFFFFFFF, 0x5A4D])
+    return [int(i) for i in rng.permutation(n_shards)]
+
+
+def _segments(counts: list[int], order: list[int], start: int, length: int) -> list[Segment]:
+    """Cut positions ``start .. start+length-1`` of the (cyclic) epoch sequence into segments."""
+    total = sum(counts[i] for i in order)
+    cum = [0]
+    for i in order:
+        cum.append(cum[-1] + counts[i])
+    out: list[Segment] = []
+    pos, left = start % total if total else 0, length
+    while left > 0:
+        k = bisect.bisect_right(cum, pos) - 1
+        while counts[order[k]] == 0:  # empty shards hold no position
+            k += 1
+        off = pos - cum[k]
+        take = min(left, counts[order[k]] - off)
+        seg = Segment(order[k], off, off + take)
+        if out and out[-1].shard == seg.shard and out[-1].stop == seg.start:
+            out[-1] = Segment(seg.shard, out[-1].start, seg.stop)
+        else:
+            out.append(seg)
+        left -= take
+        pos = (pos + take) % total
+    return out
+
+
+def plan_slot(counts: list[int], batch_size: int, rank: int, world: int, worker: int, workers: int,
+              mode: str, seed: int = 0, epoch: int = 0) -> SlotPlan:
+    """Plan the epoch of worker ``worker`` (of ``workers``) on rank ``rank`` (of ``world``).
+
+    Args:
+        counts: samples per shard, in manifest order.
+        batch_size: samples per batch.
+        rank, world: this process's rank and the world size.
+        worker, workers: this DataLoader worker's id and the number of workers (1 when
+            loading in the main process).
+        mode: ``train`` (shuffled shard order, drop the tail) or ``eval`` (manifest order,
+            every sample exactly once, padding).
+        seed, epoch: select the shard order in train mode.
+
+    Returns:
+        The worker's :class:`SlotPlan`.
+    """
+    total = sum(counts)
+    L = batches_per_rank(total, batch_size, world, mode)
+    if not (0 <= rank < world and 0 <= worker < workers):
+        raise UsageError(f"bad slot: rank {rank} of {world}, worker {worker} of {workers}")
+    order = shard_order(len(counts), seed, epoch, mode == "train")
+    per_worker = [worker_batches(L, w, workers) * batch_size for w in range(workers)]
+    if mode == "train":
+        rank_start = rank * L * batch_size
+        sizes = per_worker
+        pad = 0
+    else:
+        base, extra = divmod(total, world)
+        rank_start = rank * base + min(rank, extra)
+        rank_real = base + (1 if rank < extra else 0)
+        rank_pad = L * batch_size - rank_real
+        last = (L - 1) % workers
+        sizes = [n - (rank_pad if w == last else 0) for w, n in enumerate(per_worker)]
+        pad = rank_pad if worker == last else 0
+    start = rank_start + sum(sizes[:worker])
+    segs = _segments(counts, order, start, sizes[worker]) if sizes[worker] > 0 else []
+    return SlotPlan(batches=per_worker[worker] // batch_size, segments=tuple(segs), real=sizes[worker], pad=pad)

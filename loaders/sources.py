@@ -1,0 +1,389 @@
+"""Byte streams of shards: local files, remote objects read in ranged chunks with
+retries, and a size-bounded local cache of verified shards.
+
+A source has ``read(n) -> bytes`` (short only at the end), ``skip(n)`` and
+``close()``. :class:`RemoteSource` streams any fsspec URL (``s3://``, ``http(s)://``,
+``gs://`` ...) in chunks of ``chunk_size`` bytes, fetching the next chunk in a
+background thread while the current one is parsed; a failed chunk request is retried
+with exponential backoff, starting again at the same byte, so a broken connection
+costs one chunk, not the shard. With a :class:`ShardCache`, every byte that arrives is
+also written to a temporary file, and the file joins the cache only when its size and
+xxh64 match the manifest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from .errors import LoaderError, UsageError
+
+__all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "DEFAULT_CHUNK"]
+
+log = logging.getLogger("loaders")
+
+#: Bytes per ranged request when streaming a remote shard (8 MiB).
+DEFAULT_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A shard as the manifest describes it (``path`` relative to the build)."""
+
+    path: str
+    samples: int
+    bytes: int
+    xxh64: str
+
+
+def parse_size(value: Any, what: str = "cache_limit") -> int:
+    """``10GB`` / ``512MiB`` / ``1e9`` / an int -> bytes (decimal and binary units).
+
+    Raises:
+        UsageError: not a positive size.
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"{what}: expected a size like 10GB, got {value!r}")
+    if isinstance(value, (int, float)):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([KMGT]?i?B?|)\s*", str(value), re.I)
+        if not m:
+            raise UsageError(f"{what}: expected a size like 10GB or 512MiB, got {value!r}")
+        unit = m.group(2).upper().rstrip("B")
+        mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+        n = int(float(m.group(1)) * mult)
+    if n <= 0:
+        raise UsageError(f"{what}: must be positive, got {value!r}")
+    return n
+
+
+class LocalSource:
+    """A shard on a local disk (seeks past what is skipped)."""
+
+    def __init__(self, path: str, name: str, expect_bytes: int | None = None):
+        self.name = name
+        try:
+            self._f = open(path, "rb", buffering=1 << 20)
+        except FileNotFoundError:
+            raise LoaderError(f"{name}: shard file is missing ({path})") from None
+        except OSError as e:
+            raise LoaderError(f"{name}: cannot open shard: {e.strerror or e}") from None
+        if expect_bytes is not None:
+            size = os.fstat(self._f.fileno()).st_size
+            if size != expect_bytes:
+                self._f.close()
+                raise LoaderError(f"{name}: shard is {size} bytes but the manifest says {expect_bytes}; "
+                                  "it changed after the build (run shardgen verify)")
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self._f.read(n)
+        except OSError as e:
+            raise LoaderError(f"{self.name}: read failed: {e.strerror or e}") from None
+
+    def skip(self, n: int) -> None:
+        self._f.seek(n, os.SEEK_CUR)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+_NO_RETRY = (FileNotFoundError, PermissionError, IsADirectoryError)
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """One small thread pool per process (rebuilt after a fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="loaders-prefetch"))
+        return _pool[1]
+
+
+class RemoteSource:
+    """Stream one object through an fsspec filesystem in ranged chunks.
+
+    Args:
+        fs: the fsspec filesystem.
+        path: the object's path as ``fs`` names it.
+        size: its size in bytes (from the manifest).
+        name: the shard's URL, for messages.
+        chunk_size: bytes per request (default 8 MiB).
+        retries: further attempts after a failed request (default 5); waits
+            ``backoff * 2**k`` seconds (at most 8 s) before attempt ``k + 1``.
+        backoff: first wait in seconds (default 0.5).
+        tee: a :class:`CacheWriter` that receives every byte, in order.
+        prefetch: fetch the next chunk in a background thread (default true).
+    """
+
+    def __init__(self, fs, path: str, size: int, name: str, chunk_size: int = DEFAULT_CHUNK,
+                 retries: int = 5, backoff: float = 0.5, tee: "CacheWriter | None" = None,
+                 prefetch: bool = True):
+        self.fs, self.path, self.size, self.name = fs, path, int(size), name
+        self.chunk = max(1, int(chunk_size))
+        self.retries, self.backoff = max(0, int(retries)), float(backoff)
+        self.tee = tee
+        self.prefetch = prefetch
+        self.pos = 0
+        self._buf = b""
+        self._buf_start = 0
+        self._fetched = 0          # bytes [0, _fetched) went through tee
+        self._whole: bytes | None = None  # the server ignored Range and sent everything
+        self._pending: tuple[int, Future] | None = None
+        self.requests = 0
+
+    # -- fetching ------------------------------------------------------------------
+    def _get(self, start: int) -> bytes:
+        if self._whole is not None:
+            return self._whole[start:start + self.chunk]
+        end = min(self.size, start + self.chunk)
+        attempts = self.retries + 1
+        for k in range(attempts):
+            try:
+                self.requests += 1
+                data = self.fs.cat_file(self.path, start=start, end=end)
+                if len(data) == end - start:
+                    return data
+                if len(data) == self.size and start + len(data) != end:
+                    # No Range support: keep the whole object and serve chunks from it.
+                    self._whole = bytes(data)
+                    return self._whole[start:end]
+                raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
+            except _NO_RETRY as e:
+                raise LoaderError(f"{self.name}: cannot read shard: {type(e).__name__}: {e}") from None
+            except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
+                if k + 1 >= attempts:
+                    raise LoaderError(
+                        f"{self.name}: reading bytes {start}-{end} failed after {attempts} attempts: "
+                        f"{type(e).__name__}: {e}") from None
+                wait = min(8.0, self.backoff * (2 ** k))
+                log.warning("%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end,
+                            type(e).__name__, e, k + 1, self.retries, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _load(self, index: int) -> None:
+        """Make chunk ``index`` the current buffer (and start fetching the next)."""
+        start = index * self.chunk
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == start:
+            data = pending[1].result()
+        else:
+            if pending is not None:
+                pending[1].cancel()
+            data = self._get(start)
+        if self.tee is not None and start == self._fetched:
+            self.tee.write(data)
+            self._fetched = start + len(data)
+        self._buf, self._buf_start = data, start
+        nxt = start + len(data)
+        if self.prefetch and nxt < self.size and data:
+            self._pending = (nxt, _prefetch_pool().submit(self._get, nxt))
+
+    def _ensure(self, pos: int) -> bool:
+        if self._buf_start <= pos < self._buf_start + len(self._buf):
+            return True
+        if pos >= self.size:
+            return False
+        index = pos // self.chunk
+        if self.tee is not None:  # the cache copy needs every byte in order
+            while self._fetched < index * self.chunk:
+                self._load(self._fetched // self.chunk)
+        self._load(index)
+        return bool(self._buf)
+
+    # -- the stream interface -------------------------------------------------------------
+    def read(self, n: int) -> bytes:
+        parts = []
+        while n > 0 and self._ensure(self.pos):
+            off = self.pos - self._buf_start
+            piece = self._buf[off:off + n]
+            parts.append(piece)
+            self.pos += len(piece)
+            n -= len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        self.pos = min(self.size, self.pos + n)
+
+    def finish(self) -> None:
+        """Read what is left of the object (so that the cache copy is complete)."""
+        if self.tee is None:
+            return
+        while self._fetched < self.size:
+            self._load(self._fetched // self.chunk)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+        self._buf = b""
+        self._whole = None
+
+
+class CacheWriter:
+    """A shard on its way into the cache: a temporary file plus a running xxh64."""
+
+    def __init__(self, cache: "ShardCache", shard: ShardInfo, name: str):
+        self.cache, self.shard, self.name = cache, shard, name
+        self.tmp = os.path.join(cache.root, f".tmp-{os.getpid()}-{threading.get_ident()}-{shard.xxh64}")
+        self._f = open(self.tmp, "wb")
+        self._h = xxhash.xxh64()
+        self.size = 0
+        self.failed = False
+
+    def write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        self._h.update(data)
+        self.size += len(data)
+        try:
+            self._f.write(data)
+        except OSError as e:  # disk full: keep streaming, just do not cache this one
+            log.warning("%s: not cached: %s", self.name, e.strerror or e)
+            self.failed = True
+
+    def commit(self) -> bool:
+        """Verify and move the file into the cache; returns whether it was cached.
+
+        Raises:
+            LoaderError: the bytes that arrived differ from the manifest (size or xxh64).
+        """
+        try:
+            self._f.close()
+        except OSError:
+            self.failed = True
+        if not self.failed:
+            digest = self._h.hexdigest()
+            if self.size != self.shard.bytes or digest != self.shard.xxh64:
+                self.discard()
+                raise LoaderError(
+                    f"{self.name}: the shard's bytes differ from the manifest (got {self.size} bytes, "
+                    f"xxh64 {digest}; manifest: {self.shard.bytes} bytes, xxh64 {self.shard.xxh64}); "
+                    "it was changed after the build (run shardgen verify)")
+            return self.cache._admit(self.tmp, self.shard)
+        self.discard()
+        return False
+
+    def discard(self) -> None:
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class ShardCache:
+    """A folder of verified shards, bounded in size, evicting the least recently used.
+
+    Files are named ``<xxh64>-<bytes>.tar``, so builds that share a shard share its
+    copy and a changed shard can never be served from an old copy. Use (a read)
+    updates a file's modification time; when a new shard would push the total over
+    ``limit`` bytes, the files used longest ago are deleted first (a shard being read
+    by another process stays readable until it is closed). A shard larger than the
+    whole limit is streamed but not cached. Safe to share between processes and
+    ranks on one machine (an ``flock`` guards admission and eviction).
+
+    Args:
+        root: the cache folder (created).
+        limit: the most bytes the cached shards may take together.
+    """
+
+    def __init__(self, root: str, limit: int):
+        self.root = os.path.abspath(os.path.expanduser(str(root)))
+        self.limit = int(limit)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cache_dir {root}: cannot create: {e.strerror or e}") from None
+        if not os.access(self.root, os.W_OK):
+            raise UsageError(f"cache_dir {root}: not writable")
+
+    def path(self, shard: ShardInfo) -> str:
+        return os.path.join(self.root, f"{shard.xxh64}-{shard.bytes}.tar")
+
+    def lookup(self, shard: ShardInfo) -> str | None:
+        """The cached copy's path (marking it used), or None."""
+        p = self.path(shard)
+        try:
+            if os.stat(p).st_size != shard.bytes:
+                return None
+            os.utime(p)
+        except FileNotFoundError:
+            return None
+        return p
+
+    def writer(self, shard: ShardInfo, name: str) -> CacheWriter | None:
+        if shard.bytes > self.limit:
+            return None
+        try:
+            return CacheWriter(self, shard, name)
+        except OSError as e:
+            log.warning("%s: not cached: %s", name, e.strerror or e)
+            return None
+
+    def entries(self) -> list[tuple[float, str, int]]:
+        """``(last use, path, bytes)`` of every cached shard, least recently used first."""
+        out = []
+        for n in os.listdir(self.root):
+            if n.endswith(".tar") and not n.startswith("."):
+                p = os.path.join(self.root, n)
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    continue
+                out.append((st.st_mtime, p, st.st_size))
+        out.sort()
+        return out
+
+    def _admit(self, tmp: str, shard: ShardInfo) -> bool:
+        with open(os.path.join(self.root, ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            final = self.path(shard)
+            entries = [e for e in self.entries() if e[1] != final]
+            total = sum(e[2] for e in entries)
+            for _, p, size in entries:
+                if total + shard.bytes <= self.limit:
+                    break
+                try:
+                    os.unlink(p)
+                    log.info("cache: evicted %s", os.path.basename(p))
+                except FileNotFoundError:
+                    pass
+                total -= size
+            if total + shard.bytes > self.limit:
+                os.unlink(tmp)
+                return False
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+            os.utime(final)
+            self._sweep()
+        return True
+
+    def _sweep(self, older_than: float = 3600.0) -> None:
+        """Remove temporary files left by killed processes."""
+        now = time.time()
+        for n in os.listdir(self.root):
+            if n.startswith(".tmp-"):
+                p = os.path.join(self.root, n)
+                try:
+                    if now - os.stat(p).st_mtime > older_than:
+                        os.unlink(p)
+                except FileNotFoundError:
+                    pass

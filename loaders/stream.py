@@ -1,0 +1,235 @@
+"""The per-worker pipeline: plan -> read shards -> shuffle -> decode into batches.
+
+Everything here runs inside DataLoader workers (or the main process with
+``num_workers=0``). Objects are plain picklable classes so any multiprocessing start
+method works.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import LoaderError, UsageError
+from .plan import SlotPlan, plan_slot
+from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
+from .tario import TarSamples
+
+__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "new_batch", "PAD_LABEL",
+           "ON_ERROR", "slot_seed"]
+
+log = logging.getLogger("loaders")
+
+#: Label of padding samples: PyTorch's default ``ignore_index`` (``cross_entropy`` skips them).
+PAD_LABEL = -100
+ON_ERROR = ("raise", "skip")
+
+Image.MAX_IMAGE_PIXELS = None  # sizes are checked against the manifest instead
+
+
+@dataclass
+class Spec:
+    """Everything a worker needs to read one split (picklable; no open handles)."""
+
+    root: str                      # build folder or URL, for messages
+    local_root: str | None         # filesystem path when the build is local
+    storage_options: dict[str, Any]
+    split: str
+    shards: list[ShardInfo]
+    classes: list[str]
+    size: int
+    on_error: str = "raise"
+    cache_dir: str | None = None
+    cache_limit: int = 0
+    retries: int = 5
+    chunk_size: int = DEFAULT_CHUNK
+    _fs: Any = field(default=None, repr=False, compare=False)
+    _fs_pid: int = field(default=-1, repr=False, compare=False)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fs"], d["_fs_pid"] = None, -1
+        return d
+
+    def shard_name(self, shard: ShardInfo) -> str:
+        return self.root.rstrip("/") + "/" + shard.path
+
+    def remote_fs(self):
+        """This process's fsspec filesystem and the build's path in it (made once per process)."""
+        if self._fs is None or self._fs_pid != os.getpid():
+            from shardgen.storage import filesystem
+
+            self._fs = filesystem(self.root, self.storage_options)
+            self._fs_pid = os.getpid()
+        return self._fs
+
+
+class RawSample:
+    """A sample as read from its shard, before decoding."""
+
+    __slots__ = ("shard", "key", "png", "cls")
+
+    def __init__(self, shard: str, key: str, png: bytes | None, cls: bytes | None):
+        self.shard, self.key, self.png, self.cls = shard, key, png, cls
+
+
+def slot_seed(*parts: int) -> int:
+    """A 64-bit seed from integers (stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0])
+
+
+class SampleReader:
+    """Read the samples of a plan's segments, shard by shard.
+
+    Args:
+        spec: the split to read.
+        skipped: counter of skipped samples (``multiprocessing.Value`` or None).
+    """
+
+    def __init__(self, spec: Spec, skipped=None):
+        self.spec = spec
+        self.skipped = skipped
+        self._cache = (ShardCache(spec.cache_dir, spec.cache_limit)
+                       if spec.cache_dir and spec.local_root is None else None)
+
+    def count_skip(self, n: int = 1) -> None:
+        if self.skipped is not None and n:
+            with self.skipped.get_lock():
+                self.skipped.value += n
+
+    def _open(self, shard: ShardInfo):
+        name = self.spec.shard_name(shard)
+        if self.spec.local_root is not None:
+            return LocalSource(os.path.join(self.spec.local_root, shard.path), name, shard.bytes)
+        if self._cache is not None:
+            hit = self._cache.lookup(shard)
+            if hit is not None:
+                return LocalSource(hit, name, shard.bytes)
+        fs, base = self.spec.remote_fs()
+        tee = self._cache.writer(shard, name) if self._cache is not None else None
+        return RemoteSource(fs, base.rstrip("/") + "/" + shard.path, shard.bytes, name,
+                            chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee)
+
+    def _fail(self, msg: str, missing: int) -> None:
+        if self.spec.on_error == "raise":
+            raise LoaderError(msg)
+        log.warning("skipped %d sample(s): %s", missing, msg)
+        self.count_skip(missing)
+
+    def read(self, plan: SlotPlan) -> Iterator[RawSample]:
+        """Yield the samples of ``plan.segments`` in order (fewer only with on_error=skip)."""
+        for seg in plan.segments:
+            shard = self.spec.shards[seg.shard]
+            name = self.spec.shard_name(shard)
+            got = 0
+            src = None
+            try:
+                src = self._open(shard)
+                tar = TarSamples(src, name)
+                if tar.skip_samples(seg.start) < seg.start:
+                    raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
+                for s in tar:
+                    yield RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))
+                    got += 1
+                    if got == seg.count:
+                        break
+                if got < seg.count:
+                    raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
+                tee = getattr(src, "tee", None)
+                if tee is not None:
+                    src.finish()
+                    tee.commit()
+                    src.tee = None
+            except LoaderError as e:
+                self._fail(str(e), seg.count - got)
+            finally:
+                if src is not None:
+                    tee = getattr(src, "tee", None)
+                    if tee is not None:
+                        tee.discard()
+                    src.close()
+
+
+def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Shuffle a stream through a buffer of ``size`` items."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for x in items:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        i = rng.randrange(size)
+        yield buf[i]
+        buf[i] = x
+    rng.shuffle(buf)
+    yield from buf
+
+
+def new_batch(batch_size: int, size: int, in_worker: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed ``uint8 [B,1,S,S]`` images and ``int64 [B]`` labels (filled with -100).
+
+    Inside a DataLoader worker the image tensor is allocated in shared memory directly,
+    so handing it to the main process costs no copy.
+    """
+    shape = (batch_size, 1, size, size)
+    if in_worker:
+        proto = torch.empty(0, dtype=torch.uint8)
+        storage = proto._typed_storage()._new_shared(batch_size * size * size, device="cpu")
+        images = proto.new(storage).view(shape)
+    else:
+        images = torch.empty(shape, dtype=torch.uint8)
+    labels = torch.full((batch_size,), PAD_LABEL, dtype=torch.int64)
+    return images, labels
+
+
+def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int:
+    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its label.
+
+    Raises:
+        LoaderError: a member is missing or corrupt, the image is not ``size x size``
+            8-bit grayscale, or the label is not an integer in ``[0, n_classes)``.
+    """
+    where = f"{s.shard}: sample {s.key}"
+    if s.png is None:
+        raise LoaderError(f"{where}: no .png member")
+    if s.cls is None:
+        raise LoaderError(f"{where}: no .cls member")
+    try:
+        label = int(s.cls.strip())
+    except ValueError:
+        raise LoaderError(f"{where}: label {s.cls[:20]!r} is not an integer") from None
+    if not 0 <= label < n_classes:
+        raise LoaderError(f"{where}: label {label} out of range (the build has {n_classes} classes)")
+    try:
+        im = Image.open(io.BytesIO(s.png), formats=("PNG",))
+        if im.size != (size, size) or im.mode != "L":
+            raise LoaderError(f"{where}: image is {im.size[0]}x{im.size[1]} mode {im.mode}, "
+                              f"expected {size}x{size} mode L (8-bit grayscale)")
+        im.load()
+        out[...] = np.asarray(im)
+    except LoaderError:
+        raise
+    except Exception as e:  # PIL raises many types for broken data
+        raise LoaderError(f"{where}: corrupt PNG: {type(e).__name__}: {e}") from None
+    return label
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error
+
+
+def slot_plan(spec: Spec, batch_size: int, rank: int, world: int, worker: int, workers: int, mode: str,
+              seed: int, epoch: int) -> SlotPlan:
+    return plan_slot([s.samples for s in spec.shards], batch_size, rank, world, worker, workers, mode, seed, epoch)
