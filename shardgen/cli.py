@@ -122,23 +122,167 @@ class CLI:
         cfg = BuildConfig(
             src=as_str(src, "src"),
             out=as_str(out, "out"),
-            size=as_int(size, "size", 1),
+            size=as_int(size, "size"),
             splits=None if splits is None else as_str(splits, "splits"),
-            seed=as_int(seed, "seed", 0),
-            shard_size=as_int(shard_size, "shard_size", 1),
-            workers=None if workers is None else as_int(workers, "workers", 1),
+            seed=as_int(seed, "seed"),
+            shard_size=as_int(shard_size, "shard_size"),
+            workers=None if workers is None else as_int(workers, "workers"),
             classes=as_list(classes, "classes"),
             fit=as_str(fit, "fit"),
             format=as_str(format, "format"),
             index=None if index is None else as_str(index, "index"),
             group=None if group is None else as_str(group, "group"),
-            max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels", 1),
+            max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"))
         print(format_summary(result))
         if as_bool(strict, "strict") and result.skipped:
             raise ShardgenError_strict(len(result.skipped), cfg.out)
+
+    @_guard("verify")
+    def verify(self, source, decode=True, workers=None, progress=True):
+        """Check a build end to end; exit 0 with one OK line, else 1 and every problem.
+
+        Recomputes each shard's xxh64, size and sample count; checks every sample's members,
+        label, .json class and image (decoded unless --decode false); keys unique across the
+        build; no image in two splits; each split's dataset.json.
+
+        Args:
+            source: build folder, its manifest.json, or a URL (s3://, http(s)://, ...).
+            decode: decode every image (default true); false reads PNG headers and checksums only.
+            workers: processes decoding images (default: all cores).
+            progress: show a progress bar on stderr (default true).
+        """
+        import os
+
+        from .verify import format_result, verify as run_verify
+
+        n = as_int(workers, "workers") if workers is not None else (os.cpu_count() or 1)
+        result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"), workers=n,
+                            progress=as_bool(progress, "progress"))
+        print(format_result(result))
+        if not result.ok:
+            raise SystemExit(1)
+
+    @_guard("info")
+    def info(self, source, json=False):
+        """Show a build: samples per split x class, shards, bytes, image format, skips, config.
+
+        Args:
+            source: build folder, its manifest.json, or a URL.
+            json: print the same as JSON.
+        """
+        import json as _json
+
+        from .info import build_info, format_info
+
+        data = build_info(as_str(source, "source"))
+        print(_json.dumps(data, indent=1, ensure_ascii=False) if as_bool(json, "json") else format_info(data))
+
+    @_guard("preview")
+    def preview(self, source, split="train", per_class=8, out="preview.png", thumb=None):
+        """Write a contact sheet PNG: one labelled row per class, images from the split's shards.
+
+        Args:
+            source: build folder, its manifest.json, or a URL.
+            split: split to draw from (default train).
+            per_class: images per class (default 8).
+            out: PNG to write (default preview.png).
+            thumb: tile side in pixels (default: image size, at most 128).
+        """
+        from .preview import make_preview
+
+        r = make_preview(as_str(source, "source"), split=as_str(split, "split"),
+                         per_class=as_int(per_class, "per_class", 1), out=as_str(out, "out"),
+                         thumb=None if thumb is None else as_int(thumb, "thumb", 1))
+        short = [f"{c} {n}" for c, n in zip(r.classes, r.shown) if n < r.per_class]
+        note = f"; fewer than {r.per_class} in split: {', '.join(short)}" if short else ""
+        print(f"wrote {r.out} ({r.width}x{r.height}: {len(r.classes)} classes x {r.per_class} images "
+              f"of split {r.split}, {r.thumb}px tiles{note})")
+
+    @_guard("stylegan")
+    def stylegan(self, source, split="train", dest=None, uncompressed=False, overwrite=False,
+                 progress=True):
+        """Export for StyleGAN2-ADA: dataset_tool.py's layout with labels, as a zip or folder.
+
+        ``train.py --data=DEST --cond=1`` reads it unchanged: 00000/img00000000.png, ...
+        (1-channel grayscale, square power-of-two) and dataset.json with every class index.
+
+        Args:
+            source: build folder, its manifest.json, or a URL.
+            split: split to export, or ``all`` for every split (default train).
+            dest: ``NAME.zip`` (written atomically) or a folder path ending in ``/``.
+            uncompressed: re-encode PNGs uncompressed as dataset_tool.py does (default: copy).
+            overwrite: replace an existing zip.
+            progress: show a progress bar on stderr (default true).
+        """
+        from .report import human_bytes
+        from .stylegan import export_stylegan
+
+        if dest is None:
+            raise UsageError("--dest is required: NAME.zip or a folder ending in /")
+        bar = None
+        if as_bool(progress, "progress"):
+            from tqdm import tqdm
+
+            bar = tqdm(unit="img", desc="stylegan", leave=False, file=sys.stderr, dynamic_ncols=True)
+        try:
+            r = export_stylegan(as_str(source, "source"), split=as_str(split, "split"), dest=as_str(dest, "dest"),
+                                uncompressed=as_bool(uncompressed, "uncompressed"),
+                                overwrite=as_bool(overwrite, "overwrite"),
+                                on_image=None if bar is None else (lambda: bar.update(1)))
+        finally:
+            if bar is not None:
+                bar.close()
+        counts = ", ".join(f"{c} {n:,}" for c, n in r.class_counts.items())
+        print(f"wrote {r.dest} ({r.kind}, {human_bytes(r.bytes)}): {r.images:,} images {r.size}x{r.size} L "
+              f"from {', '.join(r.splits)}; labels: {counts}")
+        if r.label_dim != r.classes:
+            print(f"note: StyleGAN2-ADA will use {r.label_dim} label dimensions (highest label + 1), "
+                  f"not {r.classes}: the last class(es) have no images here", file=sys.stderr)
+
+    @_guard("upload")
+    def upload(self, out, dest, endpoint_url=None, workers=8, storage_options=None, overwrite=False,
+               progress=True, retries=5):
+        """Upload a finished build to object storage (``s3://bucket/prefix``) or any fsspec URL/folder.
+
+        Local shards are checked against the manifest first; each shard is read back after
+        upload; shards already there with the right size and xxh64 are skipped (a re-run
+        resumes); ``manifest.json`` goes last.
+
+        Args:
+            out: the local build folder.
+            dest: destination URL (``s3://bucket/prefix``, ``file:///path``, a folder, ...).
+            endpoint_url: S3 endpoint, e.g. ``http://127.0.0.1:8333`` (default: ``AWS_ENDPOINT_URL`` or AWS).
+            workers: shards uploaded at once (default 8).
+            storage_options: fsspec options as JSON, e.g. ``'{"profile": "lab"}'``.
+            overwrite: replace a different build already at ``dest``.
+            progress: show progress bars on stderr (default true).
+            retries: attempts after a transient error, with exponential backoff (default 5).
+        """
+        import json
+
+        from .upload import format_upload, upload as run_upload
+
+        opts = storage_options
+        if opts is not None and not isinstance(opts, dict):
+            try:
+                opts = json.loads(as_str(opts, "storage_options"))
+            except ValueError:
+                raise UsageError("--storage_options: expected a JSON object like '{\"profile\": \"lab\"}'") from None
+            if not isinstance(opts, dict):
+                raise UsageError("--storage_options: expected a JSON object")
+        result = run_upload(
+            as_str(out, "out"), as_str(dest, "dest"),
+            endpoint_url=None if endpoint_url is None else as_str(endpoint_url, "endpoint_url"),
+            workers=as_int(workers, "workers"),
+            storage_options=opts,
+            overwrite=as_bool(overwrite, "overwrite"),
+            progress=as_bool(progress, "progress"),
+            retries=as_int(retries, "retries", 0),
+        )
+        print(format_upload(result))
 
 
 def ShardgenError_strict(n: int, out: str) -> ShardgenError:

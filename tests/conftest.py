@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,14 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT))
 
-
-sample_tool = _load_tool("make_sample_dataset")
+import make_sample_dataset as sample_tool  # noqa: E402
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None,

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Benchmark ``shardgen build`` against the loop a user would write, and the per-core ceiling.
+
+All figures come from one run on the same generated data (timings on shared machines
+are noisy: compare within a run). Prints a table and one JSON line.
+
+    python tools/bench_build.py                      # 21,165 images (the COVID-19 dataset's size)
+    python tools/bench_build.py --fraction 0.1       # a 10% subset, same class ratios
+    python tools/bench_build.py --no-resume          # skip the kill-and-resume measurement
+
+Measured:
+  * shardgen build (all cores, subprocess, end to end) in images/s, and its parent's peak RSS;
+  * the hand-written single-process loop: PIL open -> convert("L") -> resize((S, S)) -> PNG (zlib 6)
+    -> webdataset.ShardWriter, on ``--loop_images`` files;
+  * per-core decode -> resize -> lossless encode pipelines (in-process, no tar), the fastest taken
+    as the ceiling; target: build >= 0.8 x ceiling x cores and >= 5x the loop;
+  * shard size against PNG at zlib level 6 of the same pixels (target <= 1.10x);
+  * resume: the build killed (SIGKILL) at 90% of its full time, then re-run; target < 20% of a full build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import make_sample_dataset as msd  # noqa: E402
+from shardgen.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class PeakRSS(threading.Thread):
+    """Poll a process's resident set size (parent only) until it exits."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, False
+
+    def run(self) -> None:
+        while not self.stop:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+            time.sleep(0.05)
+
+
+def run_build(src: str, out: str, size: int, workers: int | None, kill_after: float | None = None):
+    cmd = [sys.executable, "-m", "shardgen", "build", src, out, "--size", str(size), "--progress", "false"]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         start_new_session=True)
+    mon = PeakRSS(p.pid)
+    mon.start()
+    if kill_after is not None:
+        try:
+            p.wait(kill_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    outp, errp = p.communicate()
+    dt = time.perf_counter() - t0
+    mon.stop = True
+    if kill_after is None and p.returncode != 0:
+        raise SystemExit(f"build failed ({p.returncode}):\n{errp}")
+    return dt, mon.peak, p.returncode, outp
+
+
+def hand_loop(files: list[str], labels: list[int], size: int, out: str) -> float:
+    import webdataset as wds
+
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    with wds.ShardWriter(os.path.join(out, "loop-%06d.tar"), maxcount=1000, verbose=0) as sink:
+        for i, (f, y) in enumerate(zip(files, labels)):
+            im = Image.open(f).convert("L").resize((size, size))
+            b = io.BytesIO()
+            im.save(b, "PNG")
+            sink.write({"__key__": f"s{i:07d}", "png": b.getvalue(), "cls": str(y).encode()})
+    return len(files) / (time.perf_counter() - t0)
+
+
+def per_core(datas: list[bytes], size: int) -> dict[str, float]:
+    """images/s of several single-process decode -> resize -> encode pipelines."""
+
+    def pil_pil(level):
+        def f(d):
+            im = Image.open(io.BytesIO(d)).convert("L").resize((size, size), Image.BOX)
+            b = io.BytesIO()
+            im.save(b, "PNG", compress_level=level)
+            return b.getvalue()
+        return f
+
+    def pil_fast(d):
+        im = Image.open(io.BytesIO(d))
+        im.load()
+        g, _ = to_gray(im)
+        return encode_png(fit_square(g, size, "pad"))
+
+    cands = {
+        "PIL decode+BOX resize+PIL PNG zlib6": pil_pil(6),
+        "PIL decode+BOX resize+PIL PNG zlib1": pil_pil(1),
+        "PIL decode+BOX resize+shardgen PNG (avg filter, ISA-L)": pil_fast,
+        "shardgen process_bytes (full: EXIF, modes, hash, encode)": lambda d: process_bytes(d, size, "pad").png,
+    }
+    try:
+        import cv2  # optional: only measured when installed
+
+        def cv(d):
+            a = cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_GRAYSCALE)
+            a = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+            return cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+        cands["OpenCV decode+INTER_AREA+PNG level 1"] = cv
+    except ImportError:
+        pass
+    res = {}
+    for name, fn in cands.items():
+        fn(datas[0])
+        best = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for d in datas:
+                fn(d)
+            best = max(best, len(datas) / (time.perf_counter() - t0))
+        res[name] = best
+    return res
+
+
+def size_ratio(out: str, files: list[str], size: int) -> float:
+    """Bytes of shardgen PNGs vs PIL PNG at zlib level 6 of the same pixels, over ``files``."""
+    ours = theirs = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            p = process_bytes(fh.read(), size, "pad")
+        ours += len(p.png)
+        b = io.BytesIO()
+        Image.open(io.BytesIO(p.png)).save(b, "PNG", compress_level=6)
+        theirs += len(b.getvalue())
+    return ours / theirs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", default=os.path.join(ROOT, "bench-out"))
+    ap.add_argument("--fraction", type=float, default=1.0)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--loop_images", type=int, default=2000)
+    ap.add_argument("--core_images", type=int, default=500)
+    ap.add_argument("--no-resume", dest="resume", action="store_false")
+    a = ap.parse_args(argv)
+
+    counts = {k: max(1, round(v * a.fraction)) for k, v in msd.FULL_COUNTS.items()}
+    n = sum(counts.values())
+    data_root = os.path.join(a.root, f"data-{n}")
+    src = os.path.join(data_root, msd.DATASET)
+    if not os.path.exists(os.path.join(data_root, ".complete")):
+        shutil.rmtree(data_root, ignore_errors=True)
+        print(f"generating {n} images in {data_root} ...", file=sys.stderr)
+        msd.make_dataset(data_root, counts, seed=0)
+        open(os.path.join(data_root, ".complete"), "w").close()
+    files = sorted(glob.glob(os.path.join(src, "*", "images", "*.png")))
+    cores = a.workers or len(os.sched_getaffinity(0))
+
+    out = os.path.join(a.root, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    print("shardgen build ...", file=sys.stderr)
+    t_build, rss, _, _ = run_build(src, out, a.size, a.workers)
+    build_rate = n / t_build
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    shard_bytes = sum(sh["bytes"] for s in manifest["splits"].values() for sh in s["shards"])
+
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(files), size=min(a.loop_images, len(files)), replace=False))
+    loop_files = [files[i] for i in pick]
+    classes = sorted(counts)
+    loop_labels = [classes.index(os.path.basename(os.path.dirname(os.path.dirname(f)))) for f in loop_files]
+    print("hand-written loop ...", file=sys.stderr)
+    loop_rate = hand_loop(loop_files, loop_labels, a.size, os.path.join(a.root, "loop"))
+    shutil.rmtree(os.path.join(a.root, "loop"), ignore_errors=True)
+
+    print("per-core pipelines ...", file=sys.stderr)
+    core_files = loop_files[: a.core_images]
+    datas = [open(f, "rb").read() for f in core_files]
+    pipes = per_core(datas, a.size)
+    best_name = max(pipes, key=pipes.get)
+    ceiling = pipes[best_name]
+    ratio = size_ratio(out, core_files[:200], a.size)
+
+    result = {
+        "images": n, "cores": cores, "size": a.size,
+        "build_seconds": round(t_build, 2), "build_images_per_s": round(build_rate, 1),
+        "build_parent_peak_rss_mib": round(rss / 2**20, 1),
+        "loop_images_per_s": round(loop_rate, 1),
+        "speedup_vs_loop": round(build_rate / loop_rate, 2),
+        "per_core_images_per_s": {k: round(v, 1) for k, v in pipes.items()},
+        "ceiling_pipeline": best_name,
+        "build_vs_ceiling_x_cores": round(build_rate / (ceiling * cores), 3),
+        "shard_bytes": shard_bytes,
+        "png_size_vs_zlib6": round(ratio, 3),
+    }
+    if a.resume:
+        print("kill at 90% and resume ...", file=sys.stderr)
+        out2 = os.path.join(a.root, "out-resume")
+        shutil.rmtree(out2, ignore_errors=True)
+        _, _, rc, _ = run_build(src, out2, a.size, a.workers, kill_after=0.9 * t_build)
+        t_res, _, _, _ = run_build(src, out2, a.size, a.workers)
+        same = all(
+            open(os.path.join(out, p), "rb").read() == open(os.path.join(out2, p), "rb").read()
+            for p in ["manifest.json"] + [sh["path"] for s in manifest["splits"].values() for sh in s["shards"]]
+        )
+        result.update({"killed_rc": rc, "resume_seconds": round(t_res, 2),
+                       "resume_vs_full": round(t_res / t_build, 3), "resume_identical": same})
+        shutil.rmtree(out2, ignore_errors=True)
+
+    print(f"images: {n:,} ({a.size}x{a.size}), cores: {cores}")
+    print(f"shardgen build:        {build_rate:8.1f} images/s  ({t_build:.1f} s, parent peak RSS {rss / 2**20:.0f} MiB)")
+    print(f"hand-written loop:     {loop_rate:8.1f} images/s  -> build is {build_rate / loop_rate:.2f}x (target >= 5x)")
+    for k, v in sorted(pipes.items(), key=lambda kv: -kv[1]):
+        print(f"per-core {v:8.1f} images/s  {k}")
+    print(f"build / (fastest per-core x {cores} cores) = {result['build_vs_ceiling_x_cores']:.3f} (target >= 0.8)")
+    print(f"shard PNG bytes / PNG zlib level 6 = {ratio:.3f} (target <= 1.10)")
+    if a.resume:
+        print(f"resume after SIGKILL at 90%: {result['resume_seconds']} s = {result['resume_vs_full']:.1%} of a full build "
+              f"(target < 20%), identical output: {result['resume_identical']}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
