@@ -327,6 +327,13 @@ def _src_hash(path: str) -> str | None:
         return None
 
 
+def _bin_ok(path: str, digest: str | None) -> bool:
+    try:
+        return digest is not None and file_xxh64(path)[0] == digest
+    except OSError:
+        return False
+
+
 class ChunkTask:
     """Convert one chunk of files (picklable; runs in a worker process)."""
 
@@ -346,7 +353,7 @@ class ChunkTask:
                 cached = json.load(f)
         except (OSError, ValueError):
             cached = None
-        if cached and cached.get("relpaths") == rels and os.path.exists(bin_path):
+        if cached and cached.get("relpaths") == rels and _bin_ok(bin_path, cached.get("bin_xxh64")):
             recs = cached["records"]
             if all(_src_hash(p) == rec[_REC_SRC] for (_, p), rec in zip(entries, recs)):
                 return cid, recs, True
@@ -361,8 +368,10 @@ class ChunkTask:
             recs.append(["ok", None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width, pr.height,
                          pr.mode, pr.true_color])
             buf += pr.png
-        atomic_write_bytes(bin_path, bytes(buf))
-        atomic_write_bytes(json_path, dump_json({"relpaths": rels, "records": recs}, indent=None))
+        # Scratch files are not fsync'ed: the record file holds the bin's checksum, checked on reuse.
+        atomic_write_bytes(bin_path, bytes(buf), fsync=False)
+        atomic_write_bytes(json_path, dump_json({"relpaths": rels, "records": recs,
+                                                 "bin_xxh64": xxhash.xxh64_hexdigest(buf)}, indent=None), fsync=False)
         return cid, recs, False
 
 
