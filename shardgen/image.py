@@ -181,15 +181,20 @@ def encode_png(a: np.ndarray) -> bytes:
     if a.dtype != np.uint8 or a.ndim != 2:
         raise ValueError("encode_png takes a 2-D uint8 array")
     h, w = a.shape
-    a16 = a.astype(np.int16)
-    pred = np.zeros_like(a16)
-    pred[1:] = a16[:-1]              # up
-    pred[:, 1:] += a16[:, :-1]       # + left
-    pred >>= 1
+    # Average predictor floor((up + left) / 2) in uint8: (x & y) + ((x ^ y) >> 1), no overflow.
+    up = np.empty_like(a)
+    up[0] = 0
+    up[1:] = a[:-1]
+    left = np.empty_like(a)
+    left[:, 0] = 0
+    left[:, 1:] = a[:, :-1]
+    pred = np.bitwise_and(up, left)
+    np.bitwise_xor(up, left, out=up)
+    np.right_shift(up, 1, out=up)
+    pred += up
     raw = np.empty((h, w + 1), np.uint8)
     raw[:, 0] = 3
-    np.subtract(a16, pred, out=pred)
-    raw[:, 1:] = pred.astype(np.uint8)
+    np.subtract(a, pred, out=raw[:, 1:])
     data = isal_zlib.compress(raw.tobytes(), 1)
     return (
         b"\x89PNG\r\n\x1a\n"
