@@ -510,6 +510,9 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
         os.makedirs(os.path.join(work, "shards"), exist_ok=True)
         _clean_temporaries(out)
         atomic_write_json(os.path.join(work, "config.json"), work_fp)
+        if os.path.exists(os.path.join(out, MANIFEST)):
+            # Readers must never see a manifest listing shards that are being rewritten.
+            os.unlink(os.path.join(out, MANIFEST))
     except OSError as e:
         raise UsageError(f"OUT {out}: cannot write ({e.strerror or e})") from None
 
