@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
+import threading
+import time
 from typing import Any, Iterator
 
 import fsspec
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -16,10 +19,9 @@ from shardgen.storage import open_build
 
 from .dist import world
 from .errors import LoaderError, UsageError
-from .plan import MODES, batches_per_rank
+from .plan import MODES, batch_order, batches_per_rank, extra_shift
 from .sources import DEFAULT_CHUNK, ShardInfo, parse_size
-from .stream import PAD_LABEL, SampleReader, Spec, check_on_error, decode_into, new_batch, shuffled, slot_plan, \
-    slot_seed
+from .stream import PAD_LABEL, SampleReader, Spec, check_on_error, decode_into, shuffled, slot_plan, slot_seed
 
 __all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
 
@@ -78,7 +80,7 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
-                 shuffle_buffer: int, with_keys: bool, skipped=None):
+                 shuffle_buffer: int, with_keys: bool, skipped=None, continuous: bool = False):
         self.spec = spec
         self.batch_size = batch_size
         self.mode = mode
@@ -88,34 +90,43 @@ class ShardStream(IterableDataset):
         self.with_keys = with_keys
         self.skipped = skipped
         self.epoch = 0
+        self.continuous = bool(continuous) and mode == "train"
+        self.ring: _Ring | None = None
         self.batches = batches_per_rank(sum(s.samples for s in spec.shards), batch_size, world_size, mode)
 
     def __len__(self) -> int:
         return self.batches
 
     def __iter__(self) -> Iterator:
+        """Yield ``((epoch, worker, index), batch)``; with ``continuous``, epoch after epoch."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = self.epoch
         try:
-            yield from self._batches(worker, workers, in_worker=info is not None)
+            while True:
+                for j, batch in enumerate(self._batches(worker, workers, info is not None, epoch)):
+                    yield (epoch, worker, j), batch
+                if not self.continuous:
+                    return
+                epoch += 1
         except LoaderError as e:
             yield _WorkerFailure(str(e))
 
-    def _batches(self, worker: int, workers: int, in_worker: bool) -> Iterator:
+    def _batches(self, worker: int, workers: int, in_worker: bool, epoch: int) -> Iterator:
         spec, B = self.spec, self.batch_size
-        plan = slot_plan(spec, B, self.rank, self.world_size, worker, workers, self.mode, self.seed, self.epoch)
+        plan = slot_plan(spec, B, self.rank, self.world_size, worker, workers, self.mode, self.seed, epoch)
         if plan.batches == 0:
             return
         reader = SampleReader(spec, self.skipped)
         samples = reader.read(plan)
         if self.mode == "train":
-            rng = random.Random(slot_seed(self.seed, self.epoch, self.rank, worker, 1))
+            rng = random.Random(slot_seed(self.seed, epoch, self.rank, worker, 1))
             samples = shuffled(samples, self.shuffle_buffer, rng)
         n_classes = len(spec.classes)
+        ring = self.ring if in_worker else None
+        out = _BatchOut(ring, worker, B, spec.size, self.with_keys)
         produced = 0
-        images, labels = new_batch(B, spec.size, in_worker)
-        arr = images.numpy()
-        keys: list[str] = [""] * B
+        arr, labels, keys = out.start()
         i = 0
         for s in samples:  # the plan makes these fit exactly in plan.batches batches
             if produced == plan.batches:
@@ -131,25 +142,92 @@ class ShardStream(IterableDataset):
             keys[i] = s.key
             i += 1
             if i == B:
-                yield (images, labels, keys) if self.with_keys else (images, labels)
+                yield out.finish()
                 produced += 1
                 i = 0
                 if produced < plan.batches:
-                    images, labels = new_batch(B, spec.size, in_worker)
-                    arr = images.numpy()
-                    keys = [""] * B
+                    arr, labels, keys = out.start()
         # Padding (eval's last batch, or samples skipped with on_error="skip").
         while produced < plan.batches:
             arr[i:] = 0
             labels[i:] = PAD_LABEL
             keys[i:] = [""] * (B - i)
-            yield (images, labels, keys) if self.with_keys else (images, labels)
+            yield out.finish()
             produced += 1
             i = 0
             if produced < plan.batches:
-                images, labels = new_batch(B, spec.size, in_worker)
-                arr = images.numpy()
-                keys = [""] * B
+                arr, labels, keys = out.start()
+
+
+class _Ring:
+    """Batch slots in shared memory, allocated once by the main process.
+
+    Worker ``w`` writes its batches into ``images[w, k]`` for ``k`` cycling through its
+    slots and sends only labels and keys through the DataLoader; the main process copies
+    the slot out (into pinned memory when pinning) and frees it. This replaces a fresh
+    shared-memory tensor per batch (page faults on both sides, every batch) with one
+    copy into reused memory.
+    """
+
+    def __init__(self, workers: int, slots: int, batch_size: int, size: int):
+        shape = (workers, slots, batch_size, 1, size, size)
+        self.images = _shared_empty(shape, torch.uint8)
+        self.state = _shared_empty((workers, slots), torch.int32)
+        self.state.zero_()
+        self.slots = slots
+
+
+def _shared_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    proto = torch.empty(0, dtype=dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    storage = proto._typed_storage()._new_shared(numel, device="cpu")
+    return proto.new(storage).view(shape)
+
+
+class _BatchOut:
+    """Where a worker assembles its batches: ring slots (in workers) or fresh tensors."""
+
+    def __init__(self, ring: _Ring | None, worker: int, batch_size: int, size: int, with_keys: bool):
+        self.ring, self.worker, self.B, self.S, self.with_keys = ring, worker, batch_size, size, with_keys
+        self.k = -1
+        self._state = ring.state.numpy() if ring is not None else None
+
+    def start(self):
+        if self.ring is None:
+            self.images = torch.empty((self.B, 1, self.S, self.S), dtype=torch.uint8)
+            arr = self.images.numpy()
+        else:
+            self.k = (self.k + 1) % self.ring.slots
+            st = self._state
+            delay = 0.0001
+            while st[self.worker, self.k] != 0:  # the main process still has it
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+            st[self.worker, self.k] = 1
+            arr = self.ring.images[self.worker, self.k].numpy()
+        self.labels = np.full(self.B, PAD_LABEL, dtype=np.int64)
+        self.keys = [""] * self.B
+        return arr, self.labels, self.keys
+
+    def finish(self):
+        keys = self.keys if self.with_keys else None
+        if self.ring is None:
+            return _Batch(-1, self.images, self.labels, keys)
+        return _Batch(self.k, None, self.labels, keys)
+
+
+class _Batch:
+    """A batch on its way to the main process (``slot >= 0``: the pixels are in the ring)."""
+
+    __slots__ = ("slot", "images", "labels", "keys")
+
+    def __init__(self, slot: int, images, labels, keys):
+        self.slot, self.images, self.labels, self.keys = slot, images, labels, keys
+
+    def __reduce__(self):
+        return (_Batch, (self.slot, self.images, self.labels, self.keys))
 
 
 class ShardLoader:
@@ -175,6 +253,8 @@ class ShardLoader:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.timeout = timeout
+        self._fence = threading.Lock()
+        self._it = None
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -218,25 +298,86 @@ class ShardLoader:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __iter__(self) -> Iterator:
+    def _start(self, epoch: int) -> None:
+        """(Re)start the workers at ``epoch``."""
+        self.close()
+        ds = self.dataset
+        ds.epoch = epoch
         kw: dict[str, Any] = {}
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context=self.multiprocessing_context,
                       timeout=self.timeout)
-        dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                        pin_memory=self.pin_memory, persistent_workers=False, **kw)
-        n = 0
-        it = iter(dl)
+            if ds.ring is None:
+                ds.ring = _Ring(self.num_workers, self.prefetch_factor + 1, ds.batch_size, ds.spec.size)
+            ds.ring.state.zero_()
+        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=False,
+                        persistent_workers=False, **kw)
+        self._it = iter(dl)
+        self._stash = {}
+        self._next_epoch = epoch
+
+    def _receive(self, worker: int, b: "_Batch") -> tuple:
+        """Turn a worker's message into the user's batch (copying the ring slot out)."""
+        pin = self.pin_memory
+        if b.slot < 0:
+            images = b.images.pin_memory() if pin else b.images
+        else:
+            ring = self.dataset.ring
+            src = ring.images[worker, b.slot]
+            images = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
+            images.copy_(src)
+            with self._fence:  # a full barrier: the copy is done before the slot is freed
+                ring.state[worker, b.slot] = 0
+        labels = torch.from_numpy(b.labels)
+        if pin:
+            labels = labels.pin_memory()
+        return (images, labels) if b.keys is None else (images, labels, b.keys)
+
+    def close(self) -> None:
+        """Stop the worker processes (they otherwise run ahead into the next epoch)."""
+        it, self._it = getattr(self, "_it", None), None
+        self._stash = {}
+        self._next_epoch = None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+    def __del__(self):
         try:
-            for item in it:
-                if isinstance(item, _WorkerFailure):
-                    raise LoaderError(item.message)
-                n += 1
-                yield item
+            self.close()
+        except Exception:
+            pass
+
+    def __iter__(self) -> Iterator:
+        ds = self.dataset
+        epoch = ds.epoch
+        workers = max(1, self.num_workers)
+        L = len(ds)
+        order = batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch))
+        continuous = ds.continuous and self.num_workers > 0
+        if not continuous or getattr(self, "_it", None) is None or self._next_epoch != epoch:
+            self._start(epoch)
+        it, stash = self._it, self._stash
+        finished = False
+        try:
+            for w, j in order:
+                want = (epoch, w, j)
+                while want not in stash:
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        raise LoaderError(f"internal error: rank {ds.rank} worker {w} ended before its batch {j} "
+                                          f"of epoch {epoch}") from None
+                    if isinstance(item, _WorkerFailure):
+                        raise LoaderError(item.message)
+                    tag, batch = item
+                    stash[tuple(tag)] = self._receive(tag[1], batch)
+                yield stash.pop(want)
+            finished = True
         finally:
-            del it
-        if n != len(self):  # the plan guarantees this; a mismatch is a bug, not bad data
-            raise LoaderError(f"internal error: rank {self.rank} yielded {n} batches, planned {len(self)}")
+            if finished and continuous:
+                self._next_epoch = epoch + 1
+            else:
+                self.close()
 
     def __repr__(self) -> str:
         s = self.dataset
@@ -249,7 +390,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 shuffle_buffer: int = 1000, on_error: str = "raise", storage_options: dict | None = None,
                 cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
                 chunk_size: int = DEFAULT_CHUNK, pin_memory: bool | None = None, prefetch_factor: int = 2,
-                multiprocessing_context: Any = None, timeout: float = 0) -> ShardLoader:
+                multiprocessing_context: Any = None, timeout: float = 0,
+                overlap_epochs: bool = True) -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -302,6 +444,11 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         prefetch_factor: batches each worker prepares ahead (default 2).
         multiprocessing_context: start method for workers (default: PyTorch's).
         timeout: seconds to wait for a batch from a worker (default 0: no limit).
+        overlap_epochs: in train mode with workers, keep the workers running from one
+            epoch into the next (default true): no restart and no idle workers at epoch
+            ends. Batches still come out in the same order as from a fresh start, but
+            only if ``set_epoch`` goes up by one each epoch; any other epoch (or a loop
+            left early) restarts the workers. ``close()`` stops them.
 
     Returns:
         A :class:`ShardLoader`.
@@ -322,7 +469,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     if isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
-    ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped)
+    ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,
+                     continuous=bool(overlap_epochs))
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return ShardLoader(ds, num_workers, bool(pin_memory), prefetch_factor, ctx, timeout)

@@ -11,10 +11,12 @@ rank's workers split that run into contiguous pieces, one per worker, sized in w
 batches. A piece may start or end inside a shard, so any number of shards works with
 any number of ranks and workers (fewer shards than ranks x workers included).
 
-PyTorch's ``DataLoader`` takes batches from its workers in turn (worker 0, 1, ...,
-0, 1, ...), skipping a worker once it is done; worker ``w`` of ``n`` therefore gets
-``L // n`` batches plus one if ``w < L % n``, and batch ``L - 1`` (the last of the
-rank) comes from worker ``(L - 1) % n``.
+Worker ``w`` of ``n`` yields ``L // n`` batches, plus one for ``L % n`` of the workers:
+in eval mode workers ``0 .. L%n - 1``, so that (PyTorch's ``DataLoader`` taking batches
+from its workers in turn) the rank's last batch comes from worker ``(L - 1) % n``; in
+train mode the extra batches rotate by ``epoch * (L % n)`` so that, over many epochs,
+every worker yields the same number of batches (workers stream on from one epoch into
+the next; see :func:`batch_order`).
 
 train:
     ``L = total // (batch_size * world)`` batches per rank (at least 1). The last
@@ -39,7 +41,8 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "shard_order", "plan_slot", "worker_batches"]
+__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "shard_order", "plan_slot", "worker_batches",
+           "extra_shift", "batch_order"]
 
 MODES = ("train", "eval")
 
@@ -95,9 +98,31 @@ def batches_per_rank(total: int, batch_size: int, world: int, mode: str) -> int:
     return -(-total // per_step)
 
 
-def worker_batches(batches: int, worker: int, workers: int) -> int:
-    """Batches worker ``worker`` of ``workers`` yields when its rank yields ``batches``."""
-    return batches // workers + (1 if worker < batches % workers else 0)
+def extra_shift(batches: int, workers: int, mode: str, epoch: int) -> int:
+    """First worker of those that yield one batch more (0 in eval; rotates in train)."""
+    if mode != "train":
+        return 0
+    return (epoch * (batches % workers)) % workers
+
+
+def worker_batches(batches: int, worker: int, workers: int, shift: int = 0) -> int:
+    """Batches worker ``worker`` of ``workers`` yields when its rank yields ``batches``.
+
+    The ``batches % workers`` extra batches go to workers ``shift, shift+1, ...`` (mod
+    ``workers``).
+    """
+    return batches // workers + (1 if (worker - shift) % workers < batches % workers else 0)
+
+
+def batch_order(batches: int, workers: int, shift: int = 0) -> list[tuple[int, int]]:
+    """The order in which a rank hands out its batches: ``(worker, index in worker)``.
+
+    Round ``j`` takes batch ``j`` of every worker that has one, in worker order, as a
+    ``DataLoader`` started afresh would; the loader restores this order when workers
+    run ahead into the next epoch, so the order depends only on seed and epoch.
+    """
+    counts = [worker_batches(batches, w, workers, shift) for w in range(workers)]
+    return [(w, j) for j in range(max(counts, default=0)) for w in range(workers) if j < counts[w]]
 
 
 def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -158,7 +183,8 @@ def plan_slot(counts: list[int], batch_size: int, rank: int, world: int, worker:
     if not (0 <= rank < world and 0 <= worker < workers):
         raise UsageError(f"bad slot: rank {rank} of {world}, worker {worker} of {workers}")
     order = shard_order(len(counts), seed, epoch, mode == "train")
-    per_worker = [worker_batches(L, w, workers) * batch_size for w in range(workers)]
+    shift = extra_shift(L, workers, mode, epoch)
+    per_worker = [worker_batches(L, w, workers, shift) * batch_size for w in range(workers)]
     if mode == "train":
         rank_start = rank * L * batch_size
         sizes = per_worker

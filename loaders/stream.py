@@ -23,7 +23,7 @@ from .plan import SlotPlan, plan_slot
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
 from .tario import TarSamples
 
-__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "new_batch", "PAD_LABEL",
+__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
 
 log = logging.getLogger("loaders")
@@ -173,23 +173,6 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
         buf[i] = x
     rng.shuffle(buf)
     yield from buf
-
-
-def new_batch(batch_size: int, size: int, in_worker: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed ``uint8 [B,1,S,S]`` images and ``int64 [B]`` labels (filled with -100).
-
-    Inside a DataLoader worker the image tensor is allocated in shared memory directly,
-    so handing it to the main process costs no copy.
-    """
-    shape = (batch_size, 1, size, size)
-    if in_worker:
-        proto = torch.empty(0, dtype=torch.uint8)
-        storage = proto._typed_storage()._new_shared(batch_size * size * size, device="cpu")
-        images = proto.new(storage).view(shape)
-    else:
-        images = torch.empty(shape, dtype=torch.uint8)
-    labels = torch.full((batch_size,), PAD_LABEL, dtype=torch.int64)
-    return images, labels
 
 
 def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int:

@@ -18,23 +18,25 @@ BLOCK = 512
 
 
 def _octal(field: bytes) -> int:
-    if field and field[0] & 0x80:  # GNU base-256 for big numbers
+    if field[0] & 0x80:  # GNU base-256 for big numbers
         n = field[0] & 0x3F
         for b in field[1:]:
             n = (n << 8) | b
         return n
     s = field.split(b"\0", 1)[0].strip()
-    return int(s, 8) if s else 0
+    try:
+        return int(s, 8) if s else 0
+    except ValueError:
+        raise LoaderError(f"bad number {field!r} in a tar header") from None
 
 
 def _checksum_ok(h: bytes) -> bool:
-    stored = h[148:156].split(b"\0", 1)[0].strip()
+    field = h[148:156]
     try:
-        want = int(stored, 8)
+        want = int(field.split(b"\0", 1)[0].strip() or b"-1", 8)
     except ValueError:
         return False
-    unsigned = sum(h[:148]) + 8 * 32 + sum(h[156:])
-    return want == unsigned
+    return want == sum(h) - sum(field) + 256  # the field counts as 8 spaces
 
 
 def _padded(n: int) -> int:
@@ -85,30 +87,31 @@ class TarSamples:
     def _next_header(self) -> tuple[str, str, int] | None:
         """Next regular member as ``(key, ext, size)``; data not yet consumed."""
         long_name: str | None = None
+        read = self.stream.read
         while True:
             if self._done:
                 return None
             at = self.offset
-            h = self.stream.read(BLOCK)
-            if not h:
-                self._done = True
-                return None
+            h = read(BLOCK)
             if len(h) != BLOCK:
+                if not h:
+                    self._done = True
+                    return None
                 raise LoaderError(f"{self.name}: truncated tar header at byte {at}")
             self.offset += BLOCK
-            if h.count(0) == BLOCK:  # end-of-archive marker
-                self._done = True
-                return None
             if not _checksum_ok(h):
+                if h.count(0) == BLOCK:  # end-of-archive marker
+                    self._done = True
+                    return None
                 raise LoaderError(f"{self.name}: corrupt tar header at byte {at} (bad checksum)")
             size = _octal(h[124:136])
-            typeflag = h[156:157]
-            if typeflag in (b"L", b"x", b"g"):
+            typeflag = h[156]
+            if typeflag in (0x4C, 0x78, 0x67):  # L (GNU long name), x (pax), g (pax global)
                 data = self._read_exact(size, "extended header")
                 self._skip(_padded(size) - size)
-                if typeflag == b"L":
+                if typeflag == 0x4C:
                     long_name = data.rstrip(b"\0").decode("utf-8", "replace")
-                elif typeflag == b"x":
+                elif typeflag == 0x78:
                     for rec in _pax_records(data):
                         if rec[0] == "path":
                             long_name = rec[1]
@@ -116,12 +119,10 @@ class TarSamples:
             name = long_name
             if name is None:
                 name = h[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-                if h[257:262] == b"ustar":
-                    prefix = h[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-                    if prefix:
-                        name = prefix + "/" + name
+                if h[345] and h[257:262] == b"ustar":
+                    name = h[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
             long_name = None
-            if typeflag not in (b"0", b"\0", b"7"):  # directories, links, ...: skip
+            if typeflag not in (0x30, 0, 0x37):  # not a regular file: directories, links, ...
                 self._skip(_padded(size))
                 continue
             base = name.rsplit("/", 1)[-1]

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Samples/s of ``loaders.make_loader`` next to three references, same shards, same run.
+
+1. ``make_loader``: this package (train mode, shuffle buffer 1000).
+2. ``webdataset``: the stock pipeline from the webdataset docs,
+   ``WebDataset(urls).shuffle(1000).decode("pil").to_tuple("png", "cls")``, images to
+   tensors, ``.batched(B)``, in a ``WebLoader`` with the same number of workers.
+3. ``files``: a plain ``DataLoader`` (shuffle, batch B) over one PNG file per sample
+   (the shards' PNGs extracted to a folder).
+4. ``ceiling``: PNG decode alone (PIL, the decoder the loaders use), the encoded bytes
+   already in memory, one process per worker, no batching, no IPC.
+
+Every pipeline yields ``uint8 [B,1,S,S]`` batches with int64 labels to the main
+process. The peak memory of each worker process is sampled from ``/proc``: the
+kernel's peak resident set (VmHWM, which also counts pages shared with the parent
+after fork) and the largest private (unshared) resident memory seen.
+
+Usage:
+    python tools/bench_loader.py                          # makes bench-out/ (1,200 images, 256x256)
+    python tools/bench_loader.py --source OUT --workers 16 --seconds 20 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from loaders import make_loader  # noqa: E402
+from shardgen.storage import open_build  # noqa: E402
+
+
+# -- memory of worker processes ------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _mem(pid: int) -> tuple[int, int]:
+    """(VmHWM, private resident bytes) of ``pid``; zeros if it is gone."""
+    hwm = priv = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    priv += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return hwm, priv
+
+
+class MemWatch:
+    """Sample the memory of this process's children every 0.1 s."""
+
+    def __init__(self):
+        self.hwm = 0
+        self.private = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = os.getpid()
+        kids, found = [], 0.0
+        while not self._stop.wait(0.1):
+            if time.monotonic() - found > 1.0:  # listing /proc is the expensive part
+                kids, found = _children(me), time.monotonic()
+            for c in kids:
+                h, p = _mem(c)
+                self.hwm, self.private = max(self.hwm, h), max(self.private, p)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+# -- the pipelines ---------------------------------------------------------------------------------
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def run_epochs(make_iter, seconds: float, min_epochs: int = 1, done=None) -> dict:
+    """Iterate whole epochs until ``seconds`` have passed; samples/s over all of them.
+
+    Also the CPU time of the whole process tree per sample (workers are joined first,
+    ``done`` stops persistent ones), which a busy machine does not distort as much.
+    """
+    samples = 0
+    epochs = 0
+    c0 = _cpu()
+    with MemWatch() as mw:
+        t0 = time.perf_counter()
+        while epochs < min_epochs or time.perf_counter() - t0 < seconds:
+            for batch in make_iter(epochs):
+                samples += int(batch[0].shape[0])
+            epochs += 1
+        dt = time.perf_counter() - t0
+    if done is not None:
+        done()
+    cpu = _cpu() - c0
+    return {"samples": samples, "seconds": round(dt, 3), "samples_per_s": round(samples / dt, 1),
+            "cpu_us_per_sample": round(cpu / samples * 1e6, 1),
+            "epochs": epochs, "worker_peak_rss_mb": round(mw.hwm / 2**20, 1),
+            "worker_peak_private_mb": round(mw.private / 2**20, 1)}
+
+
+def bench_make_loader(source, split, batch_size, workers, seconds):
+    loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=False)
+
+    def it(epoch):
+        loader.set_epoch(epoch)
+        return iter(loader)
+
+    return run_epochs(it, seconds, done=loader.close)
+
+
+def _to_tensor(im):
+    return torch.from_numpy(np.array(im)).unsqueeze(0)
+
+
+def _label(x):
+    return int(x)
+
+
+def bench_webdataset(urls, batch_size, workers, seconds):
+    import webdataset as wds
+
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node)
+          .shuffle(1000).decode("pil").to_tuple("png", "cls").map_tuple(_to_tensor, _label)
+          .batched(batch_size, partial=False))
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
+    return run_epochs(lambda e: iter(loader), seconds)
+
+
+class PngFiles(torch.utils.data.Dataset):
+    """One PNG file per sample; labels in a list."""
+
+    def __init__(self, paths, labels):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im:
+            return _to_tensor(im), self.labels[i]
+
+
+def bench_files(paths, labels, batch_size, workers, seconds):
+    loader = torch.utils.data.DataLoader(PngFiles(paths, labels), batch_size=batch_size, shuffle=True,
+                                         drop_last=True, num_workers=workers)
+    return run_epochs(lambda e: iter(loader), seconds)
+
+
+def _decode_worker(args):
+    pngs, seconds, start_at = args
+    while time.time() < start_at:
+        time.sleep(0.001)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for p in pngs:
+            im = Image.open(io.BytesIO(p), formats=("PNG",))
+            im.load()
+            np.asarray(im)
+        n += len(pngs)
+    dt = time.perf_counter() - t0
+    return n, dt, _mem(os.getpid())
+
+
+def bench_ceiling(pngs, workers, seconds):
+    workers = max(1, workers)
+    shares = [pngs[i::workers] for i in range(workers)]
+    start_at = time.time() + 1.0
+    c0 = _cpu()
+    pool = mp.get_context("fork").Pool(workers)
+    res = pool.map(_decode_worker, [(s, seconds, start_at) for s in shares])
+    pool.close()
+    pool.join()
+    cpu = _cpu() - c0
+    total = sum(n / dt for n, dt, _ in res)
+    samples = sum(n for n, _, _ in res)
+    return {"samples": samples, "seconds": round(max(dt for _, dt, _ in res), 3),
+            "samples_per_s": round(total, 1), "cpu_us_per_sample": round(cpu / samples * 1e6, 1),
+            "worker_peak_rss_mb": round(max(m[0] for _, _, m in res) / 2**20, 1),
+            "worker_peak_private_mb": round(max(m[1] for _, _, m in res) / 2**20, 1)}
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def ensure_build(args) -> str:
+    if args.source:
+        return args.source
+    out = os.path.join(ROOT, "bench-out", f"loader-{args.size}")
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        src = os.path.join(ROOT, "bench-out", "loader-src")
+        base = os.path.join(src, "COVID-19_Radiography_Dataset")
+        if not os.path.isdir(base):
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_sample_dataset.py"), src,
+                            "--per_class", str(args.per_class), "--seed", "0"], check=True)
+        subprocess.run([sys.executable, "-m", "shardgen", "build", base, out, "--size", str(args.size),
+                        "--shard_size", str(args.shard_size), "--splits", "train=1.0", "--progress", "false"],
+                       check=True, cwd=ROOT)
+    return out
+
+
+def extract(source: str, split: str, folder: str):
+    """PNG bytes, labels, and one file per sample under ``folder`` (reused if present)."""
+    build = open_build(source)
+    pngs, labels, paths = [], [], []
+    os.makedirs(folder, exist_ok=True)
+    for sh in build.split(split)["shards"]:
+        with build.open(sh["path"]) as f, tarfile.open(fileobj=f, mode="r|") as tf:
+            cur = {}
+            for m in tf:
+                key, ext = m.name.split(".", 1)
+                cur.setdefault(key, {})[ext] = tf.extractfile(m).read()
+            for key, parts in cur.items():
+                pngs.append(parts["png"])
+                labels.append(int(parts["cls"]))
+                p = os.path.join(folder, key + ".png")
+                if not os.path.exists(p):
+                    with open(p, "wb") as g:
+                        g.write(parts["png"])
+                paths.append(p)
+    urls = [build.url(sh["path"]) for sh in build.split(split)["shards"]]
+    return pngs, labels, paths, urls, build.manifest["image"]["size"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", help="a shardgen build (default: make bench-out/loader-SIZE)")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--batch_size", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=10.0, help="minimum time per pipeline (default 10)")
+    ap.add_argument("--size", type=int, default=256, help="image size of the generated build (default 256)")
+    ap.add_argument("--per_class", type=int, default=300, help="images per class of the generated build")
+    ap.add_argument("--shard_size", type=int, default=100)
+    ap.add_argument("--only", default="ceiling,make_loader,webdataset,files")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="run the pipelines in turn this many times and keep each one's best (default 2)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    source = ensure_build(args)
+    folder = os.path.join(ROOT, "bench-out", "loader-files-" + os.path.basename(os.path.abspath(source)))
+    pngs, labels, paths, urls, size = extract(source, args.split, folder)
+    print(f"{len(pngs)} samples in {len(urls)} shards, {size}x{size}, mean PNG {np.mean([len(p) for p in pngs]) / 1024:.1f} KiB; "
+          f"workers {args.workers}, batch {args.batch_size}, cpus {os.cpu_count()}, torch {torch.__version__}",
+          flush=True)
+    results: dict = {}
+    todo = args.only.split(",")
+    for rnd in range(args.rounds):
+        for name in todo:
+            if name == "ceiling":
+                r = bench_ceiling(pngs, args.workers, args.seconds)
+            elif name == "make_loader":
+                r = bench_make_loader(source, args.split, args.batch_size, args.workers, args.seconds)
+            elif name == "webdataset":
+                r = bench_webdataset(urls, args.batch_size, args.workers, args.seconds)
+            elif name == "files":
+                r = bench_files(paths, labels, args.batch_size, args.workers, args.seconds)
+            else:
+                ap.error(f"unknown pipeline {name}")
+            print(f"round {rnd + 1}: {name:12s} {r['samples_per_s']:9.1f} samples/s  {r['cpu_us_per_sample']:7.1f} us CPU/sample"
+                  f"   worker peak RSS "
+                  f"{r['worker_peak_rss_mb']:7.1f} MB, private {r['worker_peak_private_mb']:6.1f} MB   "
+                  f"({r['samples']} samples in {r['seconds']} s)", flush=True)
+            if name not in results or r["samples_per_s"] > results[name]["samples_per_s"]:
+                results[name] = r
+    print(f"best of {args.rounds} round(s):")
+    for name, r in results.items():
+        print(f"  {name:12s} {r['samples_per_s']:9.1f} samples/s  {r['cpu_us_per_sample']:7.1f} us CPU/sample   worker peak RSS {r['worker_peak_rss_mb']:7.1f} MB, "
+              f"private {r['worker_peak_private_mb']:6.1f} MB")
+    if "ceiling" in results and "make_loader" in results:
+        c = results["make_loader"]["samples_per_s"] / results["ceiling"]["samples_per_s"]
+        print(f"make_loader / ceiling    = {c:.2f}  (target >= 0.9)")
+        results["ratio_to_ceiling"] = round(c, 3)
+    if "webdataset" in results and "make_loader" in results:
+        w = results["make_loader"]["samples_per_s"] / results["webdataset"]["samples_per_s"]
+        print(f"make_loader / webdataset = {w:.2f}  (target >= 2)")
+        results["ratio_to_webdataset"] = round(w, 3)
+    if args.json:
+        meta = {"workers": args.workers, "batch_size": args.batch_size, "samples": len(pngs), "shards": len(urls),
+                "size": size, "cpus": os.cpu_count(), "torch": torch.__version__}
+        with open(args.json, "w") as f:
+            json.dump({"config": meta, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

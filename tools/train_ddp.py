@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Train a CNN on shardgen shards with DistributedDataParallel, using ``loaders``.
+
+One process per GPU (or per CPU slot with gloo):
+
+    torchrun --nproc_per_node=8 tools/train_ddp.py OUT --epochs 10 --model resnet18
+    torchrun --nproc_per_node=2 tools/train_ddp.py OUT --epochs 2 --workers 2 --batch_size 8   # CPU, gloo
+    python tools/train_ddp.py s3://bucket/xray --epochs 1                                     # one process
+
+Each rank prints, per epoch, its number of batches, loss, samples/s and the share of
+the epoch it spent waiting for data. Rank 0 then checks that all ranks ran the same
+number of batches (exit 1 if not), runs an eval pass (``mode="eval"``) and checks
+that every sample of the eval split was seen exactly once across ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from loaders import DevicePrefetcher, make_loader  # noqa: E402
+
+
+# -- models ---------------------------------------------------------------------------------------------
+class SmallCNN(nn.Module):
+    """Four conv blocks and a linear head: enough to learn, quick on a CPU."""
+
+    def __init__(self, classes: int, width: int = 16):
+        super().__init__()
+        layers, c = [], 1
+        for i in range(4):
+            w = width * 2 ** i
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)), inplace=True)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) for 1-channel input."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, c = [], 64
+        for w, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(c, w, s), BasicBlock(w, w, 1)]
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(512, classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+# -- training -------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", help="shardgen build folder, manifest.json or URL")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--eval_split", default="test", help="split for the eval pass ('' to skip it)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=0, help="stop each epoch after this many steps (0: whole epoch)")
+    ap.add_argument("--batch_size", type=int, default=64, help="per rank")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
+    ap.add_argument("--model", choices=("small", "resnet18"), default="small")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = ap.parse_args(argv)
+
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if distributed:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    torch.manual_seed(args.seed)
+
+    loader = make_loader(args.source, split=args.split, batch_size=args.batch_size, mode="train",
+                         num_workers=args.workers, seed=args.seed)
+    classes = loader.classes
+    model = (ResNet18 if args.model == "resnet18" else SmallCNN)(len(classes)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    feed = DevicePrefetcher(loader, device, dtype=dtype, channels_last=cuda)
+    print(f"rank {rank}/{world}: {loader.samples} samples in split {args.split!r}, {len(loader)} batches of "
+          f"{args.batch_size} per epoch, {args.workers} workers, model {args.model} on {device}", flush=True)
+
+    per_epoch = []
+    for epoch in range(args.epochs):
+        feed.set_epoch(epoch)
+        model.train()
+        n = seen = 0
+        loss_sum = torch.zeros((), device=device)
+        t0 = time.perf_counter()
+        for x, y in feed:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            n += 1
+            seen += int(y.shape[0])
+            if args.steps and n >= args.steps:
+                break
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        per_epoch.append(n)
+        print(f"rank {rank}: epoch {epoch}: {n} batches (len {len(loader)}), loss {float(loss_sum) / max(n, 1):.4f}, "
+              f"{seen / dt:.0f} samples/s, waiting for data {feed.wait_s / dt:.1%} of {dt:.2f} s", flush=True)
+    loader.close()
+
+    ok = True
+    if distributed:
+        counts: list = [None] * world
+        dist.all_gather_object(counts, per_epoch)
+    else:
+        counts = [per_epoch]
+    if rank == 0:
+        equal = all(c == counts[0] for c in counts)
+        ok &= equal
+        print(f"batches per epoch on each rank: {counts} -> {'equal' if equal else 'NOT EQUAL'}", flush=True)
+
+    if args.eval_split:
+        ev = make_loader(args.source, split=args.eval_split, batch_size=args.batch_size, mode="eval",
+                         num_workers=args.workers, with_keys=True)
+        model.eval()
+        keys: list[str] = []
+        correct = total = batches = 0
+        with torch.no_grad():
+            for x, y, k in DevicePrefetcher(ev, device, dtype=dtype, channels_last=cuda):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    pred = model(x).argmax(1)
+                real = y != -100
+                correct += int((pred[real] == y[real]).sum())
+                total += int(real.sum())
+                keys += [kk for kk in k if kk]
+                batches += 1
+        if distributed:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (keys, correct, total, batches))
+        else:
+            gathered = [(keys, correct, total, batches)]
+        if rank == 0:
+            all_keys = [kk for g in gathered for kk in g[0]]
+            once = len(all_keys) == len(set(all_keys)) == ev.samples
+            same = len({g[3] for g in gathered}) == 1
+            ok &= once and same
+            acc = sum(g[1] for g in gathered) / max(1, sum(g[2] for g in gathered))
+            print(f"eval {args.eval_split!r}: {len(all_keys)} of {ev.samples} samples, "
+                  f"{'each exactly once' if once else 'NOT exactly once'} across {world} rank(s); "
+                  f"batches per rank {[g[3] for g in gathered]}; accuracy {acc:.3f}", flush=True)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
