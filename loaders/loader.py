@@ -325,7 +325,9 @@ class ShardLoader:
             ring = self.dataset.ring
             src = ring.images[worker, b.slot]
             images = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
-            images.copy_(src)
+            # numpy copies in this thread; Tensor.copy_ would wake torch's intra-op thread
+            # pool, whose spinning threads take CPU from the decoding workers.
+            np.copyto(images.numpy(), src.numpy())
             with self._fence:  # a full barrier: the copy is done before the slot is freed
                 ring.state[worker, b.slot] = 0
         labels = torch.from_numpy(b.labels)

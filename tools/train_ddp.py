@@ -8,7 +8,10 @@ One process per GPU (or per CPU slot with gloo):
     python tools/train_ddp.py s3://bucket/xray --epochs 1                                     # one process
 
 Each rank prints, per epoch, its number of batches, loss, samples/s and the share of
-the epoch it spent waiting for data. Rank 0 then checks that all ranks ran the same
+the epoch it spent waiting for data (with ``--sync``, time the GPU sat idle waiting
+for the next batch; without, time the CPU thread waited, which may overlap queued GPU
+work). ``--synthetic`` trains on one batch kept on the GPU: the model's own speed,
+the rate the loader has to sustain. Rank 0 then checks that all ranks ran the same
 number of batches (exit 1 if not), runs an eval pass (``mode="eval"``) and checks
 that every sample of the eval split was seen exactly once across ranks.
 """
@@ -84,6 +87,24 @@ class ResNet18(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
 
 
+class Synthetic:
+    """``len(loader)`` copies of one random batch on the device: what the model alone can consume."""
+
+    def __init__(self, loader, device, dtype, channels_last):
+        S, B = loader.image_size, loader.batch_size
+        x = torch.randn(B, 1, S, S, device=device).to(dtype)
+        self.x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        self.y = torch.randint(0, len(loader.classes), (B,), device=device)
+        self.n, self.wait_s = len(loader), 0.0
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self.x, self.y
+
+
 # -- training -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,6 +119,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--sync", action="store_true",
+                    help="wait for the GPU after every step, so that time spent waiting for data is GPU idle "
+                         "time (measurement mode; slightly slower)")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="train on one fixed random batch already on the device (the model's own speed, no data)")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
@@ -124,7 +150,8 @@ def main(argv=None) -> int:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     dtype = torch.bfloat16 if cuda else torch.float32
-    feed = DevicePrefetcher(loader, device, dtype=dtype, channels_last=cuda)
+    feed = (Synthetic(loader, device, dtype, cuda) if args.synthetic
+            else DevicePrefetcher(loader, device, dtype=dtype, channels_last=cuda))
     print(f"rank {rank}/{world}: {loader.samples} samples in split {args.split!r}, {len(loader)} batches of "
           f"{args.batch_size} per epoch, {args.workers} workers, model {args.model} on {device}", flush=True)
 
@@ -142,6 +169,8 @@ def main(argv=None) -> int:
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
+            if args.sync and cuda:
+                torch.cuda.synchronize()
             n += 1
             seen += int(y.shape[0])
             if args.steps and n >= args.steps:
