@@ -225,9 +225,9 @@ def bench_ceiling(pngs, workers, seconds):
 def ensure_build(args) -> str:
     if args.source:
         return args.source
-    out = os.path.join(ROOT, "bench-out", f"loader-{args.size}")
+    out = os.path.join(args.work, f"loader-{args.size}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
-        src = os.path.join(ROOT, "bench-out", "loader-src")
+        src = os.path.join(args.work, "loader-src")
         base = os.path.join(src, "COVID-19_Radiography_Dataset")
         if not os.path.isdir(base):
             subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_sample_dataset.py"), src,
@@ -275,10 +275,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2,
                     help="run the pipelines in turn this many times and keep each one's best (default 2)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--work", default=os.path.join(ROOT, "bench-out"),
+                    help="folder for the generated build and the extracted PNG files (default bench-out/)")
     args = ap.parse_args(argv)
 
     source = ensure_build(args)
-    folder = os.path.join(ROOT, "bench-out", "loader-files-" + os.path.basename(os.path.abspath(source)))
+    folder = os.path.join(args.work, "loader-files-" + os.path.basename(os.path.abspath(source)))
     pngs, labels, paths, urls, size = extract(source, args.split, folder)
     print(f"{len(pngs)} samples in {len(urls)} shards, {size}x{size}, mean PNG {np.mean([len(p) for p in pngs]) / 1024:.1f} KiB; "
           f"workers {args.workers}, batch {args.batch_size}, cpus {os.cpu_count()}, torch {torch.__version__}",
