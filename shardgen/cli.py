@@ -28,6 +28,9 @@ def _guard(name: str) -> Callable:
             except ShardgenError as e:
                 print(f"shardgen {name}: error: {e}", file=sys.stderr)
                 raise SystemExit(e.exit_code) from None
+            except KeyboardInterrupt:
+                print(f"shardgen {name}: interrupted", file=sys.stderr)
+                raise SystemExit(130) from None
 
         return wrapper
 
@@ -151,15 +154,13 @@ class CLI:
         Args:
             source: build folder, its manifest.json, or a URL (s3://, http(s)://, ...).
             decode: decode every image (default true); false reads PNG headers and checksums only.
-            workers: processes decoding images (default: all cores).
+            workers: processes decoding images (default: all usable cores).
             progress: show a progress bar on stderr (default true).
         """
-        import os
-
         from .verify import format_result, verify as run_verify
 
-        n = as_int(workers, "workers") if workers is not None else (os.cpu_count() or 1)
-        result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"), workers=n,
+        result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"),
+                            workers=None if workers is None else as_int(workers, "workers", 1),
                             progress=as_bool(progress, "progress"))
         print(format_result(result))
         if not result.ok:
@@ -222,19 +223,9 @@ class CLI:
 
         if dest is None:
             raise UsageError("--dest is required: NAME.zip or a folder ending in /")
-        bar = None
-        if as_bool(progress, "progress"):
-            from tqdm import tqdm
-
-            bar = tqdm(unit="img", desc="stylegan", leave=False, file=sys.stderr, dynamic_ncols=True)
-        try:
-            r = export_stylegan(as_str(source, "source"), split=as_str(split, "split"), dest=as_str(dest, "dest"),
-                                uncompressed=as_bool(uncompressed, "uncompressed"),
-                                overwrite=as_bool(overwrite, "overwrite"),
-                                on_image=None if bar is None else (lambda: bar.update(1)))
-        finally:
-            if bar is not None:
-                bar.close()
+        r = export_stylegan(as_str(source, "source"), split=as_str(split, "split"), dest=as_str(dest, "dest"),
+                            uncompressed=as_bool(uncompressed, "uncompressed"),
+                            overwrite=as_bool(overwrite, "overwrite"), progress=as_bool(progress, "progress"))
         counts = ", ".join(f"{c} {n:,}" for c, n in r.class_counts.items())
         print(f"wrote {r.dest} ({r.kind}, {human_bytes(r.bytes)}): {r.images:,} images {r.size}x{r.size} L "
               f"from {', '.join(r.splits)}; labels: {counts}")
@@ -263,7 +254,7 @@ class CLI:
         """
         import json
 
-        from .upload import format_upload, upload as run_upload
+        from .upload import UploadInterrupted, format_upload, upload as run_upload
 
         opts = storage_options
         if opts is not None and not isinstance(opts, dict):
@@ -273,15 +264,19 @@ class CLI:
                 raise UsageError("--storage_options: expected a JSON object like '{\"profile\": \"lab\"}'") from None
             if not isinstance(opts, dict):
                 raise UsageError("--storage_options: expected a JSON object")
-        result = run_upload(
-            as_str(out, "out"), as_str(dest, "dest"),
-            endpoint_url=None if endpoint_url is None else as_str(endpoint_url, "endpoint_url"),
-            workers=as_int(workers, "workers"),
-            storage_options=opts,
-            overwrite=as_bool(overwrite, "overwrite"),
-            progress=as_bool(progress, "progress"),
-            retries=as_int(retries, "retries", 0),
-        )
+        try:
+            result = run_upload(
+                as_str(out, "out"), as_str(dest, "dest"),
+                endpoint_url=None if endpoint_url is None else as_str(endpoint_url, "endpoint_url"),
+                workers=as_int(workers, "workers", 1),
+                storage_options=opts,
+                overwrite=as_bool(overwrite, "overwrite"),
+                progress=as_bool(progress, "progress"),
+                retries=as_int(retries, "retries", 0),
+            )
+        except KeyboardInterrupt:
+            raise UploadInterrupted("interrupted; re-run the same command to resume "
+                                    "(shards already there are skipped)") from None
         print(format_upload(result))
 
 

@@ -1,0 +1,113 @@
+"""``shardgen info``: what a build holds, from its manifest alone (no shard is read).
+
+Works on any URL :func:`shardgen.storage.open_build` opens; besides the manifest it reads
+``skipped.jsonl`` (a few KB) to group the skip reasons, when it is there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from .format import SKIPPED
+from .report import format_table, human_bytes
+from .storage import Build, open_build
+
+__all__ = ["build_info", "format_info"]
+
+
+def _skip_reasons(build: Build) -> dict[str, int] | None:
+    """Skip reasons (the part before the first ':') with counts; None when unreadable."""
+    try:
+        with build.open(SKIPPED) as f:
+            raw = f.read()
+    except (OSError, ValueError):
+        return None
+    reasons: Counter[str] = Counter()
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            reason = str(json.loads(line).get("reason", "?"))
+        except (json.JSONDecodeError, AttributeError):
+            reason = "?"
+        reasons[reason.split(":", 1)[0].strip()] += 1
+    return dict(reasons.most_common())
+
+
+def build_info(source: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``info`` shows, as plain data (also printed by ``info --json``)."""
+    build = open_build(source, storage_options)
+    m = build.manifest
+    classes = list(m["classes"])
+    splits = {}
+    for name, s in m["splits"].items():
+        cc = s.get("class_counts") or {}
+        shards = s["shards"]
+        splits[name] = {
+            "samples": int(s.get("samples") or sum(int(sh["samples"]) for sh in shards)),
+            "class_counts": {c: int(cc.get(c, 0)) for c in classes},
+            "shards": len(shards),
+            "bytes": sum(int(sh["bytes"]) for sh in shards),
+        }
+    image = m["image"]
+    return {
+        "root": build.root,
+        "format": m.get("format"),
+        "shardgen_version": m.get("shardgen_version"),
+        "classes": classes,
+        "image": {"size": image["size"], "mode": image.get("mode", "L"), "ext": image.get("ext", "png")},
+        "splits": splits,
+        "skipped": m.get("skipped"),
+        "skip_reasons": _skip_reasons(build) if m.get("skipped") else {},
+        "report": m.get("report") or {},
+        "config": m.get("config") or {},
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable report: build, image, samples per class x split, shards, bytes, config."""
+    splits = info["splits"]
+    names = list(splits)
+    rows = []
+    for c in info["classes"]:
+        vals = [splits[s]["class_counts"][c] for s in names]
+        rows.append([c] + vals + [sum(vals)])
+    tot = [splits[s]["samples"] for s in names]
+    rows.append(["total"] + tot + [sum(tot)])
+    sh = [splits[s]["shards"] for s in names]
+    rows.append(["shards"] + sh + [sum(sh)])
+    by = [splits[s]["bytes"] for s in names]
+    rows.append(["bytes"] + [human_bytes(b) for b in by] + [human_bytes(sum(by))])
+    img = info["image"]
+    version = f", shardgen {info['shardgen_version']}" if info.get("shardgen_version") else ""
+    lines = [
+        f"build:   {info['root']} ({info['format']}{version})",
+        f"image:   {img['size']}x{img['size']} {img['mode']} {img['ext']}",
+        f"classes: {len(info['classes'])} (label = position: "
+        + ", ".join(f"{i} {c}" for i, c in enumerate(info["classes"])) + ")",
+        "",
+        format_table(rows, ["samples"] + names + ["all"]),
+        "",
+    ]
+    skipped = info.get("skipped")
+    reasons = info.get("skip_reasons") or {}
+    why = f" ({', '.join(f'{n} {r}' for r, n in reasons.items())}; see skipped.jsonl)" if reasons else ""
+    lines.append(f"skipped: {skipped if skipped is not None else 'unknown'}{why}")
+    rep = info.get("report") or {}
+    if rep:
+        keys = [("images_found", "found"), ("images_used", "used"), ("true_color", "true-colour converted"),
+                ("duplicate_groups", "duplicate groups"), ("label_conflicts", "label conflicts"),
+                ("duplicates_across_splits", "duplicate groups across splits")]
+        parts = [f"{label} {rep[k]:,}" if isinstance(rep[k], int) else f"{label} {rep[k]}"
+                 for k, label in keys if k in rep and (rep[k] or k in ("images_found", "images_used"))]
+        if parts:
+            lines.append("report:  " + ", ".join(parts))
+    cfg = info.get("config") or {}
+    if cfg:
+        lines.append("config:")
+        width = max(len(k) for k in cfg)
+        for k, v in cfg.items():
+            lines.append(f"  {k.ljust(width)}  {json.dumps(v, ensure_ascii=False)}")
+    return "\n".join(lines)
