@@ -430,11 +430,16 @@ def _raise_terminated(signum, _frame):
 
 # ----------------------------------------------------------------------------- build
 
-def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str]) -> dict[str, Any]:
-    """The options that decide the output, as recorded in ``manifest.json`` ``config``."""
+def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
+                   ratios: tuple[tuple[str, float], ...] | None) -> dict[str, Any]:
+    """The options that decide the output, as recorded in ``manifest.json`` ``config``.
+
+    ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
+    source that was already split.
+    """
     return {
         "size": cfg.size,
-        "splits": dict(cfg.split_ratios) if cfg.split_ratios else "as found",
+        "splits": dict(ratios) if ratios else "as found",
         "seed": cfg.seed,
         "shard_size": cfg.shard_size,
         "classes": list(classes),
@@ -500,7 +505,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     """
     t0 = time.perf_counter()
     sr, items, classes, ratios, excluded = _resolve(cfg)
-    fp = fingerprint_of(cfg, sr.layout, classes)
+    fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=os.path.realpath(cfg.src), index_path=os.path.realpath(cfg.index) if cfg.index else None)
     out = cfg.out
     try:

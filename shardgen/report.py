@@ -59,8 +59,10 @@ def format_summary(result) -> str:
     lines.append(f"skipped: {m['skipped']}" + (f" (see {result.out}/skipped.jsonl)" if m["skipped"] else ""))
     extra = []
     if rep.get("duplicate_groups"):
+        # Groups only span splits when the source came split; shardgen never splits a group itself.
+        where = "kept in one split" if not rep.get("duplicates_across_splits") else "split as the source gave them"
         extra.append(f"{rep['duplicate_groups']} duplicate groups ({rep['duplicate_images']} images; "
-                     f"kept in one split; see duplicates.jsonl)")
+                     f"{where}; see duplicates.jsonl)")
     if rep.get("label_conflicts"):
         extra.append(f"{rep['label_conflicts']} label conflicts (same pixels, different classes)")
     if rep.get("duplicates_across_splits"):
