@@ -374,6 +374,13 @@ class ShardLoader:
                     tag, batch = item
                     stash[tuple(tag)] = self._receive(tag[1], batch)
                 yield stash.pop(want)
+            if not continuous:
+                # Let the workers run to their end: a shard read to its last sample
+                # still has to be closed (and a streamed copy verified and cached).
+                for item in it:
+                    if isinstance(item, _WorkerFailure):
+                        raise LoaderError(item.message)
+                    raise LoaderError(f"internal error: rank {ds.rank} got more batches than planned")
             finished = True
         finally:
             if finished and continuous:
@@ -472,7 +479,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,
-                     continuous=bool(overlap_epochs))
+                     continuous=bool(overlap_epochs) and num_workers > 0)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return ShardLoader(ds, num_workers, bool(pin_memory), prefetch_factor, ctx, timeout)
