@@ -533,7 +533,10 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     phase = "converting images"
     try:
         if n_workers > 1:
-            pool = mp.get_context("spawn").Pool(n_workers, initializer=_worker_init)
+            # fork: fast start, and works when __main__ is not importable (stdin, notebooks).
+            # Nothing here holds locks or threads at this point (the progress bars start later).
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = mp.get_context(method).Pool(n_workers, initializer=_worker_init)
         chunk_task = ChunkTask(work, cfg.size, cfg.fit, cfg.pixel_limit)
         bar = _progress(len(items), "convert", "img", progress)
 
