@@ -149,7 +149,7 @@ def per_core(datas: list[bytes], size: int) -> dict[str, float]:
     for name, fn in cands.items():
         fn(datas[0])
         best = 0.0
-        for _ in range(2):
+        for _ in range(3):
             t0 = time.perf_counter()
             for d in datas:
                 fn(d)
@@ -179,6 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--loop_images", type=int, default=2000)
     ap.add_argument("--core_images", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=2, help="builds to run; the fastest counts (default 2)")
     ap.add_argument("--no-resume", dest="resume", action="store_false")
     a = ap.parse_args(argv)
 
@@ -195,9 +196,12 @@ def main(argv=None) -> int:
     cores = a.workers or len(os.sched_getaffinity(0))
 
     out = os.path.join(a.root, "out")
-    shutil.rmtree(out, ignore_errors=True)
-    print("shardgen build ...", file=sys.stderr)
-    t_build, rss, _, _ = run_build(src, out, a.size, a.workers)
+    t_build, rss = float("inf"), 0
+    for r in range(a.rounds):  # best of N: other processes on a shared machine only slow a run down
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"shardgen build (round {r + 1}/{a.rounds}) ...", file=sys.stderr)
+        t, peak, _, _ = run_build(src, out, a.size, a.workers)
+        t_build, rss = min(t_build, t), max(rss, peak)
     build_rate = n / t_build
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
