@@ -16,6 +16,7 @@ exactly once across ranks, padding with label -100. Sources are build folders,
 retries and an optional size-bounded local cache. See :func:`make_loader`.
 """
 
+from . import forksafe
 from .device import DevicePrefetcher, to_device
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -35,3 +36,5 @@ __all__ = [
     "PAD_LABEL",
     "world",
 ]
+
+forksafe.install()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import random
 import threading
 import time
@@ -230,6 +231,128 @@ class _Batch:
         return (_Batch, (self.slot, self.images, self.labels, self.keys))
 
 
+class _Delivery:
+    """The main-process side of a loader's batches (no reference to the ShardLoader, so a
+    loader nobody holds any more is collected and its workers stopped)."""
+
+    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool):
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
+        self._fence = threading.Lock()
+
+    def _receive(self, worker: int, b: "_Batch") -> tuple:
+        """Turn a worker's message into the user's batch (copying the ring slot out)."""
+        pin = self.pin_memory
+        if b.slot < 0:
+            images = b.images.pin_memory() if pin else b.images
+        else:
+            ring = self.dataset.ring
+            src = ring.images[worker, b.slot]
+            images = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
+            # numpy copies in this thread; Tensor.copy_ would wake torch's intra-op thread
+            # pool, whose spinning threads take CPU from the decoding workers.
+            np.copyto(images.numpy(), src.numpy())
+            with self._fence:  # a full barrier: the copy is done before the slot is freed
+                ring.state[worker, b.slot] = 0
+        labels = torch.from_numpy(b.labels)
+        if pin:
+            labels = labels.pin_memory()
+        return (images, labels) if b.keys is None else (images, labels, b.keys)
+
+    def _ordered(self, it, epoch: int, continuous: bool) -> Iterator[tuple[int, tuple]]:
+        """``(epoch, batch)`` in each epoch's canonical order (see :func:`batch_order`),
+        epoch after epoch when ``continuous``; else one epoch, then the workers run out."""
+        ds = self.dataset
+        workers = max(1, self.num_workers)
+        L = len(ds)
+        stash: dict = {}
+        while True:
+            for w, j in batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch)):
+                want = (epoch, w, j)
+                while want not in stash:
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        raise LoaderError(f"internal error: rank {ds.rank} worker {w} ended before its batch {j} "
+                                          f"of epoch {epoch}") from None
+                    if isinstance(item, _WorkerFailure):
+                        raise LoaderError(item.message)
+                    tag, batch = item
+                    stash[tuple(tag)] = self._receive(tag[1], batch)
+                yield epoch, stash.pop(want)
+            if not continuous:
+                # Let the workers run to their end: a shard read to its last sample
+                # still has to be closed (and a streamed copy verified and cached).
+                for item in it:
+                    if isinstance(item, _WorkerFailure):
+                        raise LoaderError(item.message)
+                    raise LoaderError(f"internal error: rank {ds.rank} got more batches than planned")
+                return
+            epoch += 1
+
+
+class _End:
+    """Put by the receiver after the last batch of a finite run."""
+
+
+class _Receiver:
+    """A thread that takes batches from the DataLoader, copies them out of the ring (into
+    pinned memory when pinning), restores their order and queues them, so the training
+    loop's thread spends no time on it. It owns the DataLoader iterator and shuts the
+    workers down when it stops."""
+
+    def __init__(self, loader: "ShardLoader", it, epoch: int, continuous: bool):
+        self._q: queue.Queue = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._it = it
+        self._gen = loader._delivery._ordered(it, epoch, continuous)  # no reference to the loader
+        self._thread = threading.Thread(target=self._run, name="loaders-receiver", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._gen:
+                if not self._put(item):
+                    break
+            else:
+                self._put(_End())
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(e)
+        finally:
+            self._gen.close()
+            if hasattr(self._it, "_shutdown_workers"):
+                self._it._shutdown_workers()
+            self._it = None
+
+    def get(self):
+        """The next item; raises what the thread raised."""
+        while True:
+            try:
+                item = self._q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._q.empty():
+                    raise LoaderError("internal error: the receiving thread ended early") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
 class ShardLoader:
     """Iterable over the batches of one rank; made by :func:`make_loader`.
 
@@ -253,8 +376,9 @@ class ShardLoader:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.timeout = timeout
-        self._fence = threading.Lock()
-        self._it = None
+        self._delivery = _Delivery(dataset, num_workers, pin_memory)
+        self._rx: _Receiver | None = None
+        self._next_epoch: int | None = None
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -299,7 +423,7 @@ class ShardLoader:
         return len(self.dataset)
 
     def _start(self, epoch: int) -> None:
-        """(Re)start the workers at ``epoch``."""
+        """(Re)start the workers (and the receiving thread) at ``epoch``."""
         self.close()
         ds = self.dataset
         ds.epoch = epoch
@@ -312,36 +436,17 @@ class ShardLoader:
             ds.ring.state.zero_()
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=False,
                         persistent_workers=False, **kw)
-        self._it = iter(dl)
-        self._stash = {}
+        it = iter(dl)  # in this (main) thread: the DataLoader sets its signal handlers here
+        self._rx = _Receiver(self, it, epoch, ds.continuous)
+        self._rx.start()
         self._next_epoch = epoch
-
-    def _receive(self, worker: int, b: "_Batch") -> tuple:
-        """Turn a worker's message into the user's batch (copying the ring slot out)."""
-        pin = self.pin_memory
-        if b.slot < 0:
-            images = b.images.pin_memory() if pin else b.images
-        else:
-            ring = self.dataset.ring
-            src = ring.images[worker, b.slot]
-            images = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
-            # numpy copies in this thread; Tensor.copy_ would wake torch's intra-op thread
-            # pool, whose spinning threads take CPU from the decoding workers.
-            np.copyto(images.numpy(), src.numpy())
-            with self._fence:  # a full barrier: the copy is done before the slot is freed
-                ring.state[worker, b.slot] = 0
-        labels = torch.from_numpy(b.labels)
-        if pin:
-            labels = labels.pin_memory()
-        return (images, labels) if b.keys is None else (images, labels, b.keys)
 
     def close(self) -> None:
         """Stop the worker processes (they otherwise run ahead into the next epoch)."""
-        it, self._it = getattr(self, "_it", None), None
-        self._stash = {}
+        rx, self._rx = getattr(self, "_rx", None), None
         self._next_epoch = None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        if rx is not None:
+            rx.stop()
 
     def __del__(self):
         try:
@@ -352,35 +457,26 @@ class ShardLoader:
     def __iter__(self) -> Iterator:
         ds = self.dataset
         epoch = ds.epoch
-        workers = max(1, self.num_workers)
         L = len(ds)
-        order = batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch))
-        continuous = ds.continuous and self.num_workers > 0
-        if not continuous or getattr(self, "_it", None) is None or self._next_epoch != epoch:
+        if self.num_workers == 0:  # everything in this thread
+            self.close()
+            it = iter(DataLoader(ds, batch_size=None, num_workers=0))
+            for _, batch in self._delivery._ordered(it, epoch, False):
+                yield batch
+            return
+        continuous = ds.continuous
+        if not continuous or getattr(self, "_rx", None) is None or self._next_epoch != epoch:
             self._start(epoch)
-        it, stash = self._it, self._stash
+        rx = self._rx
         finished = False
         try:
-            for w, j in order:
-                want = (epoch, w, j)
-                while want not in stash:
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        raise LoaderError(f"internal error: rank {ds.rank} worker {w} ended before its batch {j} "
-                                          f"of epoch {epoch}") from None
-                    if isinstance(item, _WorkerFailure):
-                        raise LoaderError(item.message)
-                    tag, batch = item
-                    stash[tuple(tag)] = self._receive(tag[1], batch)
-                yield stash.pop(want)
+            for _ in range(L):
+                e, batch = rx.get()
+                if e != epoch:
+                    raise LoaderError(f"internal error: got a batch of epoch {e} in epoch {epoch}")
+                yield batch
             if not continuous:
-                # Let the workers run to their end: a shard read to its last sample
-                # still has to be closed (and a streamed copy verified and cached).
-                for item in it:
-                    if isinstance(item, _WorkerFailure):
-                        raise LoaderError(item.message)
-                    raise LoaderError(f"internal error: rank {ds.rank} got more batches than planned")
+                rx.get()  # the end (or an error found while the workers ran out)
             finished = True
         finally:
             if finished and continuous:

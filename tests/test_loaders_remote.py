@@ -194,3 +194,27 @@ def test_a_remote_shard_that_differs_from_the_manifest_is_not_cached(build, serv
         eval_epoch(url, num_workers=0, cache_dir=cache)
     assert f"{url}/{rel}" in str(e.value) and "differ from the manifest" in str(e.value)
     assert len(list(cache.glob("*.tar"))) == 1  # shard 0 only; nothing for the changed one
+
+
+def test_live_workers_do_not_break_the_parents_connections(build, served):
+    """Forked workers inherit the parent's aiohttp connections and epoll instance; if they
+    closed them (fsspec's session finaliser), the parent's next request would hang for
+    aiohttp's 5-minute timeout. See loaders/forksafe.py."""
+    import threading
+
+    url = served.url + "/xray"
+    first = make_loader(url, batch_size=8, with_keys=True, num_workers=2)  # train: workers stay alive
+    keys = [k for _, _, ks in first for k in ks]
+    assert len(keys) == 96
+    box: dict = {}
+
+    def again():
+        box["loader"] = make_loader(url, split="test", batch_size=8, mode="eval", with_keys=True, num_workers=2)
+        box["keys"] = [k for _, _, ks in box["loader"] for k in ks if k]
+
+    t = threading.Thread(target=again, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "a new loader on the same URL hung while the first one's workers were alive"
+    assert len(box["keys"]) == 24
+    first.close()

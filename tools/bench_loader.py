@@ -9,6 +9,9 @@
    (the shards' PNGs extracted to a folder).
 4. ``ceiling``: PNG decode alone (PIL, the decoder the loaders use), the encoded bytes
    already in memory, one process per worker, no batching, no IPC.
+5. ``reader`` (only with ``--only``): a make_loader worker's own work (plan, tar
+   reading, shuffle buffer, decode into a batch slot) in one process per worker, with
+   nothing handed to a main process: separates the workers' cost from delivery.
 
 Every pipeline yields ``uint8 [B,1,S,S]`` batches with int64 labels to the main
 process. The peak memory of each worker process is sampled from ``/proc``: the
@@ -140,8 +143,8 @@ def run_epochs(make_iter, seconds: float, min_epochs: int = 1, done=None) -> dic
             "worker_peak_private_mb": round(mw.private / 2**20, 1)}
 
 
-def bench_make_loader(source, split, batch_size, workers, seconds):
-    loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=False)
+def bench_make_loader(source, split, batch_size, workers, seconds, pin=False):
+    loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=pin)
 
     def it(epoch):
         loader.set_epoch(epoch)
@@ -158,13 +161,13 @@ def _label(x):
     return int(x)
 
 
-def bench_webdataset(urls, batch_size, workers, seconds):
+def bench_webdataset(urls, batch_size, workers, seconds, pin=False):
     import webdataset as wds
 
     ds = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node)
           .shuffle(1000).decode("pil").to_tuple("png", "cls").map_tuple(_to_tensor, _label)
           .batched(batch_size, partial=False))
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
+    loader = wds.WebLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin)
     return run_epochs(lambda e: iter(loader), seconds)
 
 
@@ -182,9 +185,9 @@ class PngFiles(torch.utils.data.Dataset):
             return _to_tensor(im), self.labels[i]
 
 
-def bench_files(paths, labels, batch_size, workers, seconds):
+def bench_files(paths, labels, batch_size, workers, seconds, pin=False):
     loader = torch.utils.data.DataLoader(PngFiles(paths, labels), batch_size=batch_size, shuffle=True,
-                                         drop_last=True, num_workers=workers)
+                                         drop_last=True, num_workers=workers, pin_memory=pin)
     return run_epochs(lambda e: iter(loader), seconds)
 
 
@@ -201,6 +204,45 @@ def _decode_worker(args):
         n += len(pngs)
     dt = time.perf_counter() - t0
     return n, dt, _mem(os.getpid())
+
+
+def _reader_worker(args):
+    """Everything a make_loader worker does (plan, read tar, shuffle, decode into a batch
+    slot), minus handing the batch to the main process; epochs until ``seconds``."""
+    source, split, batch_size, worker, workers, seconds, start_at = args
+    from loaders.loader import ShardStream, _Ring, open_split
+
+    spec = open_split(source, split)
+    ds = ShardStream(spec, batch_size, "train", 0, 0, 1, 1000, False)
+    ds.ring = _Ring(workers, 3, batch_size, spec.size)
+    state = ds.ring.state.numpy()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    n, epoch, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for b in ds._batches(worker, workers, True, epoch):
+            state[worker, b.slot] = 0  # consumed at once
+            n += batch_size
+        epoch += 1
+    return n, time.perf_counter() - t0, _mem(os.getpid())
+
+
+def bench_reader(source, split, batch_size, workers, seconds):
+    workers = max(1, workers)
+    start_at = time.time() + 2.0
+    c0 = _cpu()
+    pool = mp.get_context("fork").Pool(workers)
+    res = pool.map(_reader_worker, [(source, split, batch_size, w, workers, seconds, start_at)
+                                    for w in range(workers)])
+    pool.close()
+    pool.join()
+    cpu = _cpu() - c0
+    samples = sum(n for n, _, _ in res)
+    return {"samples": samples, "seconds": round(max(dt for _, dt, _ in res), 3),
+            "samples_per_s": round(sum(n / dt for n, dt, _ in res), 1),
+            "cpu_us_per_sample": round(cpu / samples * 1e6, 1),
+            "worker_peak_rss_mb": round(max(m[0] for _, _, m in res) / 2**20, 1),
+            "worker_peak_private_mb": round(max(m[1] for _, _, m in res) / 2**20, 1)}
 
 
 def bench_ceiling(pngs, workers, seconds):
@@ -275,6 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2,
                     help="run the pipelines in turn this many times and keep each one's best (default 2)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin batches (pin_memory=True) in the three DataLoader pipelines, as GPU training does")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out"),
                     help="folder for the generated build and the extracted PNG files (default bench-out/)")
     args = ap.parse_args(argv)
@@ -283,7 +327,8 @@ def main(argv=None) -> int:
     folder = os.path.join(args.work, "loader-files-" + os.path.basename(os.path.abspath(source)))
     pngs, labels, paths, urls, size = extract(source, args.split, folder)
     print(f"{len(pngs)} samples in {len(urls)} shards, {size}x{size}, mean PNG {np.mean([len(p) for p in pngs]) / 1024:.1f} KiB; "
-          f"workers {args.workers}, batch {args.batch_size}, cpus {os.cpu_count()}, torch {torch.__version__}",
+          f"workers {args.workers}, batch {args.batch_size}, pin_memory {args.pin}, cpus {os.cpu_count()}, "
+          f"torch {torch.__version__}",
           flush=True)
     results: dict = {}
     todo = args.only.split(",")
@@ -291,12 +336,14 @@ def main(argv=None) -> int:
         for name in todo:
             if name == "ceiling":
                 r = bench_ceiling(pngs, args.workers, args.seconds)
+            elif name == "reader":
+                r = bench_reader(source, args.split, args.batch_size, args.workers, args.seconds)
             elif name == "make_loader":
-                r = bench_make_loader(source, args.split, args.batch_size, args.workers, args.seconds)
+                r = bench_make_loader(source, args.split, args.batch_size, args.workers, args.seconds, args.pin)
             elif name == "webdataset":
-                r = bench_webdataset(urls, args.batch_size, args.workers, args.seconds)
+                r = bench_webdataset(urls, args.batch_size, args.workers, args.seconds, args.pin)
             elif name == "files":
-                r = bench_files(paths, labels, args.batch_size, args.workers, args.seconds)
+                r = bench_files(paths, labels, args.batch_size, args.workers, args.seconds, args.pin)
             else:
                 ap.error(f"unknown pipeline {name}")
             print(f"round {rnd + 1}: {name:12s} {r['samples_per_s']:9.1f} samples/s  {r['cpu_us_per_sample']:7.1f} us CPU/sample"
@@ -320,7 +367,7 @@ def main(argv=None) -> int:
         print(f"make_loader / webdataset = {w:.2f}  (target >= 2)")
         results["ratio_to_webdataset"] = round(w, 3)
     if args.json:
-        meta = {"workers": args.workers, "batch_size": args.batch_size, "samples": len(pngs), "shards": len(urls),
+        meta = {"workers": args.workers, "batch_size": args.batch_size, "pin_memory": args.pin, "samples": len(pngs), "shards": len(urls),
                 "size": size, "cpus": os.cpu_count(), "torch": torch.__version__}
         with open(args.json, "w") as f:
             json.dump({"config": meta, "results": results}, f, indent=1)
