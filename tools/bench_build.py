@@ -26,6 +26,7 @@ import glob
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -73,6 +74,7 @@ def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks
     cmd = [sys.executable, "-m", "shardgen", "build", src, out, "--size", str(size), "--progress", "false"]
     if workers:
         cmd += ["--workers", str(workers)]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                          start_new_session=True)
@@ -92,9 +94,12 @@ def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks
             time.sleep(0.01)
     outp, errp = p.communicate()
     dt = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # the build and its workers
     mon.stop = True
     if kill_at_chunks is None and p.returncode != 0:
         raise SystemExit(f"build failed ({p.returncode}):\n{errp}")
+    run_build.cpu_seconds = cpu
     return dt, mon.peak, p.returncode, outp
 
 
@@ -201,6 +206,8 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         print(f"shardgen build (round {r + 1}/{a.rounds}) ...", file=sys.stderr)
         t, peak, _, _ = run_build(src, out, a.size, a.workers)
+        if t < t_build:
+            build_cpu = run_build.cpu_seconds
         t_build, rss = min(t_build, t), max(rss, peak)
     build_rate = n / t_build
     with open(os.path.join(out, "manifest.json")) as f:
@@ -233,6 +240,11 @@ def main(argv=None) -> int:
         "per_core_images_per_s": {k: round(v, 1) for k, v in pipes.items()},
         "ceiling_pipeline": best_name,
         "build_vs_ceiling_x_cores": round(build_rate / (ceiling * cores), 3),
+        # CPU-seconds per image of the whole build (parent + workers) against the ceiling's:
+        # how much extra work the build does, whatever else the machine is running.
+        "build_cpu_ms_per_image": round(build_cpu / n * 1e3, 3),
+        "ceiling_cpu_ms_per_image": round(1e3 / ceiling, 3),
+        "build_cpu_efficiency": round((n / ceiling) / build_cpu, 3),
         "shard_bytes": shard_bytes,
         "png_size_vs_zlib6": round(ratio, 3),
     }
@@ -258,6 +270,8 @@ def main(argv=None) -> int:
     for k, v in sorted(pipes.items(), key=lambda kv: -kv[1]):
         print(f"per-core {v:8.1f} images/s  {k}")
     print(f"build / (fastest per-core x {cores} cores) = {result['build_vs_ceiling_x_cores']:.3f} (target >= 0.8)")
+    print(f"CPU per image: build {result['build_cpu_ms_per_image']} ms (all processes), ceiling "
+          f"{result['ceiling_cpu_ms_per_image']} ms -> CPU efficiency {result['build_cpu_efficiency']:.3f}")
     print(f"shard PNG bytes / PNG zlib level 6 = {ratio:.3f} (target <= 1.10)")
     if a.resume:
         print(f"resume after SIGKILL at 90% converted: {result['resume_seconds']} s = {result['resume_vs_full']:.1%} of a full build "
