@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import tarfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -461,3 +463,37 @@ def test_stylegan_shards_are_endless_rank_aware_one_hot_and_can_mirror(five_shar
     assert kinds["unknown"] == 0 and kinds["plain"] > 20 and kinds["mirrored"] > 20
     nolab = StyleGANShards(five_shards, split="train", use_labels=False)
     assert nolab.label_dim == 0 and not nolab.has_labels and nolab.get_label(0).shape == (0,)
+
+
+def _children() -> set[int]:
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        out.add(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_train_workers_run_on_between_epochs_and_stop_when_the_loader_goes(five_shards, monkeypatch):
+    import gc
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = _children()
+    loader = make_loader(five_shards, batch_size=8, num_workers=2)
+    assert sum(1 for _ in loader) == 12
+    alive = _children() - before
+    assert len(alive) == 2  # still there, already working on the next epoch
+    loader.set_epoch(1)
+    assert sum(1 for _ in loader) == 12 and _children() - before == alive  # the same processes
+    del loader
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children() - before
