@@ -48,11 +48,11 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import xxhash
 
 from .errors import ShardgenError, UsageError
 from .format import CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR
 from .storage import filesystem, open_build
+from .writer import file_xxh64, stream_xxh64
 
 __all__ = ["UploadResult", "UploadFailed", "UploadInterrupted", "upload", "format_upload", "display_url"]
 
@@ -293,17 +293,9 @@ class _Dest:
 
     def digest(self, rel: str) -> tuple[str, int]:
         """(xxh64, size) of the object, by reading it back."""
-        h = xxhash.xxh64()
-        n = 0
         kw = {"cache_type": "none", "block_size": BLOCK} if self.s3 else {}
         with self.fs.open(self.path(rel), "rb", **kw) as f:
-            while True:
-                b = f.read(BLOCK)
-                if not b:
-                    break
-                h.update(b)
-                n += len(b)
-        return h.hexdigest(), n
+            return stream_xxh64(f, BLOCK)
 
     def read(self, rel: str) -> bytes | None:
         try:
@@ -458,19 +450,6 @@ def _local_build(out: str) -> tuple[str, dict[str, Any], bytes, list[_Shard], li
     return src, build.manifest, manifest_bytes, shards, files
 
 
-def _file_digest(path: str) -> tuple[str, int]:
-    h = xxhash.xxh64()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(BLOCK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
-
-
 def verify_local(src: str, shards: list[_Shard], workers: int, progress: bool) -> None:
     """Sizes and xxh64 of the local shards against the manifest.
 
@@ -491,7 +470,7 @@ def verify_local(src: str, shards: list[_Shard], workers: int, progress: bool) -
                 with lock:
                     bad.append(f"{s.rel} is {size} bytes, the manifest says {s.bytes}")
                 return
-            digest, n = _file_digest(s.local)
+            digest, n = file_xxh64(s.local, BLOCK)
             with lock:
                 bar.update(n)
                 if digest != s.xxh64:

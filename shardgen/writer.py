@@ -13,7 +13,7 @@ import tempfile
 
 import xxhash
 
-__all__ = ["TAR_MTIME", "ShardWriter", "file_xxh64", "tar_header"]
+__all__ = ["TAR_MTIME", "ShardWriter", "file_xxh64", "stream_xxh64", "tar_header"]
 
 #: mtime of every tar member (2000-01-01T00:00:00Z): fixed so shards are byte-identical.
 TAR_MTIME = 946684800
@@ -147,15 +147,20 @@ class ShardWriter:
             self.abort()
 
 
-def file_xxh64(path: str, block: int = 1 << 22) -> tuple[str, int]:
-    """(xxh64 hex digest, size in bytes) of a file, read in 4 MiB blocks."""
+def stream_xxh64(f, block: int = 1 << 22) -> tuple[str, int]:
+    """(xxh64 hex digest, size in bytes) of what is left in a readable binary file object."""
     h = xxhash.xxh64()
     n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(block)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
+    while True:
+        b = f.read(block)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
     return h.hexdigest(), n
+
+
+def file_xxh64(path: str, block: int = 1 << 22) -> tuple[str, int]:
+    """(xxh64 hex digest, size in bytes) of a local file, read in 4 MiB blocks."""
+    with open(path, "rb") as f:
+        return stream_xxh64(f, block)
