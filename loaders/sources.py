@@ -146,10 +146,10 @@ class RemoteSource:
         self.requests = 0
 
     # -- fetching ------------------------------------------------------------------
-    def _get(self, start: int) -> bytes:
+    def fetch(self, start: int, end: int) -> bytes:
+        """Bytes ``start .. end-1`` of the object, in one request (with retries)."""
         if self._whole is not None:
-            return self._whole[start:start + self.chunk]
-        end = min(self.size, start + self.chunk)
+            return self._whole[start:end]
         attempts = self.retries + 1
         for k in range(attempts):
             try:
@@ -157,8 +157,8 @@ class RemoteSource:
                 data = self.fs.cat_file(self.path, start=start, end=end)
                 if len(data) == end - start:
                     return data
-                if len(data) == self.size and start + len(data) != end:
-                    # No Range support: keep the whole object and serve chunks from it.
+                if len(data) == self.size and len(data) != end - start:
+                    # No Range support: keep the whole object and serve everything from it.
                     self._whole = bytes(data)
                     return self._whole[start:end]
                 raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
@@ -175,9 +175,11 @@ class RemoteSource:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _load(self, index: int) -> None:
-        """Make chunk ``index`` the current buffer (and start fetching the next)."""
-        start = index * self.chunk
+    def _get(self, start: int) -> bytes:
+        return self.fetch(start, min(self.size, start + self.chunk))
+
+    def _load(self, start: int) -> None:
+        """Make the chunk starting at byte ``start`` the buffer (and start fetching the next)."""
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == start:
             data = pending[1].result()
@@ -198,11 +200,13 @@ class RemoteSource:
             return True
         if pos >= self.size:
             return False
-        index = pos // self.chunk
-        if self.tee is not None:  # the cache copy needs every byte in order
-            while self._fetched < index * self.chunk:
-                self._load(self._fetched // self.chunk)
-        self._load(index)
+        if self.tee is not None:  # the cache copy needs every byte, in order
+            while not (self._buf_start <= pos < self._buf_start + len(self._buf)):
+                if self._fetched >= self.size:
+                    return False
+                self._load(self._fetched)
+            return True
+        self._load(pos)
         return bool(self._buf)
 
     # -- the stream interface -------------------------------------------------------------
@@ -219,12 +223,26 @@ class RemoteSource:
     def skip(self, n: int) -> None:
         self.pos = min(self.size, self.pos + n)
 
+    def seek(self, pos: int, have: tuple[int, bytes] | None = None) -> None:
+        """Continue reading at byte ``pos`` (not while teeing into the cache).
+
+        ``have``: ``(start, data)`` already fetched around ``pos``, used as the buffer.
+        """
+        if self.tee is not None:
+            raise ValueError("cannot seek a stream that is being cached")
+        self.pos = max(0, min(self.size, int(pos)))
+        if have is not None and have[0] <= self.pos < have[0] + len(have[1]):
+            self._buf, self._buf_start = have[1], have[0]
+            nxt = have[0] + len(have[1])
+            if self.prefetch and nxt < self.size and self._pending is None:
+                self._pending = (nxt, _prefetch_pool().submit(self._get, nxt))
+
     def finish(self) -> None:
         """Read what is left of the object (so that the cache copy is complete)."""
         if self.tee is None:
             return
         while self._fetched < self.size:
-            self._load(self._fetched // self.chunk)
+            self._load(self._fetched)
 
     def close(self) -> None:
         if self._pending is not None:

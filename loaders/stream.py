@@ -8,6 +8,7 @@ method works.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import random
@@ -15,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
-from .tario import TarSamples
+from .tario import TarSamples, find_sample_headers
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
@@ -53,11 +53,31 @@ class Spec:
     chunk_size: int = DEFAULT_CHUNK
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
+    _keys: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_fs"], d["_fs_pid"] = None, -1
+        d["_fs"], d["_fs_pid"], d["_keys"] = None, -1, None
         return d
+
+    def shard_keys(self, index: int) -> dict[str, int] | None:
+        """``{key: position in shard}`` for shard ``index``, from ``<split>/dataset.json``
+        (which lists the split's samples in shard order); None if that is unavailable."""
+        if self._keys is None:
+            self._keys = False
+            try:
+                fs, base = self.remote_fs()
+                labels = json.loads(fs.cat_file(f"{base.rstrip('/')}/{self.split}/dataset.json"))["labels"]
+                keys = [str(name).rsplit(".", 1)[0] for name, _ in labels]
+                if len(keys) == sum(s.samples for s in self.shards):
+                    out, pos = [], 0
+                    for s in self.shards:
+                        out.append({k: i for i, k in enumerate(keys[pos:pos + s.samples])})
+                        pos += s.samples
+                    self._keys = out
+            except Exception as e:  # an optimisation only: read from the start instead
+                log.info("%s: no sample index (%s); shards are read from their start", self.root, e)
+        return self._keys[index] if self._keys else None
 
     def shard_name(self, shard: ShardInfo) -> str:
         return self.root.rstrip("/") + "/" + shard.path
@@ -118,6 +138,39 @@ class SampleReader:
         return RemoteSource(fs, base.rstrip("/") + "/" + shard.path, shard.bytes, name,
                             chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee)
 
+    def _jump(self, tar: TarSamples, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
+        """Move a remote stream close to sample ``target`` without reading what comes before.
+
+        The position is guessed from the shard's mean sample size; one ranged read of
+        64 KiB (or three mean samples) there finds a sample header (checksummed, at a 512-byte boundary) whose
+        key ``<split>/dataset.json`` places at or before ``target``; the reader skips the
+        few samples between. Without such an index (or a hit after 4 reads) the shard
+        is read from its start, as before.
+        """
+        keys = self.spec.shard_keys(index)
+        if not keys or shard.samples <= 0:
+            return
+        per = shard.bytes / shard.samples
+        guess = int(per * target)
+        window = int(min(max(1 << 16, 3 * per), 8 << 20)) // 512 * 512
+        for _ in range(4):
+            a = max(0, guess - window // 2)
+            a -= a % 512
+            b = min(shard.bytes, a + window)
+            best = None
+            data = src.fetch(a, b)
+            for off, key in find_sample_headers(data, a):
+                j = keys.get(key)
+                if j is not None and j <= target and (best is None or j > best[1]):
+                    best = (off, j)
+            if best is not None:
+                src.seek(best[0], have=(a, data))
+                tar.restart_at(best[0], best[1])
+                return
+            if a == 0:
+                return
+            guess = a - window // 2
+
     def _fail(self, msg: str, missing: int) -> None:
         if self.spec.on_error == "raise":
             raise LoaderError(msg)
@@ -134,7 +187,9 @@ class SampleReader:
             try:
                 src = self._open(shard)
                 tar = TarSamples(src, name)
-                if tar.skip_samples(seg.start) < seg.start:
+                if seg.start and isinstance(src, RemoteSource) and src.tee is None:
+                    self._jump(tar, src, seg.shard, shard, seg.start)
+                if tar.skip_samples(seg.start - tar.index) < seg.start - tar.index:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
                 for s in tar:
                     yield RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))

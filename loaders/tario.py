@@ -12,7 +12,7 @@ from typing import Iterator
 
 from .errors import LoaderError
 
-__all__ = ["TarSamples", "Sample"]
+__all__ = ["TarSamples", "Sample", "find_sample_headers"]
 
 BLOCK = 512
 
@@ -67,8 +67,14 @@ class TarSamples:
         self.name = name
         self.want = frozenset(want)
         self.offset = 0
+        self.index = 0  # samples of the shard passed so far
         self._peek: tuple[str, str, int] | None = None
         self._done = False
+
+    def restart_at(self, offset: int, index: int) -> None:
+        """The stream now stands at byte ``offset``, the header of sample ``index``."""
+        self.offset, self.index = offset, index
+        self._peek, self._done = None, False
 
     # -- members -----------------------------------------------------------------
     def _read_exact(self, n: int, what: str) -> bytes:
@@ -155,6 +161,7 @@ class TarSamples:
             parts[ext] = data if data is not None else b""
             head = self._next_header()
         self._peek = head
+        self.index += 1
         return Sample(key, parts)
 
     def skip_samples(self, n: int) -> int:
@@ -186,3 +193,19 @@ def _pax_records(data: bytes) -> Iterator[tuple[str, str]]:
         k, _, v = rec.partition("=")
         yield k, v
         pos += max(length, 1)
+
+
+def find_sample_headers(data: bytes, base: int, first_ext: str = "png") -> Iterator[tuple[int, str]]:
+    """``(byte offset, key)`` of every header in ``data`` (which starts at byte ``base`` of
+    the shard) that opens a sample: a regular member ``<key>.<first_ext>`` with a valid
+    checksum, at a 512-byte boundary of the shard."""
+    start = (-base) % BLOCK
+    suffix = "." + first_ext
+    for off in range(start, len(data) - BLOCK + 1, BLOCK):
+        h = data[off:off + BLOCK]
+        if h[156] not in (0x30, 0) or h[257:262] != b"ustar" or not _checksum_ok(h):
+            continue
+        name = h[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        base_name = name.rsplit("/", 1)[-1]
+        if base_name.endswith(suffix) and "." not in base_name[: -len(suffix)]:
+            yield base + off, base_name[: -len(suffix)]

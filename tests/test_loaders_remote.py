@@ -218,3 +218,26 @@ def test_live_workers_do_not_break_the_parents_connections(build, served):
     assert not t.is_alive(), "a new loader on the same URL hung while the first one's workers were alive"
     assert len(box["keys"]) == 24
     first.close()
+
+
+def test_a_reader_starting_inside_a_remote_shard_does_not_download_its_beginning(build, served, monkeypatch):
+    """Rank 1 of 2 starts at sample 48 = sample 8 of train shard 2: it finds its place with
+    one ranged read (the split's dataset.json says which key is where), not by reading
+    shard 2 from byte 0."""
+    url = served.url + "/xray"
+    shard2 = manifest(build)["splits"]["train"]["shards"][2]["path"]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    local = eval_epoch(build, num_workers=0)
+    remote = eval_epoch(url, num_workers=0, chunk_size=4096)
+    assert remote[0] == local[0] and torch.equal(remote[1], local[1]) and torch.equal(remote[2], local[2])
+    asked = [g["range"] for g in served.shard_gets() if g["path"] == f"xray/{shard2}"]
+    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in asked)
+    assert starts and starts[0] > 0, asked
+    size = (build / shard2).stat().st_size
+    fetched = sum(int(r.split("-")[1]) + 1 - int(r.split("=")[1].split("-")[0]) for r in asked)
+    assert fetched <= size - starts[0], (fetched, size, asked)  # nothing before, nothing twice
+    # Without the index (no dataset.json) it still works, reading from the start.
+    (served.root / "xray" / "train" / "dataset.json").unlink()
+    again = eval_epoch(url, num_workers=0, chunk_size=4096)
+    assert again[0] == local[0] and torch.equal(again[2], local[2])
