@@ -19,7 +19,7 @@ kernel's peak resident set (VmHWM, which also counts pages shared with the paren
 after fork) and the largest private (unshared) resident memory seen.
 
 Usage:
-    python tools/bench_loader.py                          # makes bench-out/ (1,200 images, 256x256)
+    python tools/bench_loader.py                          # makes a build in bench-out/ (256x256)
     python tools/bench_loader.py --source OUT --workers 16 --seconds 20 --json bench.json
 """
 
@@ -267,7 +267,9 @@ def bench_ceiling(pngs, workers, seconds):
 def ensure_build(args) -> str:
     if args.source:
         return args.source
-    out = os.path.join(args.work, f"loader-{args.size}")
+    if args.per_class is None:
+        args.per_class = max(300, 160 * max(1, args.workers))
+    out = os.path.join(args.work, f"loader-{args.size}-{args.per_class}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         src = os.path.join(args.work, "loader-src")
         base = os.path.join(src, "COVID-19_Radiography_Dataset")
@@ -311,7 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch_size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=10.0, help="minimum time per pipeline (default 10)")
     ap.add_argument("--size", type=int, default=256, help="image size of the generated build (default 256)")
-    ap.add_argument("--per_class", type=int, default=300, help="images per class of the generated build")
+    ap.add_argument("--per_class", type=int, default=None,
+                    help="images per class of the generated build (default: 160 per worker, at least 300, "
+                         "so that every worker has several batches per epoch)")
     ap.add_argument("--shard_size", type=int, default=100)
     ap.add_argument("--only", default="ceiling,make_loader,webdataset,files")
     ap.add_argument("--rounds", type=int, default=2,
