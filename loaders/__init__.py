@@ -16,7 +16,7 @@ exactly once across ranks, padding with label -100. Sources are build folders,
 retries and an optional size-bounded local cache. See :func:`make_loader`.
 """
 
-from . import forksafe
+from shardgen import forksafe
 from .device import DevicePrefetcher, to_device
 from .dist import world
 from .errors import LoaderError, UsageError

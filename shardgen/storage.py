@@ -15,8 +15,12 @@ from typing import Any
 
 import fsspec
 
+from . import forksafe
 from .errors import UsageError
 from .format import MANIFEST, validate_manifest
+
+# Forked workers (verify, DataLoader) must not close the parent's http/s3 connections.
+forksafe.install()
 
 __all__ = ["Build", "open_build", "split_url", "is_url"]
 

@@ -199,7 +199,7 @@ def test_a_remote_shard_that_differs_from_the_manifest_is_not_cached(build, serv
 def test_live_workers_do_not_break_the_parents_connections(build, served):
     """Forked workers inherit the parent's aiohttp connections and epoll instance; if they
     closed them (fsspec's session finaliser), the parent's next request would hang for
-    aiohttp's 5-minute timeout. See loaders/forksafe.py."""
+    aiohttp's 5-minute timeout. See shardgen/forksafe.py."""
     import threading
 
     url = served.url + "/xray"
