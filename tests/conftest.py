@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,16 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 
 import make_sample_dataset as sample_tool  # noqa: E402
+
+
+def default_sigint() -> None:
+    """preexec_fn: give the child the default SIGINT disposition.
+
+    A shell starts background jobs with SIGINT ignored, and children inherit that; Python
+    then never raises KeyboardInterrupt. Tests that press Ctrl-C must not depend on how
+    the test run itself was started.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_cli, sample_tool
+from conftest import ROOT, default_sigint, run_cli, sample_tool
 
 OPTS = ["--size", "32", "--shard_size", "50", "--progress", "false"]
 
@@ -46,7 +46,7 @@ def _env():
 
 def start(args, **kw) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True, **kw)
+                            start_new_session=True, preexec_fn=default_sigint, **kw)
 
 
 def wait_for(cond, timeout=120.0, proc=None):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, default_sigint, run_cli
 from s3server import SeaweedS3, find_weed
 
 BUCKET = "shardgen-tests"
@@ -326,7 +326,7 @@ def test_ctrl_c_stops_with_one_line_and_no_manifest(many_shards, s3server, s3env
     env = dict(os.environ, **s3env, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "shardgen", "upload", str(many_shards), f"s3://{BUCKET}/{prefix}",
                              "--workers", "1", "--progress", "false"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while len([k for k in objects(s3server, prefix) if k.endswith(".tar")]) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "no progress to interrupt"
