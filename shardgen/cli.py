@@ -12,7 +12,7 @@ import functools
 import sys
 from typing import Any, Callable
 
-from .errors import ShardgenError, UsageError
+from .errors import BuildFailed, ShardgenError, UsageError
 
 __all__ = ["CLI", "as_list", "as_bool", "as_int", "as_str"]
 
@@ -141,7 +141,7 @@ class CLI:
                            progress=as_bool(progress, "progress"))
         print(format_summary(result))
         if as_bool(strict, "strict") and result.skipped:
-            raise ShardgenError_strict(len(result.skipped), cfg.out)
+            raise BuildFailed(f"--strict: {len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl")
 
     @_guard("verify")
     def verify(self, source, decode=True, workers=None, progress=True):
@@ -279,8 +279,3 @@ class CLI:
                                     "(shards already there are skipped)") from None
         print(format_upload(result))
 
-
-def ShardgenError_strict(n: int, out: str) -> ShardgenError:
-    from .errors import BuildFailed
-
-    return BuildFailed(f"--strict: {n} file(s) skipped; see {out}/skipped.jsonl")

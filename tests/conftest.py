@@ -44,6 +44,13 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | N
     return p
 
 
+def make_build(src: Path, out: Path, size: int = 64, shard_size: int = 25) -> Path:
+    """``shardgen build SRC OUT`` through the CLI with small images (2 workers, no progress bar)."""
+    run_cli("build", src, out, "--size", size, "--shard_size", shard_size, "--workers", "2",
+            "--progress", "false", check=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def sample_src(tmp_path_factory) -> Path:
     """A clean synthetic Kaggle-layout dataset: 4 classes x 30 images (299x299)."""
@@ -67,7 +74,4 @@ def small_build(sample_src, tmp_path_factory) -> Path:
 
     Read-only for tests: copy it (shutil.copytree) before corrupting anything.
     """
-    out = tmp_path_factory.mktemp("build") / "out"
-    run_cli("build", sample_src, out, "--size", "64", "--shard_size", "25", "--workers", "2",
-            "--progress", "false", check=True)
-    return out
+    return make_build(sample_src, tmp_path_factory.mktemp("build") / "out")

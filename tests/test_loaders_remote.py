@@ -20,7 +20,7 @@ import pytest
 import torch
 import xxhash
 
-from conftest import run_cli
+from conftest import make_build
 from http_build_server import BuildServer
 
 from loaders import LoaderError, make_loader
@@ -30,10 +30,7 @@ from loaders.sources import ShardCache, ShardInfo
 @pytest.fixture(scope="module")
 def build(sample_src, tmp_path_factory) -> Path:
     """sample_src at 64x64 in 20-sample shards (train: 5 shards, test: 2)."""
-    out = tmp_path_factory.mktemp("remote") / "out"
-    run_cli("build", sample_src, out, "--size", "64", "--shard_size", "20", "--workers", "2",
-            "--progress", "false", check=True)
-    return out
+    return make_build(sample_src, tmp_path_factory.mktemp("remote") / "out", shard_size=20)
 
 
 @pytest.fixture

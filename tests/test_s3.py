@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, default_sigint, run_cli
+from conftest import ROOT, default_sigint, make_build, run_cli
 from s3server import SeaweedS3, find_weed
 
 BUCKET = "shardgen-tests"
@@ -116,10 +116,7 @@ def epoch(source, split: str, **kw) -> tuple[list[str], torch.Tensor, torch.Tens
 @pytest.fixture(scope="module")
 def many_shards(sample_src, tmp_path_factory) -> Path:
     """The sample dataset in 4-sample shards (30 shards): room to interrupt an upload."""
-    out = tmp_path_factory.mktemp("many") / "out"
-    run_cli("build", sample_src, out, "--size", "64", "--shard_size", "4", "--workers", "2",
-            "--progress", "false", check=True)
-    return out
+    return make_build(sample_src, tmp_path_factory.mktemp("many") / "out", shard_size=4)
 
 
 # ----------------------------------------------------------------------------- local destinations
