@@ -31,15 +31,17 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import xxhash
 
 from . import __version__
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE, WORK_DIR,
-                     atomic_write_bytes, atomic_write_json, dump_json, shard_relpath)
+                     atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_relpath)
 from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
-from .scan import Item, Skip, scan
+from .keys import make_keys
+from .scan import Skip, scan
 from .split import assign_splits, shuffle_order
 from .writer import ShardWriter, file_xxh64
 
@@ -48,7 +50,6 @@ __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_spl
 #: Files per conversion chunk (the unit of parallel work and of resume).
 CHUNK = 64
 FORMATS = ("png",)
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class BuildInterrupted(ShardgenError):
@@ -145,9 +146,12 @@ class BuildConfig:
             object.__setattr__(self, "classes", cls)
         if self.splits is not None:
             object.__setattr__(self, "split_ratios", parse_splits(self.splits))
-        src_abs, out_abs = os.path.abspath(self.src), os.path.abspath(self.out)
-        if out_abs == src_abs or out_abs.startswith(src_abs.rstrip(os.sep) + os.sep):
-            raise UsageError(f"OUT {self.out} must not be inside SRC {self.src}")
+        src_real, out_real = os.path.realpath(self.src), os.path.realpath(self.out)
+        if _inside(out_real, src_real):
+            raise UsageError(f"OUT {self.out} must not be inside SRC {self.src}"
+                             + (f" (it resolves to {out_real})" if out_real != os.path.abspath(self.out) else ""))
+        if _inside(src_real, out_real):
+            raise UsageError(f"SRC {self.src} must not be inside OUT {self.out}")
 
     @property
     def n_workers(self) -> int:
@@ -163,6 +167,11 @@ class BuildConfig:
         return self.max_pixels or DEFAULT_MAX_PIXELS
 
 
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies below it (both real, absolute paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 @dataclass
 class BuildResult:
     """What a build produced, for the summary."""
@@ -176,34 +185,7 @@ class BuildResult:
     total_chunks: int = 0
     kept_shards: int = 0
     total_shards: int = 0
-
-
-# ----------------------------------------------------------------------------- keys
-
-def make_keys(items: list[Item], layout: str) -> list[str]:
-    """Unique sample keys (``[A-Za-z0-9_-]``) derived from the relative paths.
-
-    ``COVID/images/COVID-1.png`` -> ``COVID_COVID-1`` (the Kaggle ``images`` folder is
-    dropped). Paths that sanitise to the same key get a hash of the full path appended.
-    """
-    base = []
-    for it in items:
-        stem = os.path.splitext(it.relpath)[0]
-        parts = stem.split("/")
-        if layout == "kaggle" and len(parts) >= 3 and parts[1] == "images":
-            parts = [parts[0]] + parts[2:]
-        k = _KEY_BAD.sub("_", "_".join(parts)).strip("_") or "img"
-        base.append(k[:160])
-    count: dict[str, int] = defaultdict(int)
-    for k in base:
-        count[k] += 1
-    keys = [k if count[k] == 1 else f"{k}-{xxhash.xxh32_hexdigest(it.relpath)}" for k, it in zip(base, items)]
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for k in keys:
-        seen[k] += 1
-        out.append(k if seen[k] == 1 else f"{k}-{seen[k]}")
-    return out
+    notes: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- OUT state
@@ -370,8 +352,9 @@ class ChunkTask:
             buf += pr.png
         # Scratch files are not fsync'ed: the record file holds the bin's checksum, checked on reuse.
         atomic_write_bytes(bin_path, bytes(buf), fsync=False)
-        atomic_write_bytes(json_path, dump_json({"relpaths": rels, "records": recs,
-                                                 "bin_xxh64": xxhash.xxh64_hexdigest(buf)}, indent=None), fsync=False)
+        # ensure_ascii: relpaths may hold surrogate-escaped bytes of non-UTF-8 file names.
+        atomic_write_bytes(json_path, json.dumps({"relpaths": rels, "records": recs,
+                                                  "bin_xxh64": xxhash.xxh64_hexdigest(buf)}).encode(), fsync=False)
         return cid, recs, False
 
 
@@ -457,13 +440,19 @@ def _resolve(cfg: BuildConfig):
     sr = scan(cfg.src, cfg.index, cfg.group)
     if not sr.items:
         raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
+    _check_class_names(sr)
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if c not in sr.labels]
         if unknown:
             raise UsageError(f"--classes: unknown class {unknown[0]!r} (found: {', '.join(sr.labels)})")
         classes = list(cfg.classes)
     else:
+        _check_empty_classes(sr)
         classes = list(sr.labels)
+    if len(classes) == 1:
+        why = "--classes names one class" if cfg.classes is not None else sr.single_reason
+        sr.notes.append(f"the build has a single class, {classes[0]!r} ({why}): fine for unconditional "
+                        "training; for a classifier, SRC must hold one folder per class")
     keep = set(classes)
     items = [it for it in sr.items if it.label in keep]
     excluded = len(sr.items) - len(items)
@@ -476,6 +465,29 @@ def _resolve(cfg: BuildConfig):
     else:
         ratios = cfg.split_ratios or parse_splits("train=0.8,test=0.2")
     return sr, items, classes, ratios, excluded
+
+
+def _check_class_names(sr) -> None:
+    """Class names go into JSON everywhere: they must be text (valid UTF-8)."""
+    for label in sr.labels:
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = label.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UsageError(f"class name {shown!r} is not valid UTF-8: rename the folder") from None
+
+
+def _check_empty_classes(sr) -> None:
+    """A class folder without images would shift every label index after it: refuse it."""
+    counts = defaultdict(int)
+    for it in sr.items:
+        counts[it.label] += 1
+    empty = [c for c in sr.labels if not counts[c]]
+    if empty:
+        where = ", ".join(os.path.join(sr.root, d) for d in sr.class_dirs.get(empty[0], [empty[0]]))
+        more = f" (and {len(empty) - 1} more empty class(es))" if len(empty) > 1 else ""
+        raise UsageError(f"class folder {where} holds no images{more}; remove it, or name the classes "
+                         "with --classes to keep an empty class")
 
 
 def _run_pool(pool, fn, jobs, on_result):
@@ -506,7 +518,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     t0 = time.perf_counter()
     sr, items, classes, ratios, excluded = _resolve(cfg)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
-    work_fp = dict(fp, src=os.path.realpath(cfg.src), index_path=os.path.realpath(cfg.index) if cfg.index else None)
+    work_fp = dict(fp, src=os.path.realpath(sr.root), index_path=os.path.realpath(cfg.index) if cfg.index else None)
     out = cfg.out
     try:
         prepare_out(out, work_fp, overwrite)
@@ -521,8 +533,8 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     except OSError as e:
         raise UsageError(f"OUT {out}: cannot write ({e.strerror or e})") from None
 
-    keys = make_keys(items, sr.layout)
-    src = cfg.src
+    keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
+    src = sr.root
     jobs = [(cid, [(it.relpath, os.path.join(src, it.relpath)) for it in items[s:s + CHUNK]])
             for cid, s in enumerate(range(0, len(items), CHUNK))]
     records: list[list | None] = [None] * len(items)
@@ -603,7 +615,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     all_skips = list(sr.skipped) + plan["skips"]
     return BuildResult(out=out, manifest=manifest, skipped=all_skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=state["reused"], total_chunks=len(jobs),
-                       kept_shards=state["kept"], total_shards=len(plan["jobs"]))
+                       kept_shards=state["kept"], total_shards=len(plan["jobs"]), notes=list(sr.notes))
 
 
 def _clean_temporaries_quietly(out: str) -> None:
@@ -646,8 +658,8 @@ def _plan(cfg, items, keys, records, classes, ratios, work) -> dict:
         conflict = len(labels) > 1
         conflicts += conflict
         cross_split += len(splits_g) > 1
-        duplicates.append({"paths": [items[i].relpath for i in g], "classes": labels,
-                           "label_conflict": conflict, "splits": splits_g})
+        duplicates.append(dict(_paths_fields([items[i].relpath for i in g]), classes=labels,
+                               label_conflict=conflict, splits=splits_g))
     by_split: dict[str, list[int]] = defaultdict(list)
     for j, i in enumerate(ok):
         by_split[split_of[j]].append(i)
@@ -669,7 +681,7 @@ def _plan(cfg, items, keys, records, classes, ratios, work) -> dict:
             for i in idx[s:s + cfg.shard_size]:
                 it, rec = items[i], records[i]
                 ci = cls_index[it.label]
-                meta = json.dumps({"class": it.label, "source": it.relpath, "width": rec[_REC_W],
+                meta = json.dumps({"class": it.label, **path_fields(it.relpath, "source"), "width": rec[_REC_W],
                                    "height": rec[_REC_H], "mode": rec[_REC_MODE]},
                                   separators=(",", ":"), ensure_ascii=False).encode()
                 chunk_bin = os.path.join(work, "chunks", f"c-{i // CHUNK:06d}.bin")
@@ -685,6 +697,15 @@ def _plan(cfg, items, keys, records, classes, ratios, work) -> dict:
             "report": {"images_found": len(items), "images_used": len(ok), "true_color": true_color,
                        "duplicate_groups": len(dup_groups), "duplicate_images": sum(len(g) for g in dup_groups),
                        "label_conflicts": conflicts, "duplicates_across_splits": cross_split}}
+
+
+def _paths_fields(paths: list[str]) -> dict[str, list[str]]:
+    """``{"paths": [...]}``, plus ``paths_raw`` (percent-encoded bytes) when one is not UTF-8."""
+    fields = [path_fields(p, "p") for p in paths]
+    out = {"paths": [f["p"] for f in fields]}
+    if any("p_raw" in f for f in fields):
+        out["paths_raw"] = [f.get("p_raw", quote(f["p"], safe="/")) for f in fields]
+    return out
 
 
 def _finish(cfg, out, work, fp, classes, plan, shard_recs, sr, excluded) -> dict:

@@ -140,6 +140,8 @@ class CLI:
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"))
         print(format_summary(result))
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
         if as_bool(strict, "strict") and result.skipped:
             raise BuildFailed(f"--strict: {len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl")
 

@@ -49,6 +49,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "validate_manifest",
+    "path_fields",
 ]
 
 FORMAT = "shardgen/1"
@@ -76,6 +77,23 @@ def shard_relpath(split: str, index: int) -> str:
 def dump_json(obj: Any, *, indent: int | None = 1) -> bytes:
     """Canonical JSON bytes (sorted keys where the format does not fix the order)."""
     return (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def path_fields(path: str, name: str) -> dict[str, str]:
+    """A source path as JSON fields: ``{name: text}``, plus ``{name}_raw`` when the path is not UTF-8.
+
+    File names are bytes; JSON holds text. A path that is valid UTF-8 is written as it is.
+    Otherwise ``name`` shows it with each undecodable byte as ``\\xNN`` (readable, lossy) and
+    ``name + "_raw"`` holds the exact bytes percent-encoded (RFC 3986, ``/`` kept):
+    ``urllib.parse.unquote_to_bytes(value)`` gives them back.
+    """
+    raw = path.encode("utf-8", "surrogateescape")
+    try:
+        return {name: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        from urllib.parse import quote_from_bytes
+
+        return {name: raw.decode("utf-8", "backslashreplace"), f"{name}_raw": quote_from_bytes(raw, safe="/")}
 
 
 def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:

@@ -55,7 +55,9 @@ class Processed:
     Attributes:
         png: the encoded 8-bit grayscale PNG (size x size).
         pixel_hash: xxh64 hex digest of the converted pixels (finds exact duplicates).
-        width, height, mode: the original image's size in pixels and PIL mode.
+        width, height: the decoded image's size in pixels after its EXIF orientation is applied
+            (as a viewer shows it; a 300x200 JPEG with orientation 6 gives 200x300).
+        mode: the PIL mode of the decoded original.
         true_color: the original had colour channels that differ somewhere.
     """
 
@@ -245,6 +247,7 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
         orientation = 1
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)
+        width, height = im.width, im.height  # as displayed: after the EXIF orientation
     try:
         gray, true_color = to_gray(im)
     except (OSError, ValueError) as e:

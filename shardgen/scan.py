@@ -1,22 +1,30 @@
 """Find the labelled images under SRC: layout detection, class and split discovery, CSV index.
 
-Layouts recognised on their own (hidden files and folders are ignored everywhere):
+The rules (documented for users in ``docs/layouts.md``):
 
-* ``kaggle``: ``<class>/images/*`` (the COVID-19 Radiography Database); sibling folders
-  such as ``masks/`` and files beside the class folders are not read.
-* ``split``: ``<split>/<class>/...`` where every top-level folder is a split name
-  (train, test, val, valid, validation, dev); the existing split is kept.
-* ``imagefolder``: ``<class>/**/*`` (nested folders allowed).
-
-Or ``--index file.csv`` with columns ``path,label[,group][,split]`` (paths relative to SRC).
+* **One walk, each real folder once.** Symlinks are followed, but every real folder
+  (device, inode) is listed once: a symlink back to a folder already listed (a loop) or a
+  second path to the same folder is not followed, and the scan says so in a note. Hidden
+  files and folders (``.name``) are ignored everywhere.
+* **Kaggle classes at any depth.** A folder that has an ``images/`` subfolder is a class
+  named after that folder, wherever it is found; only ``images/`` is read, and its siblings
+  (``masks/``, ...) are never training data. The ``images`` component is dropped from keys.
+* **Layouts.** ``kaggle`` when such folders exist (image files outside them are skipped
+  with a reason); ``split`` when every top folder is a split name (train, test, val, valid,
+  validation, dev) holding class folders (the same class rules apply inside each split);
+  otherwise ``imagefolder``: each top folder is a class, read recursively.
+* **The folder above the dataset.** When SRC holds exactly one folder (ignoring hidden
+  entries and non-image files) and that folder is a multi-class layout, the build uses it,
+  with a note (``using SRC/X, the only folder in SRC``).
+* Or ``--index file.csv`` with columns ``path,label[,group][,split]`` (paths relative to
+  SRC, normalised; a path listed twice with the same values is used once).
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .image import IMAGE_EXTENSIONS
@@ -24,16 +32,30 @@ from .image import IMAGE_EXTENSIONS
 __all__ = ["Item", "Skip", "ScanResult", "SPLIT_NAMES", "scan"]
 
 SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation", "dev"})
+#: The Kaggle image folder name inside a class folder.
+IMAGES = "images"
+_MAX_NOTES = 3
 
 
 @dataclass(frozen=True)
 class Item:
-    """One input image: ``relpath`` (``/``-separated, relative to SRC), its label and optional split/group."""
+    """One input image.
+
+    Attributes:
+        relpath: ``/``-separated path relative to the scan root (str; undecodable bytes
+            of a file name are surrogate-escaped, as ``os.listdir`` gives them).
+        label: class name.
+        split: split of a pre-split source, else None.
+        group: ``--group`` / index group id, else None.
+        keypath: the path the sample key is made from (``relpath`` without the Kaggle
+            ``images`` component); None means ``relpath``.
+    """
 
     relpath: str
     label: str
     split: str | None = None
     group: str | None = None
+    keypath: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,69 +66,203 @@ class Skip:
     reason: str
 
     def to_json(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
+        from .format import path_fields
+
+        return dict(path_fields(self.path, "path"), reason=self.reason)
 
 
 @dataclass
 class ScanResult:
+    """What the scan found.
+
+    Attributes:
+        layout: ``kaggle``, ``split``, ``imagefolder`` or ``index``.
+        items: every image found, sorted by relpath.
+        skipped: files found but not used, with reasons.
+        labels: every class found (sorted), including classes whose folders hold no image.
+        splits: split names of a pre-split source, else None.
+        root: the folder relpaths are relative to (SRC, or the one folder inside it).
+        notes: one-line notes for the user (wrapper folder used, symlink loops, ...).
+        class_dirs: label -> the folders it came from (relative to ``root``).
+        single_reason: why the source has one class, when it has one.
+    """
+
     layout: str
     items: list[Item]
     skipped: list[Skip]
-    labels: list[str]          # every label found, sorted
-    splits: list[str] | None   # split names of a pre-split source, else None
+    labels: list[str]
+    splits: list[str] | None
+    root: str = ""
+    notes: list[str] = field(default_factory=list)
+    class_dirs: dict[str, list[str]] = field(default_factory=dict)
+    single_reason: str = ""
 
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _list_files(root: str, rel: str, skipped: list[Skip]) -> list[str]:
-    """All visible files under ``root/rel`` (recursive), as sorted relative paths."""
-    out: list[str] = []
-    stack = [rel]
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a else b
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+class Tree:
+    """The visible folders and files under a root, each real folder listed once.
+
+    ``folders`` maps a folder's relative path (``""`` for the root) to its sorted
+    subfolder and file names. Folders reached a second time (a symlink loop, or two
+    paths to one folder) are left out and described in ``notes``.
+    """
+
+    def __init__(self, root: str, skipped: list[Skip]) -> None:
+        self.root = root
+        self.folders: dict[str, tuple[list[str], list[str]]] = {}
+        self.notes: list[str] = []
+        self._walk(skipped)
+
+    def _walk(self, skipped: list[Skip]) -> None:
+        seen: dict[tuple[int, int], str] = {}
+        loops: list[str] = []
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            path = os.path.join(self.root, rel) if rel else self.root
+            try:
+                st = os.stat(path)
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as e:
+                skipped.append(Skip(rel or ".", f"unreadable folder: {e.strerror or e}"))
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen:
+                first = seen[ident]
+                loop = first == "" or rel.startswith(first + "/")
+                loops.append(f"{rel} leads back to {first or 'the root'} (symlink loop)" if loop
+                             else f"{rel} is the same folder as {first}")
+                continue
+            seen[ident] = rel
+            dirs, files = [], []
+            for e in entries:
+                if not _visible(e.name):
+                    continue
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    is_dir = False
+                (dirs if is_dir else files).append(e.name)
+            self.folders[rel] = (dirs, files)
+            stack.extend(_join(rel, d) for d in reversed(dirs))
+        if loops:
+            more = f" (and {len(loops) - _MAX_NOTES} more)" if len(loops) > _MAX_NOTES else ""
+            self.notes.append("listed each real folder once, not following: " + "; ".join(loops[:_MAX_NOTES]) + more)
+
+    def subdirs(self, rel: str) -> list[str]:
+        return self.folders.get(rel, ([], []))[0]
+
+    def files(self, rel: str) -> list[str]:
+        return self.folders.get(rel, ([], []))[1]
+
+    def has(self, rel: str) -> bool:
+        return rel in self.folders
+
+    def all_files(self, rel: str) -> list[str]:
+        """Every file under ``rel`` (recursive), as paths relative to the root."""
+        out: list[str] = []
+        stack = [rel]
+        while stack:
+            d = stack.pop()
+            out.extend(_join(d, f) for f in self.files(d))
+            stack.extend(_join(d, s) for s in self.subdirs(d) if self.has(_join(d, s)))
+        return sorted(out)
+
+    def is_kaggle_class(self, rel: str) -> bool:
+        return IMAGES in self.subdirs(rel) and self.has(_join(rel, IMAGES))
+
+
+def _kaggle_dirs(tree: Tree, base: str) -> list[str]:
+    """Folders strictly below ``base`` that have an ``images/`` subfolder (not descending into them)."""
+    out = []
+    stack = [_join(base, d) for d in reversed(tree.subdirs(base))]
     while stack:
         d = stack.pop()
-        try:
-            entries = sorted(os.scandir(os.path.join(root, d)), key=lambda e: e.name)
-        except OSError as e:
-            skipped.append(Skip(d, f"unreadable folder: {e.strerror or e}"))
+        if not tree.has(d):
             continue
-        subdirs = []
-        for e in entries:
-            if not _visible(e.name):
-                continue
-            r = f"{d}/{e.name}" if d else e.name
-            try:
-                is_dir = e.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                subdirs.append(r)
-            else:
-                out.append(r)
-        stack.extend(reversed(subdirs))
+        if tree.is_kaggle_class(d):
+            out.append(d)
+            continue
+        stack.extend(_join(d, s) for s in reversed(tree.subdirs(d)))
     return sorted(out)
 
 
-def _subdirs(path: str) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(path) if _visible(e.name) and e.is_dir())
-    except OSError as e:
-        raise UsageError(f"{path}: cannot list folder ({e.strerror or e})") from None
+def _classes_in(tree: Tree, base: str) -> tuple[str, list[tuple[str, str]]]:
+    """``(kind, [(class name, class folder), ...])`` of the class folders under ``base``."""
+    kag = _kaggle_dirs(tree, base)
+    if kag:
+        return "kaggle", [(d.rsplit("/", 1)[-1], d) for d in kag]
+    return "imagefolder", [(d, _join(base, d)) for d in tree.subdirs(base) if tree.has(_join(base, d))]
 
 
-def _images_of_class(root: str, rel: str, skipped: list[Skip], kaggle: bool) -> list[str]:
-    """Image files of one class folder; others are reported as skipped."""
-    base = f"{rel}/images" if kaggle else rel
-    files = _list_files(root, base, skipped)
-    images = []
-    for f in files:
-        ext = os.path.splitext(f)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
-            images.append(f)
-        else:
-            skipped.append(Skip(f, f"not an image file (extension {ext or 'none'!r})"))
-    return images
+def _is_split_layout(tree: Tree, base: str) -> bool:
+    top = tree.subdirs(base)
+    return bool(top) and all(d.lower() in SPLIT_NAMES and tree.subdirs(_join(base, d)) for d in top)
+
+
+def _class_files(tree: Tree, cdir: str) -> list[str]:
+    """Files of one class folder: ``images/`` of a Kaggle class; else every file, but only
+    ``images/`` of any nested folder that has one (masks are never training data)."""
+    if tree.is_kaggle_class(cdir):
+        return tree.all_files(_join(cdir, IMAGES))
+    out = [_join(cdir, f) for f in tree.files(cdir)]
+    for s in tree.subdirs(cdir):
+        sub = _join(cdir, s)
+        if tree.has(sub):
+            out.extend(_class_files(tree, sub))
+    return sorted(out)
+
+
+def _keypath(rel: str, cdir: str, tree: Tree) -> str | None:
+    """``rel`` without the ``images`` component right below its Kaggle class folder."""
+    prefix = _join(cdir, IMAGES) + "/"
+    if tree.is_kaggle_class(cdir) and rel.startswith(prefix):
+        return _join(cdir, rel[len(prefix):])
+    return None
+
+
+class _Collector:
+    """Turns class folders into Items and Skips, remembering where each class came from."""
+
+    def __init__(self, tree: Tree, regex: re.Pattern | None) -> None:
+        self.tree, self.regex = tree, regex
+        self.items: list[Item] = []
+        self.skipped: list[Skip] = []
+        self.class_dirs: dict[str, list[str]] = {}
+        self.used: set[str] = set()
+
+    def add_class(self, label: str, cdir: str, split: str | None = None) -> None:
+        self.class_dirs.setdefault(label, []).append(cdir)
+        for f in _class_files(self.tree, cdir):
+            self.used.add(f)
+            if _is_image(f):
+                self.items.append(Item(f, label, split, _group_of(self.regex, f), _keypath(f, cdir, self.tree)))
+            else:
+                ext = os.path.splitext(f)[1].lower()
+                self.skipped.append(Skip(f, f"not an image file (extension {ext or 'none'!r})"))
+
+    def stray_images(self, base: str, where: str) -> None:
+        """Report image files under ``base`` that no class folder took."""
+        for f in self.tree.all_files(base):
+            if f not in self.used and _is_image(f) and not _in_kaggle_sibling(f, self.tree):
+                self.skipped.append(Skip(f, f"image outside any class folder ({where})"))
+
+
+def _in_kaggle_sibling(rel: str, tree: Tree) -> bool:
+    """``rel`` lies in a sibling of a Kaggle ``images/`` folder (e.g. ``masks/``)."""
+    parts = rel.split("/")
+    return any(tree.is_kaggle_class("/".join(parts[:i])) for i in range(1, len(parts) - 1))
 
 
 def _group_of(regex: re.Pattern | None, relpath: str) -> str | None:
@@ -127,43 +283,75 @@ def _compile_group(group: str | None) -> re.Pattern | None:
         raise UsageError(f"--group: not a valid regular expression: {e}") from None
 
 
-def _scan_index(src: str, index: str, regex: re.Pattern | None) -> ScanResult:
-    try:
-        f = open(index, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise UsageError(f"--index {index}: cannot open ({e.strerror or e})") from None
-    items: list[Item] = []
-    skipped: list[Skip] = []
-    with f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols or "label" not in cols:
-            raise UsageError(f"--index {index}: needs a header with columns path,label[,group][,split]; got {cols}")
-        reader.fieldnames = cols
-        seen = set()
-        for n, row in enumerate(reader, start=2):
-            path = (row.get("path") or "").strip()
-            label = (row.get("label") or "").strip()
-            if not path or not label:
-                raise UsageError(f"--index {index}: line {n}: empty path or label")
-            rel = os.path.relpath(path, src) if os.path.isabs(path) else path
-            rel = rel.replace(os.sep, "/")
-            if rel in seen:
-                raise UsageError(f"--index {index}: line {n}: {path} is listed twice")
-            seen.add(rel)
-            group = (row.get("group") or "").strip() or _group_of(regex, rel)
-            split = (row.get("split") or "").strip() or None
-            items.append(Item(rel, label, split, group))
-    splits_given = {i.split for i in items}
-    if None in splits_given and len(splits_given) > 1:
-        raise UsageError(f"--index {index}: the split column is filled for some rows but not all")
-    splits = sorted(s for s in splits_given if s) or None
-    items.sort(key=lambda i: i.relpath)
-    return ScanResult("index", items, skipped, sorted({i.label for i in items}), splits)
+def _multi_class(tree: Tree, base: str) -> bool:
+    if tree.is_kaggle_class(base):
+        return False
+    return _is_split_layout(tree, base) or len({n for n, _ in _classes_in(tree, base)[1]}) >= 2
+
+
+def _unwrap(tree: Tree, src: str, notes: list[str]) -> str:
+    """The folder to build from: SRC, or the one folder in it when that is a multi-class layout."""
+    base = ""
+    while True:
+        dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
+        if len(dirs) != 1 or any(_is_image(f) for f in tree.files(base)) or tree.is_kaggle_class(base):
+            return base
+        inner = _join(base, dirs[0])
+        if not (_multi_class(tree, inner) or _unwrap_once(tree, inner)):
+            return base
+        notes.append(f"using {os.path.join(src, inner)}, the only folder in {os.path.join(src, base) if base else src}")
+        base = inner
+
+
+def _unwrap_once(tree: Tree, base: str) -> bool:
+    """``base`` is itself a wrapper around a multi-class layout."""
+    dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
+    return (len(dirs) == 1 and not any(_is_image(f) for f in tree.files(base))
+            and not tree.is_kaggle_class(base) and _multi_class(tree, _join(base, dirs[0])))
+
+
+def _rebase(res: ScanResult, base: str) -> ScanResult:
+    """Make every path in ``res`` relative to ``base`` (a folder inside the scan root)."""
+    if not base:
+        return res
+    n = len(base) + 1
+
+    def cut(p: str | None) -> str | None:
+        return p[n:] if p is not None and p.startswith(base + "/") else p
+
+    res.items = [Item(cut(i.relpath), i.label, i.split, i.group, cut(i.keypath)) for i in res.items]
+    res.skipped = [Skip(cut(s.path), s.reason) for s in res.skipped]
+    res.class_dirs = {k: [cut(d) for d in v] for k, v in res.class_dirs.items()}
+    return res
+
+
+def _scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> ScanResult:
+    """Detect the layout of ``base`` in ``tree`` and collect its items."""
+    col = _Collector(tree, regex)
+    if tree.is_kaggle_class(base):
+        col.add_class(name, base)
+        layout, splits, single = "kaggle", None, f"SRC itself is a Kaggle class folder (it has {IMAGES}/)"
+    elif _is_split_layout(tree, base):
+        layout, splits, single = "split", [], "every split holds one class folder"
+        for sp in tree.subdirs(base):
+            splits.append(sp)
+            for label, cdir in _classes_in(tree, _join(base, sp))[1]:
+                col.add_class(label, cdir, sp)
+        col.stray_images(base, "a split folder's files must be in <split>/<class>/")
+    else:
+        (layout, classes), splits = _classes_in(tree, base), None
+        for label, cdir in classes:
+            col.add_class(label, cdir)
+        where = f"no <class>/{IMAGES}/ above it" if layout == "kaggle" else "top-level files have no class"
+        col.stray_images(base, where)
+        single = "SRC holds one class folder" if layout == "imagefolder" else "one folder with images/ was found"
+    col.items.sort(key=lambda i: i.relpath)
+    return ScanResult(layout, col.items, col.skipped, sorted(col.class_dirs), splits,
+                      class_dirs=col.class_dirs, single_reason=single)
 
 
 def scan(src: str, index: str | None = None, group: str | None = None) -> ScanResult:
-    """Find every input image under ``src``.
+    """Find every input image under ``src`` (see the module docstring for the rules).
 
     Args:
         src: the source folder.
@@ -178,33 +366,22 @@ def scan(src: str, index: str | None = None, group: str | None = None) -> ScanRe
         raise UsageError(f"SRC {src}: no such folder")
     regex = _compile_group(group)
     if index is not None:
-        return _scan_index(src, index, regex)
-    top = _subdirs(src)
-    if not top:
-        raise UsageError(f"SRC {src}: no class folders found (expected <class>/images/*, <class>/* or <split>/<class>/*)")
+        from .index import scan_index
+
+        return scan_index(src, index, regex)
     skipped: list[Skip] = []
-    items: list[Item] = []
-    kaggle_classes = [d for d in top if os.path.isdir(os.path.join(src, d, "images"))]
-    if kaggle_classes:
-        for d in kaggle_classes:
-            for f in _images_of_class(src, d, skipped, kaggle=True):
-                items.append(Item(f, d, None, _group_of(regex, f)))
-        return ScanResult("kaggle", items, skipped, sorted(kaggle_classes), None)
-    if all(d.lower() in SPLIT_NAMES for d in top) and all(_subdirs(os.path.join(src, d)) for d in top):
-        labels = set()
-        for sp in top:
-            for c in _subdirs(os.path.join(src, sp)):
-                labels.add(c)
-                kag = os.path.isdir(os.path.join(src, sp, c, "images"))
-                for f in _images_of_class(src, f"{sp}/{c}", skipped, kaggle=kag):
-                    items.append(Item(f, c, sp, _group_of(regex, f)))
-            for f in os.listdir(os.path.join(src, sp)):
-                p = os.path.join(src, sp, f)
-                if _visible(f) and not os.path.isdir(p):
-                    skipped.append(Skip(f"{sp}/{f}", "file outside any class folder"))
-        items.sort(key=lambda i: i.relpath)
-        return ScanResult("split", items, skipped, sorted(labels), list(top))
-    for d in top:
-        for f in _images_of_class(src, d, skipped, kaggle=False):
-            items.append(Item(f, d, None, _group_of(regex, f)))
-    return ScanResult("imagefolder", items, skipped, sorted(top), None)
+    tree = Tree(src, skipped)
+    notes = list(tree.notes)
+    base = _unwrap(tree, src, notes)
+    if not tree.subdirs(base):
+        raise UsageError(f"SRC {src}: no class folders found (expected <class>/images/*, <class>/* or <split>/<class>/*)")
+    name = os.path.basename(os.path.realpath(os.path.join(src, base) if base else src))
+    res = _scan_tree(tree, base, regex, name)
+    res.skipped = skipped + res.skipped
+    res = _rebase(res, base)
+    res.root = os.path.join(src, base) if base else src
+    res.notes = notes
+    for label, dirs in sorted(res.class_dirs.items()):
+        if res.layout != "split" and len(dirs) > 1:
+            res.notes.append(f"class {label!r} is in {len(dirs)} folders ({', '.join(dirs[:3])}): merged into one class")
+    return res

@@ -40,7 +40,7 @@ class UnionFind:
 
 
 def _h(seed: int, *parts: str) -> int:
-    return xxhash.xxh64_intdigest("\x00".join(parts).encode("utf-8"), seed=seed & 0xFFFFFFFFFFFFFFFF)
+    return xxhash.xxh64_intdigest("\x00".join(parts).encode("utf-8", "surrogateescape"), seed=seed & 0xFFFFFFFFFFFFFFFF)
 
 
 def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
