@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -247,8 +248,6 @@ def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
     """Read the shards ``jobs`` (4 at a time), filling each side's keys and pixel digests."""
     bar = None
     if progress and jobs:
-        import sys
-
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), unit="shard", desc="diff", leave=False, file=sys.stderr, dynamic_ncols=True)

@@ -208,6 +208,18 @@ def test_builds_without_pixel_digests_verify_and_are_compared_by_decoding(builds
     assert code == 0 and "[8 of 8 shards read, 32 images decoded" in out, out
 
 
+def test_a_split_without_dataset_json_is_read_from_its_shards(builds, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(builds["base"], b)
+    (b / "test" / "dataset.json").unlink()
+    code, out, _ = diff(builds["again"], b)
+    assert code == 0, out
+    assert "[1 of 8 shards read" in out  # the test split's one shard in B; A's is settled by the digests
+    assert f"note: {b}: test/dataset.json missing: read the split's shards instead" in out.splitlines()
+    code, out, counts = diff(b, builds["re-split"])
+    assert code == 1 and counts == {k: int(k == "re-split") for k in KINDS}, out
+
+
 def test_unreadable_builds_exit_2_with_one_line(builds, tmp_path):
     p = run_cli("diff", builds["base"], tmp_path / "nothing", "--progress", "false")
     assert p.returncode == 2 and p.stdout == "", p.stdout
