@@ -38,7 +38,8 @@ import xxhash
 from . import __version__
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE, WORK_DIR,
-                     atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_relpath)
+                     atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_pixels_xxh64,
+                     shard_relpath)
 from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
 from .keys import make_keys
 from .scan import Skip, scan
@@ -667,6 +668,7 @@ def _plan(cfg, items, keys, records, classes, ratios, work) -> dict:
     shards_of: dict[str, list[str]] = {}
     labels_of: dict[str, list] = {}
     counts: dict[str, dict[str, int]] = {}
+    pixels_of: dict[str, str] = {}
     for sp in split_names:
         idx = by_split.get(sp, [])
         order = shuffle_order([keys[i] for i in idx], cfg.seed, sp)
@@ -678,21 +680,24 @@ def _plan(cfg, items, keys, records, classes, ratios, work) -> dict:
             rel = shard_relpath(sp, n)
             entries = []
             h = xxhash.xxh64()
+            pix = []
             for i in idx[s:s + cfg.shard_size]:
                 it, rec = items[i], records[i]
                 ci = cls_index[it.label]
                 meta = json.dumps({"class": it.label, **path_fields(it.relpath, "source"), "width": rec[_REC_W],
-                                   "height": rec[_REC_H], "mode": rec[_REC_MODE]},
+                                   "height": rec[_REC_H], "mode": rec[_REC_MODE], "pixels": rec[_REC_PIX]},
                                   separators=(",", ":"), ensure_ascii=False).encode()
                 chunk_bin = os.path.join(work, "chunks", f"c-{i // CHUNK:06d}.bin")
                 entries.append((keys[i], chunk_bin, rec[_REC_OFF], rec[_REC_LEN], str(ci).encode(), meta))
                 h.update(f"{keys[i]}\x00{rec[_REC_PIX]}\x00{rec[_REC_LEN]}\x00{ci}\x00".encode() + meta)
+                pix.append((keys[i], rec[_REC_PIX]))
                 counts[sp][it.label] += 1
                 labels_of[sp].append([f"{keys[i]}.png", ci])
             jobs.append((rel, h.hexdigest(), entries))
+            pixels_of[rel] = shard_pixels_xxh64(pix)
             shards_of[sp].append(rel)
     true_color = sum(1 for i in ok if records[i][_REC_COLOR])
-    return {"jobs": jobs, "shards_of": shards_of, "labels_of": labels_of, "counts": counts,
+    return {"jobs": jobs, "shards_of": shards_of, "labels_of": labels_of, "counts": counts, "pixels_of": pixels_of,
             "split_names": split_names, "skips": skips, "duplicates": duplicates,
             "report": {"images_found": len(items), "images_used": len(ok), "true_color": true_color,
                        "duplicate_groups": len(dup_groups), "duplicate_images": sum(len(g) for g in dup_groups),
@@ -735,7 +740,8 @@ def _finish(cfg, out, work, fp, classes, plan, shard_recs, sr, excluded) -> dict
     splits = {}
     for sp in split_names:
         shards = [{"path": rel, "samples": shard_recs[rel]["samples"], "bytes": shard_recs[rel]["bytes"],
-                   "xxh64": shard_recs[rel]["xxh64"]} for rel in plan["shards_of"][sp]]
+                   "xxh64": shard_recs[rel]["xxh64"], "pixels_xxh64": plan["pixels_of"][rel]}
+                  for rel in plan["shards_of"][sp]]
         splits[sp] = {"samples": sum(s["samples"] for s in shards), "class_counts": plan["counts"][sp],
                       "shards": shards}
     report = dict(plan["report"], layout=sr.layout, excluded_by_classes=excluded)

@@ -91,7 +91,7 @@ def as_str(value: Any, flag: str) -> str:
 class CLI:
     """shardgen: labelled images -> deterministic WebDataset shards, and tools for them.
 
-    Commands: build, verify, info, preview, stylegan, upload. Run ``shardgen COMMAND --help``.
+    Commands: build, verify, diff, info, preview, stylegan, upload. Run ``shardgen COMMAND --help``.
     """
 
     @_guard("build")
@@ -166,6 +166,30 @@ class CLI:
                             progress=as_bool(progress, "progress"))
         print(format_result(result))
         if not result.ok:
+            raise SystemExit(1)
+
+    @_guard("diff")
+    def diff(self, a, b, decode=False, progress=True):
+        """Are two builds the same dataset? Same keys, splits, class names and decoded pixels.
+
+        Exit 0 with one line when they are; 1 with the counts of added, removed, relabelled,
+        re-split and pixel-changed samples (and the first keys of each) when not; 2 when a
+        build cannot be read. PNG bytes are not compared. Shards are read only where the
+        manifests' pixel digests do not already settle it.
+
+        Args:
+            a: build folder, its manifest.json, or a URL (s3://, http(s)://, ...).
+            b: the other build, likewise.
+            decode: decode every image present in both builds instead of trusting the
+                recorded pixel digests (default false).
+            progress: show a progress bar on stderr while reading shards (default true).
+        """
+        from .diff import diff_builds, format_diff
+
+        result = diff_builds(as_str(a, "a"), as_str(b, "b"), decode=as_bool(decode, "decode"),
+                             progress=as_bool(progress, "progress"))
+        print(format_diff(result))
+        if not result.same:
             raise SystemExit(1)
 
     @_guard("info")

@@ -11,7 +11,20 @@ Layout of an output folder ``OUT``::
 
 Each sample in a shard is three tar members sharing a key (``[A-Za-z0-9_-]``):
 ``<key>.png`` (8-bit grayscale PNG), ``<key>.cls`` (ASCII decimal class index) and
-``<key>.json`` (``class``, ``source``, ``width``, ``height``, ``mode`` of the original).
+``<key>.json`` (``class``, ``source``, ``width``, ``height``, ``mode`` of the original, and
+``pixels``).
+
+Pixel digests (independent of how the PNG is compressed):
+
+* ``pixels`` of a sample: xxh64 (16 lowercase hex digits) of its decoded pixels, the
+  ``size * size`` bytes of the 8-bit image in row-major order (what PIL's ``tobytes()``
+  gives for the decoded mode ``L`` image).
+* ``pixels_xxh64`` of a shard: xxh64 of the concatenation, over the shard's samples in
+  shard order, of the UTF-8 bytes ``f"{key}\\x00{pixels}\\n"`` (see :func:`shard_pixels_xxh64`).
+  Two shards with the same ``pixels_xxh64`` hold the same keys, in the same order, with
+  the same pixels; labels are not part of it (they are in ``dataset.json``).
+
+Both were added after the first shardgen/1 builds: readers must accept builds without them.
 
 ``manifest.json``::
 
@@ -20,7 +33,8 @@ Each sample in a shard is three tar members sharing a key (``[A-Za-z0-9_-]``):
      "image": {"size": 256, "mode": "L", "ext": "png"},
      "splits": {"train": {"samples": N, "class_counts": {cls: n},
                           "shards": [{"path": "train/train-000000.tar",
-                                      "samples": n, "bytes": b, "xxh64": "hex"}]}},
+                                      "samples": n, "bytes": b, "xxh64": "hex",
+                                      "pixels_xxh64": "hex"}]}},
      "skipped": K,
      "report": {...},
      "config": {...}}
@@ -32,7 +46,9 @@ import json
 import os
 import re
 import tempfile
-from typing import Any
+from typing import Any, Iterable
+
+import xxhash
 
 __all__ = [
     "FORMAT",
@@ -45,6 +61,7 @@ __all__ = [
     "KEY_RE",
     "shard_name",
     "shard_relpath",
+    "shard_pixels_xxh64",
     "dump_json",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -72,6 +89,14 @@ def shard_name(split: str, index: int) -> str:
 def shard_relpath(split: str, index: int) -> str:
     """Path of a shard relative to OUT, always with ``/``."""
     return f"{split}/{shard_name(split, index)}"
+
+
+def shard_pixels_xxh64(samples: Iterable[tuple[str, str]]) -> str:
+    """A shard's ``pixels_xxh64`` from its ``(key, pixels)`` pairs in shard order (see above)."""
+    h = xxhash.xxh64()
+    for key, pixels in samples:
+        h.update(f"{key}\x00{pixels}\n".encode("utf-8"))
+    return h.hexdigest()
 
 
 def dump_json(obj: Any, *, indent: int | None = 1) -> bytes:

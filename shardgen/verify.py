@@ -3,7 +3,10 @@
 Every shard is streamed once, front to back, through fsspec (so a local folder, ``s3://``
 and ``http(s)://`` are read the same way), hashed (xxh64) and counted as it passes; each
 sample is checked on the way (member set, key, class index, ``.json`` class, PNG chunk
-checksums, decoded size and mode, xxh64 of the decoded pixels).
+checksums, decoded size and mode, xxh64 of the decoded pixels against the ``.json``'s
+``pixels``) and, per shard, ``pixels_xxh64`` is recomputed from the samples' pixel digests
+(the decoded ones, or without decoding the ``.json`` ones). Builds made before these
+digests existed are checked without them.
 
 Work split: reader threads (at most 4) parse the tar streams and hash them; batches of 32
 samples go to ``workers`` processes that decode and check them (PIL's PNG decoder holds
@@ -39,7 +42,7 @@ import xxhash
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
-from .format import CLASSES, DATASET_JSON, KEY_RE, MANIFEST, SKIPPED
+from .format import CLASSES, DATASET_JSON, KEY_RE, MANIFEST, SKIPPED, shard_pixels_xxh64
 from .reader import HashingReader, ShardReadError, iter_samples, open_shard
 from .report import human_bytes
 from .storage import Build, filesystem, open_build, split_url
@@ -47,6 +50,7 @@ from .storage import Build, filesystem, open_build, split_url
 __all__ = ["Problem", "VerifyResult", "verify", "format_result"]
 
 _CLS_RE = re.compile(rb"^[0-9]+\n?$")
+_HEX16_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class VerifyResult:
         shards_listed: shards in the manifest.
         bytes: bytes read.
         decoded: images fully decoded (0 with ``decode=False``).
+        pixel_digests: shards whose ``pixels_xxh64`` was recomputed and compared.
         image: ``"256x256 L png"``.
         seconds: wall time.
     """
@@ -85,6 +90,7 @@ class VerifyResult:
     shards_listed: int = 0
     bytes: int = 0
     decoded: int = 0
+    pixel_digests: int = 0
     decode: bool = True
     image: str = ""
     seconds: float = 0.0
@@ -107,7 +113,10 @@ class _ShardResult:
     problems: list[Problem] = field(default_factory=list)
     #: (key, class index or -1, content hash or "") per sample, in shard order
     samples: list[tuple[str, int, str]] = field(default_factory=list)
+    #: per sample, its pixel digest for pixels_xxh64 ("" when unknown), in shard order
+    pixels: list[str] = field(default_factory=list)
     complete: bool = False
+    pixel_digest: bool = False
     decoded: int = 0
     bytes: int = 0
 
@@ -147,8 +156,13 @@ def _check_image(data: bytes, ex: _Expect) -> tuple[str | None, str, bool]:
     return None, "b" + xxhash.xxh64_hexdigest(data), False
 
 
-def _check_sample(parts: dict[str, bytes], ex: _Expect) -> tuple[list[str], int, str, bool]:
-    """Check one sample's members; returns (reasons, class index or -1, content hash, decoded)."""
+def _check_sample(parts: dict[str, bytes], ex: _Expect) -> tuple[list[str], int, str, bool, str]:
+    """Check one sample's members.
+
+    Returns:
+        (reasons, class index or -1, content hash, decoded, pixel digest): the pixel digest is
+        the decoded pixels' xxh64, or without decoding the ``.json``'s ``pixels`` ("" if neither).
+    """
     reasons: list[str] = []
     want = (ex.ext, "cls", "json")
     missing = [e for e in want if e not in parts]
@@ -158,6 +172,7 @@ def _check_sample(parts: dict[str, bytes], ex: _Expect) -> tuple[list[str], int,
     if extra:
         reasons.append("unexpected member " + ", ".join(f".{e}" for e in extra))
     cls = -1
+    recorded = None
     if "cls" in parts:
         raw = parts["cls"]
         if not _CLS_RE.match(raw):
@@ -181,15 +196,21 @@ def _check_sample(parts: dict[str, bytes], ex: _Expect) -> tuple[list[str], int,
                 reasons.append(f"label {cls} is {ex.classes[cls]!r} but .json says class {name!r}")
             elif name not in ex.classes:
                 reasons.append(f".json class {name!r} is not in the manifest's classes")
+            recorded = meta.get("pixels") if isinstance(meta, dict) else None
+            if recorded is not None and not (isinstance(recorded, str) and _HEX16_RE.match(recorded)):
+                reasons.append(f".json 'pixels' is not a 16-digit hex xxh64: {str(recorded)[:40]!r}")
+                recorded = None
     digest, decoded = "", False
     if ex.ext in parts:
         why, digest, decoded = _check_image(parts[ex.ext], ex)
         if why:
             reasons.append(why)
-    return reasons, cls, digest, decoded
+    if decoded and recorded is not None and digest != recorded:
+        reasons.append(f"decoded pixels have xxh64 {digest}, .json says pixels {recorded}")
+    return reasons, cls, digest, decoded, digest if decoded else (recorded or "")
 
 
-def _check_batch(batch: list[dict[str, bytes]], ex: _Expect) -> list[tuple[list[str], int, str, bool]]:
+def _check_batch(batch: list[dict[str, bytes]], ex: _Expect) -> list[tuple[list[str], int, str, bool, str]]:
     """Worker-process entry point: content checks of a batch of samples."""
     return [_check_sample(parts, ex) for parts in batch]
 
@@ -308,11 +329,12 @@ def _check_shard(build: Build, split: str, entry: dict[str, Any], checker: _Chec
         batches.append(checker.submit(batch))
     # Sample problems first (in shard order), then what is wrong with the shard as a whole.
     checked = [r for fut in batches for r in fut.result()]
-    for i, ((key, _, _), first, (reasons, cls, digest, decoded)) in enumerate(
+    for i, ((key, _, _), first, (reasons, cls, digest, decoded, pixels)) in enumerate(
             zip(res.samples, structural, checked)):
         for r in first + reasons:
             add(Problem(rel, r, key))
         res.samples[i] = (key, cls, digest)
+        res.pixels.append(pixels)
         res.decoded += decoded
     if read_error is not None:
         add(Problem(rel, read_error))
@@ -326,7 +348,20 @@ def _check_shard(build: Build, split: str, entry: dict[str, Any], checker: _Chec
                          "(contents changed)"))
     if len(res.samples) != entry["samples"]:
         add(Problem(rel, f"holds {len(res.samples)} samples, manifest says {entry['samples']}"))
+    _check_pixel_digest(res, entry)
     return res
+
+
+def _check_pixel_digest(res: _ShardResult, entry: dict[str, Any]) -> None:
+    """Recompute the shard's ``pixels_xxh64`` (when listed and every sample's digest is known)."""
+    want = entry.get("pixels_xxh64")
+    if want is None or not all(res.pixels):
+        return  # an older build, or undecodable samples (each already reported)
+    got = shard_pixels_xxh64(zip((k for k, _, _ in res.samples), res.pixels))
+    res.pixel_digest = True
+    if got != want:
+        res.problems.append(Problem(res.relpath, f"pixels_xxh64 of the samples is {got}, manifest says {want} "
+                                                 "(keys, order or pixels changed)"))
 
 
 def _entry_problem(entry: Any) -> str | None:
@@ -338,6 +373,8 @@ def _entry_problem(entry: Any) -> str | None:
             return f"{k!r} is not a count: {v!r}"
     if not isinstance(entry.get("xxh64"), str):
         return f"'xxh64' is not a hex string: {entry.get('xxh64')!r}"
+    if "pixels_xxh64" in entry and not isinstance(entry["pixels_xxh64"], str):
+        return f"'pixels_xxh64' is not a hex string: {entry['pixels_xxh64']!r}"
     return None
 
 
@@ -534,6 +571,7 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
             res.shards += r.complete
             res.bytes += r.bytes
             res.decoded += r.decoded
+            res.pixel_digests += r.pixel_digest
             for key, cls, digest in r.samples:
                 other = keys.get(key)
                 if other is not None:
@@ -598,7 +636,8 @@ def format_result(r: VerifyResult) -> str:
         what = (f"{r.decoded:,} images decoded ({r.image})" if r.decode
                 else f"PNG headers and checksums read, not decoded ({r.image})")
         return (f"OK: {r.samples:,} samples ({parts}), {r.classes} classes, {r.shards} shards, "
-                f"{human_bytes(r.bytes)}: xxh64, bytes and counts match manifest.json, {what}, keys unique, "
+                f"{human_bytes(r.bytes)}: xxh64, bytes and counts match manifest.json, {what}, "
+                + ("pixel digests match, " if r.pixel_digests else "") + "keys unique, "
                 f"no image in two splits, dataset.json files match"
                 + "".join(f"; note: {n}" for n in r.notes) + f" [{r.seconds:.1f} s]")
     lines = [str(p) for p in r.problems] + [f"note: {n}" for n in r.notes]

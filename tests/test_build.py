@@ -101,9 +101,17 @@ def test_manifest_format_and_stock_readers(hostile_build):
             assert meta["class"] == m["classes"][cls]
             assert (src / meta["source"]).exists() or (src / meta["source"]).is_symlink()
             assert "/masks/" not in meta["source"]
-            assert set(meta) == {"class", "source", "width", "height", "mode"}
+            assert set(meta) == {"class", "source", "width", "height", "mode", "pixels"}
             im = Image.open(io.BytesIO(png))
             assert im.mode == "L" and im.size == (64, 64)
+            assert meta["pixels"] == xxhash.xxh64_hexdigest(np.asarray(im).tobytes())
+        # A shard's pixels_xxh64 digests its samples' keys and pixel digests, in shard order (format.py).
+        pos = 0
+        for sh in s["shards"]:
+            part = samples[pos:pos + sh["samples"]]
+            pos += sh["samples"]
+            text = "".join(f"{k}\x00{meta['pixels']}\n" for k, _, _, meta in part)
+            assert sh["pixels_xxh64"] == xxhash.xxh64_hexdigest(text.encode())
         # StyleGAN labels: exactly the split's samples, in shard order.
         labels = json.loads((out / split / "dataset.json").read_text())["labels"]
         assert labels == [[f"{k}.png", c] for k, _, c, _ in samples]
