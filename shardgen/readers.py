@@ -125,7 +125,8 @@ def _card_body(manifest: dict[str, Any], left_out: list[str]) -> list[str]:
     total = sum(int(s["samples"]) for s in splits.values())
     names = list(splits)
     b = ["", "# Image classification dataset (shardgen build)", "",
-         f"{total:,} image{'s' * (total != 1)} in {len(classes)} class{'es' * (len(classes) != 1)}, {size}x{size} pixels, "
+         f"{total:,} image{'s' * (total != 1)} in {len(classes)} class{'es' * (len(classes) != 1)}, "
+         f"{size}x{size} pixels, "
          f"{'8-bit grayscale' if mode == 'L' else mode} {ext.upper()}, in WebDataset tar shards "
          f"(format `{manifest['format']}`, shardgen {manifest.get('shardgen_version', '?')}). "
          "Every file of this folder is listed below; `manifest.json` holds each shard's size and "
@@ -172,8 +173,9 @@ def _card_howto(manifest: dict[str, Any], splits: list[str]) -> list[str]:
         "```", "",
         "webdataset:", "", "```python", "import webdataset as wds",
         f"ds = wds.WebDataset(\"path/to/this/folder/{urls}\", shardshuffle=False)"
-        f".decode(\"pil\").to_tuple(\"{ext}\", \"cls\")", "```", "",
+        f".decode(\"pill\").to_tuple(\"{ext}\", \"cls\")   # pill: PIL images in mode L", "```", "",
         "wids (indexed random access):", "", "```python", "import wids",
+        "# copies each shard into $WIDS_CACHE first; for a local folder, localname=str reads them in place",
         f"ds = wids.ShardListDataset(\"path/to/this/folder/{sp}/{wids_index_name(sp)}\")",
         f"sample = ds[0]   # sample[\".{ext}\"]: PIL image, sample[\".cls\"]: class index",
         "```", "",

@@ -112,6 +112,18 @@ def test_load_dataset_gives_every_split_with_images_and_class_labels(build, tmp_
     assert tree(build) == before  # datasets wrote nothing into OUT
 
 
+def test_load_dataset_refuses_a_split_with_a_shard_missing(build, tmp_path):
+    """The card's split sizes make datasets check the row counts: a lost shard is an error."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(build, b)
+    (b / manifest(b)["splits"]["train"]["shards"][-1]["path"]).unlink()
+    code = ("import datasets\ntry:\n    datasets.load_dataset(%r)\nexcept Exception as e:\n"
+            "    print('{\"error\": \"' + type(e).__name__ + '\"}')\n" % str(b))
+    assert run_py(code, tmp_path) == {"error": "NonMatchingSplitsSizesError"}
+
+
 def test_dataset_card_is_a_readable_summary(build):
     card = (build / "README.md").read_text()
     m = manifest(build)
