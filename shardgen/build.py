@@ -11,8 +11,8 @@ Two phases, both resumable:
    groups kept together), each split is shuffled with the seed and cut into shards; each
    shard is written under a temporary name and renamed. A shard already on disk whose
    plan fingerprint and checksum match is kept. Then ``classes.json``, the
-   ``dataset.json`` files, ``skipped.jsonl``, ``duplicates.jsonl`` and, last,
-   ``manifest.json``; finally the scratch folder is removed.
+   ``dataset.json`` files, ``skipped.jsonl``, ``duplicates.jsonl``, the wids indexes and
+   ``README.md`` (:mod:`shardgen.readers`) and, last, ``manifest.json``; finally the scratch folder is removed.
 
 Memory stays proportional to the file list: images live on disk between the phases.
 """
@@ -37,11 +37,12 @@ import xxhash
 
 from . import __version__
 from .errors import ShardgenError, UsageError
-from .format import (CLASSES, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE, WORK_DIR,
-                     atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_pixels_xxh64,
-                     shard_relpath)
+from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE,
+                     WORK_DIR, atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_pixels_xxh64,
+                     shard_relpath, wids_index_name)
 from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
 from .keys import make_keys
+from .readers import write_reader_files
 from .scan import Skip, scan
 from .split import assign_splits, shuffle_order
 from .writer import ShardWriter, file_xxh64
@@ -191,17 +192,18 @@ class BuildResult:
 
 # ----------------------------------------------------------------------------- OUT state
 
-_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, WORK_DIR}
+_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 
 
 def _is_own_split_dir(path: str, name: str) -> bool:
-    """A split folder holding only shardgen files (shards, dataset.json, temporaries)."""
+    """A split folder holding only shardgen files (shards, dataset.json, wids index, temporaries)."""
     pat = re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar$")
     try:
         entries = os.listdir(path)
     except OSError:
         return False
-    return all(pat.match(e) or e == DATASET_JSON or e.startswith(".tmp-") for e in entries)
+    own = {DATASET_JSON, wids_index_name(name)}
+    return all(pat.match(e) or e in own or e.startswith(".tmp-") for e in entries)
 
 
 def _foreign_entries(out: str) -> list[str]:
@@ -755,6 +757,7 @@ def _finish(cfg, out, work, fp, classes, plan, shard_recs, sr, excluded) -> dict
         "config": fp,
         "shardgen_version": __version__,
     }
+    write_reader_files(out, manifest)  # README.md (Hugging Face datasets) and wids indexes
     atomic_write_json(os.path.join(out, MANIFEST), manifest)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

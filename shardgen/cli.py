@@ -91,7 +91,7 @@ def as_str(value: Any, flag: str) -> str:
 class CLI:
     """shardgen: labelled images -> deterministic WebDataset shards, and tools for them.
 
-    Commands: build, verify, diff, info, preview, stylegan, upload. Run ``shardgen COMMAND --help``.
+    Commands: build, verify, diff, info, preview, stylegan, export, upload. Run ``shardgen COMMAND --help``.
     """
 
     @_guard("build")
@@ -258,6 +258,35 @@ class CLI:
         if r.label_dim != r.classes:
             print(f"note: StyleGAN2-ADA will use {r.label_dim} label dimensions (highest label + 1), "
                   f"not {r.classes}: the last class(es) have no images here", file=sys.stderr)
+
+    @_guard("export")
+    def export(self, source, dest=None, layout="imagefolder", split="all", overwrite=False, progress=True):
+        """Export a build as class folders: DEST/<split>/<class>/<key>.png (torchvision ImageFolder, timm, fastai).
+
+        ``ImageFolder(DEST/train)`` reads it unchanged; it numbers classes in sorted name
+        order (a note says when that differs from the build's). Empty class folders are left out.
+
+        Args:
+            source: build folder, its manifest.json, or a URL.
+            dest: folder to write (absent or empty; filled under a temporary name, then renamed).
+            layout: ``imagefolder`` (default; the only layout).
+            split: split to export, or ``all`` for every split (default all).
+            overwrite: replace a non-empty DEST.
+            progress: show a progress bar on stderr (default true).
+        """
+        from .export import export_folders
+        from .report import human_bytes
+
+        if dest is None:
+            raise UsageError("--dest is required: the folder to write")
+        r = export_folders(as_str(source, "source"), as_str(dest, "dest"), layout=as_str(layout, "layout"),
+                           split=as_str(split, "split"), overwrite=as_bool(overwrite, "overwrite"),
+                           progress=as_bool(progress, "progress"))
+        per = ", ".join(f"{sp} {sum(c.values()):,}" for sp, c in r.counts.items())
+        print(f"wrote {r.dest} ({r.layout}, {human_bytes(r.bytes)}): {r.images:,} images ({per}) "
+              f"in {len(next(iter(r.counts.values())))} classes")
+        for note in r.notes:
+            print(f"note: {note}", file=sys.stderr)
 
     @_guard("upload")
     def upload(self, out, dest, endpoint_url=None, workers=8, storage_options=None, overwrite=False,

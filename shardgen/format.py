@@ -8,6 +8,11 @@ Layout of an output folder ``OUT``::
     OUT/duplicates.jsonl              exact-duplicate groups (same pixels after conversion)
     OUT/<split>/<split>-000000.tar    WebDataset shards
     OUT/<split>/dataset.json          StyleGAN2-ADA labels {"labels": [["<key>.png", idx], ...]}
+    OUT/<split>/<split>.wids.json     wids shard index (shard URLs relative to it, sample counts)
+    OUT/README.md                     dataset card: Hugging Face ``datasets`` config and a summary
+
+``README.md`` and the wids indexes are derived from the manifest (see :mod:`shardgen.readers`);
+they are rewritten by every build and are not listed in the manifest.
 
 Each sample in a shard is three tar members sharing a key (``[A-Za-z0-9_-]``):
 ``<key>.png`` (8-bit grayscale PNG), ``<key>.cls`` (ASCII decimal class index) and
@@ -57,6 +62,8 @@ __all__ = [
     "SKIPPED",
     "DUPLICATES",
     "DATASET_JSON",
+    "DATASET_CARD",
+    "wids_index_name",
     "WORK_DIR",
     "KEY_RE",
     "shard_name",
@@ -75,6 +82,10 @@ CLASSES = "classes.json"
 SKIPPED = "skipped.jsonl"
 DUPLICATES = "duplicates.jsonl"
 DATASET_JSON = "dataset.json"
+#: Dataset card at the top of OUT: YAML front matter that Hugging Face ``datasets`` reads, then a summary.
+DATASET_CARD = "README.md"
+#: Suffix of each split's wids shard index, ``OUT/<split>/<split>.wids.json``.
+WIDS_SUFFIX = ".wids.json"
 #: Scratch folder inside OUT holding a build in progress (removed when the build completes).
 WORK_DIR = ".shardgen-work"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -84,6 +95,11 @@ SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 def shard_name(split: str, index: int) -> str:
     """File name of shard ``index`` of ``split``: ``<split>-000000.tar``."""
     return f"{split}-{index:06d}.tar"
+
+
+def wids_index_name(split: str) -> str:
+    """File name of the wids shard index of ``split`` (in the split's folder): ``<split>.wids.json``."""
+    return f"{split}{WIDS_SUFFIX}"
 
 
 def shard_relpath(split: str, index: int) -> str:

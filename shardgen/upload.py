@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 
 from .errors import ShardgenError, UsageError
-from .format import CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR
+from .format import CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, wids_index_name
 from .storage import filesystem, open_build
 from .writer import file_xxh64, stream_xxh64
 
@@ -444,8 +444,10 @@ def _local_build(out: str) -> tuple[str, dict[str, Any], bytes, list[_Shard], li
     missing = [f for f in files if not os.path.isfile(os.path.join(src, *f.split("/")))]
     if missing:
         raise UsageError(f"OUT {src} is not a complete build: missing {', '.join(missing[:3])}")
-    for opt in (SKIPPED, DUPLICATES):
-        if os.path.isfile(os.path.join(src, opt)):
+    # Optional: builds made before these files existed lack them.
+    readers = [f"{sp}/{wids_index_name(sp)}" for sp in build.manifest["splits"]] + [DATASET_CARD]
+    for opt in [SKIPPED, DUPLICATES] + readers:
+        if os.path.isfile(os.path.join(src, *opt.split("/"))):
             files.append(opt)
     return src, build.manifest, manifest_bytes, shards, files
 

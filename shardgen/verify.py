@@ -18,7 +18,8 @@ Build-wide checks afterwards: keys unique across the build, no pixel-identical i
 two splits, per-class counts as in the manifest, each ``<split>/dataset.json`` listing
 exactly that split's samples in shard order, no unlisted ``.tar`` in a split folder,
 ``classes.json`` equal to the manifest's classes, ``skipped.jsonl`` as long as the
-manifest says.
+manifest says, each split's wids index listing the manifest's shards and counts
+(:mod:`shardgen.readers`; a missing index or ``README.md`` is a note).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from PIL import Image
 from .errors import ShardgenError, UsageError
 from .format import CLASSES, DATASET_JSON, KEY_RE, MANIFEST, SKIPPED, shard_pixels_xxh64
 from .reader import HashingReader, ShardReadError, iter_samples, open_shard
+from .readers import check_reader_files
 from .report import human_bytes
 from .storage import Build, filesystem, open_build, split_url
 
@@ -610,6 +612,9 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
     elif not isinstance(doc, dict) or doc.get("classes") != list(classes):
         res.problems.append(Problem(CLASSES, f"classes differ from manifest.json's {list(classes)}"))
     res.problems.extend(_check_skipped(build, m.get("skipped")))
+    reader_problems, reader_notes = check_reader_files(build)  # README.md, wids indexes
+    res.problems.extend(Problem(rel, why) for rel, why in reader_problems)
+    res.notes.extend(reader_notes)
     res.seconds = time.perf_counter() - t0
     return res
 
