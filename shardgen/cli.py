@@ -122,6 +122,7 @@ class CLI:
         from .build import BuildConfig, build as run_build
         from .report import format_summary
 
+        strict = as_bool(strict, "strict")  # checked before the build, like every other flag
         cfg = BuildConfig(
             src=as_str(src, "src"),
             out=as_str(out, "out"),
@@ -140,8 +141,13 @@ class CLI:
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"))
         print(format_summary(result))
-        if as_bool(strict, "strict") and result.skipped:
-            raise BuildFailed(f"--strict: {len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if strict:
+            problems = [f"{len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl"] if result.skipped else []
+            problems += [f"split {sp} is empty" for sp in result.empty_splits]
+            if problems:
+                raise BuildFailed(f"--strict: {'; '.join(problems)}")
 
     @_guard("verify")
     def verify(self, source, decode=True, workers=None, progress=True):

@@ -22,8 +22,8 @@ Rules (fire's, except where marked *):
   (``true/false/yes/no/on/off/1/0``) is ``True`` and leaves the word as a positional
   argument, so ``--overwrite SRC OUT`` works. ``--noNAME``, ``--no-NAME`` and
   ``--no_NAME`` mean ``--NAME=False``, for true/false flags only, anywhere on the line.
-* *A flag that needs a value (not true/false) must get one, each flag may be given
-  once, and every positional argument must be given.
+* *A flag that needs a value (not true/false) must get one, and every positional
+  argument must be given. A flag given twice keeps its last value.
 * ``-h`` or ``--help`` anywhere shows the command's help (fire's).
 * Words after the last lone ``--`` are fire's own flags (``--help``, ``--trace``,
   ``--verbose``, ``--interactive``, ``--completion``, ``--separator``), checked with
@@ -190,8 +190,7 @@ def _parse(cmd: Command, toks: list[str], separator: str) -> tuple[dict[str, str
                 raise ArgvError(f"flag {tok} needs a value (write {tok}=VALUE if it starts with -)", cmd.name)
             else:
                 value, i = nxt, i + 1
-        if pname in values:
-            raise ArgvError(f"flag --{pname} given twice", cmd.name)
+        values.pop(pname, None)  # given again: the last one wins, as in fire and argparse
         values[pname] = value
     return _positional(cmd, values, words), (words if cmd.varargs else [])
 
