@@ -136,7 +136,7 @@ def check_argv(cli: type, argv: list[str]) -> list[str]:
     """Validate ``argv`` (without the program name) for ``cli``; return the argv for fire.
 
     Raises:
-        ArgvError: unknown command or flag, a flag without its value or given twice,
+        ArgvError: unknown command or flag, a flag without its value,
             a missing or extra positional argument.
     """
     argv = list(argv)
