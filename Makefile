@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m shardgen build sample/COVID-19_Radiography_Dataset demo-out --overwrite
 	$(PY) -m shardgen verify demo-out
 	$(PY) -m shardgen info demo-out
-	$(PY) -m shardgen preview demo-out --split train --per_class 8 --out demo-preview.png
+	$(PY) -m shardgen preview demo-out --split train --per_class 8 --out demo-preview.png --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs

@@ -44,7 +44,7 @@ from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
 from .keys import make_keys
 from .readers import write_reader_files
 from .scan import Skip, scan
-from .split import assign_splits, shuffle_order
+from .split import assign_splits, empty_split_notes, shuffle_order
 from .writer import ShardWriter, file_xxh64
 
 __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_splits", "CHUNK"]
@@ -187,7 +187,10 @@ class BuildResult:
     total_chunks: int = 0
     kept_shards: int = 0
     total_shards: int = 0
+    #: one line each for the user (the CLI prints them as ``note: ...`` on stderr)
     notes: list[str] = field(default_factory=list)
+    #: splits with a non-zero ratio that got no samples (an error under ``--strict``)
+    empty_splits: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- OUT state
@@ -616,9 +619,12 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
         signal.signal(signal.SIGTERM, old_handler)
 
     all_skips = list(sr.skipped) + plan["skips"]
+    samples = {sp: s["samples"] for sp, s in manifest["splits"].items()}
+    empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     return BuildResult(out=out, manifest=manifest, skipped=all_skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=state["reused"], total_chunks=len(jobs),
-                       kept_shards=state["kept"], total_shards=len(plan["jobs"]), notes=list(sr.notes))
+                       kept_shards=state["kept"], total_shards=len(plan["jobs"]),
+                       notes=list(sr.notes) + empty_split_notes(ratios or (), samples), empty_splits=empty)
 
 
 def _clean_temporaries_quietly(out: str) -> None:

@@ -122,6 +122,7 @@ class CLI:
         from .build import BuildConfig, build as run_build
         from .report import format_summary
 
+        strict = as_bool(strict, "strict")  # checked before the build, like every other flag
         cfg = BuildConfig(
             src=as_str(src, "src"),
             out=as_str(out, "out"),
@@ -142,8 +143,11 @@ class CLI:
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        if as_bool(strict, "strict") and result.skipped:
-            raise BuildFailed(f"--strict: {len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl")
+        if strict:
+            problems = [f"{len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl"] if result.skipped else []
+            problems += [f"split {sp} is empty" for sp in result.empty_splits]
+            if problems:
+                raise BuildFailed(f"--strict: {'; '.join(problems)}")
 
     @_guard("verify")
     def verify(self, source, decode=True, workers=None, progress=True):
@@ -208,7 +212,7 @@ class CLI:
         print(_json.dumps(data, indent=1, ensure_ascii=False) if as_bool(json, "json") else format_info(data))
 
     @_guard("preview")
-    def preview(self, source, split="train", per_class=8, out="preview.png", thumb=None):
+    def preview(self, source, split="train", per_class=8, out="preview.png", thumb=None, overwrite=False):
         """Write a contact sheet PNG: one labelled row per class, images from the split's shards.
 
         Args:
@@ -217,12 +221,14 @@ class CLI:
             per_class: images per class (default 8).
             out: PNG to write (default preview.png).
             thumb: tile side in pixels (default: image size, at most 128).
+            overwrite: replace an existing --out file (default: refuse).
         """
         from .preview import make_preview
 
         r = make_preview(as_str(source, "source"), split=as_str(split, "split"),
                          per_class=as_int(per_class, "per_class", 1), out=as_str(out, "out"),
-                         thumb=None if thumb is None else as_int(thumb, "thumb", 1))
+                         thumb=None if thumb is None else as_int(thumb, "thumb", 1),
+                         overwrite=as_bool(overwrite, "overwrite"))
         short = [f"{c} {n}" for c, n in zip(r.classes, r.shown) if n < r.per_class]
         note = f"; fewer than {r.per_class} in split: {', '.join(short)}" if short else ""
         print(f"wrote {r.out} ({r.width}x{r.height}: {len(r.classes)} classes x {r.per_class} images "

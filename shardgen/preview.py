@@ -79,7 +79,7 @@ def _thumbnail(a: np.ndarray, thumb: int) -> Image.Image:
 
 
 def make_preview(source: str, split: str = "train", per_class: int = 8, out: str = "preview.png",
-                 thumb: int | None = None,
+                 thumb: int | None = None, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None) -> PreviewResult:
     """Draw the contact sheet of ``split`` and write it to ``out`` (a local PNG, atomically).
 
@@ -89,15 +89,19 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
         per_class: images per row.
         out: PNG file to write.
         thumb: tile side in pixels (default: the image size, at most 128).
+        overwrite: replace ``out`` if it exists (default: refuse, as ``stylegan`` does).
 
     Raises:
-        UsageError: unknown split, bad sizes, unwritable ``out``.
+        UsageError: unknown split, bad sizes, ``out`` exists (without ``overwrite``) or
+            cannot be written.
         ShardgenError: a shard is missing or a sample is broken (named in the message).
     """
     if per_class < 1:
         raise UsageError(f"--per_class must be at least 1, got {per_class}")
     if is_url(out):
         raise UsageError(f"--out must be a local file, got {out}")
+    if os.path.lexists(out) and not overwrite:
+        raise UsageError(f"--out {out} exists; pass --overwrite to replace it")
     build = open_build(source, storage_options)
     s = build.split(split)
     classes = build.classes

@@ -2,20 +2,43 @@
 
 Samples that must stay together (exact pixel duplicates, the same ``--group`` value)
 are joined into components with a union-find. Each component belongs to the class of
-its first member; per class, components are ordered by a seeded hash of their first
-member's path (so file-system listing order never matters) and each goes to the split
-that is furthest below its target count. With singletons the counts are exact to
-within one sample per split and class.
+its first member (smallest path).
+
+The rule (N usable samples, class ``c`` with ``n_c`` of them, ratio ``r_j`` of split ``j``;
+all arithmetic exact, on the ratios as written, normalised to sum 1):
+
+1. Global targets: ``T = largest_remainder(N, r)``, so each split's total is within
+   one sample of ``r_j * N`` (remainders go to the largest fractional parts, ties to
+   the split listed first).
+2. Every class gets ``floor(r_j * n_c)`` in each split; its leftover
+   ``n_c - sum_j floor(r_j * n_c)`` samples (fewer than the number of splits) go one
+   per split. Classes take their leftovers in a seeded order (``xxh64`` of seed and
+   class index), each to the splits that are furthest below their global target,
+   counting what the classes before it got and the floors of those after it; ties go
+   to the larger fractional part ``r_j * n_c - floor``, then to the split listed first.
+   So each class stays within one sample of ``r_j * n_c`` in every split (stratified),
+   and the split totals add up to ``T`` exactly.
+3. Within a class, components go largest first, then in seeded-hash order of their
+   first path, each to the split with the largest remaining need for that class (ties:
+   the split listed first).
+
+With singletons (no duplicates, no groups) both guarantees hold exactly. A component
+cannot be divided, so with duplicates or groups the class counts can overshoot; step 2
+sees the actual counts of the classes before, so later classes make up for it and the
+totals stay as close as the components allow. Nothing depends on listing order or on
+the worker count: only the seed, the class indices and the paths decide. A split can
+still be empty (2 images, three splits); :func:`empty_split_notes` says so.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from fractions import Fraction
+from typing import Mapping, Sequence
 
 import xxhash
 
-__all__ = ["UnionFind", "assign_splits", "shuffle_order", "largest_remainder"]
+__all__ = ["UnionFind", "assign_splits", "empty_split_notes", "shuffle_order", "largest_remainder"]
 
 
 class UnionFind:
@@ -43,15 +66,55 @@ def _h(seed: int, *parts: str) -> int:
     return xxhash.xxh64_intdigest("\x00".join(parts).encode("utf-8", "surrogateescape"), seed=seed & 0xFFFFFFFFFFFFFFFF)
 
 
+def _exact(ratios: Sequence[float]) -> list[Fraction]:
+    """The ratios as written (``0.15`` is 15/100), normalised to sum exactly 1."""
+    fr = [Fraction(str(r)) for r in ratios]
+    total = sum(fr)
+    return [f / total for f in fr] if total else fr
+
+
 def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
-    """Split ``n`` into integer parts proportional to ``ratios`` (sum = n)."""
-    raw = [n * r for r in ratios]
-    base = [int(x) for x in raw]
+    """Split ``n`` into integer parts proportional to ``ratios`` (sum = n).
+
+    Each part is ``floor(n * ratio)`` or one more; the leftover units go to the largest
+    fractional parts, ties to the earlier ratio. Exact arithmetic.
+    """
+    raw = [n * w for w in _exact(ratios)]
+    base = [int(x) for x in raw]  # floor: raw >= 0
     rest = n - sum(base)
     order = sorted(range(len(ratios)), key=lambda i: (-(raw[i] - base[i]), i))
     for i in order[:rest]:
         base[i] += 1
     return base
+
+
+def _components(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
+                seed: int) -> dict[int, list[list[int]]]:
+    """Components per class, in placement order: largest first, then by seeded hash."""
+    uf = UnionFind(len(relpaths))
+    for grp in together:
+        for a, b in zip(grp, grp[1:]):
+            uf.union(a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(relpaths)):
+        members[uf.find(i)].append(i)
+    by_class: dict[int, list[tuple[int, int, str, list[int]]]] = defaultdict(list)
+    for ms in members.values():
+        first = min(ms, key=lambda i: relpaths[i])
+        by_class[labels[first]].append((-len(ms), _h(seed, "split", relpaths[first]), relpaths[first], ms))
+    return {c: [ms for *_, ms in sorted(v)] for c, v in by_class.items()}
+
+
+def _class_targets(n_c: int, w: list[Fraction], need: list[int]) -> list[int]:
+    """Floors of ``n_c * w`` plus one for the leftover count of splits, chosen by ``need``."""
+    share = [n_c * x for x in w]
+    target = [int(x) for x in share]
+    rest = n_c - sum(target)
+    eligible = [j for j in range(len(w)) if w[j] > 0]
+    pick = sorted(eligible, key=lambda j: (-need[j], -(share[j] - target[j]), j))[:rest]
+    for j in pick:
+        target[j] += 1
+    return target
 
 
 def assign_splits(
@@ -61,45 +124,62 @@ def assign_splits(
     ratios: Sequence[tuple[str, float]],
     seed: int,
 ) -> list[str]:
-    """Assign each sample to a split.
+    """Assign each sample to a split (the rule is in the module docstring).
 
     Args:
         relpaths: source path of each sample (sorted order is not required).
         labels: class index of each sample.
         together: groups of sample indices that must share a split.
-        ratios: ``[(split, ratio), ...]`` summing to 1.
+        ratios: ``[(split, ratio), ...]`` summing to 1 (each in (0, 1]).
         seed: seed of the assignment.
 
     Returns:
         The split name of each sample.
     """
-    n = len(relpaths)
-    uf = UnionFind(n)
-    for grp in together:
-        for a, b in zip(grp, grp[1:]):
-            uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        members[uf.find(i)].append(i)
-    comps_by_class: dict[int, list[tuple[int, str, list[int]]]] = defaultdict(list)
-    for ms in members.values():
-        first = min(ms, key=lambda i: relpaths[i])
-        comps_by_class[labels[first]].append((_h(seed, "split", relpaths[first]), relpaths[first], ms))
     names = [s for s, _ in ratios]
-    weights = [r for _, r in ratios]
-    out = [""] * n
-    for cls in sorted(comps_by_class):
-        comps = sorted(comps_by_class[cls])
-        total = sum(len(c[2]) for c in comps)
-        target = largest_remainder(total, weights)
-        have = [0] * len(names)
-        for _, _, ms in comps:
-            # Largest deficit first; ties go to the split named first.
-            j = max(range(len(names)), key=lambda k: (target[k] - have[k], -k))
+    w = _exact([r for _, r in ratios])
+    k = len(names)
+    comps = _components(relpaths, labels, together, seed)
+    sizes = {c: sum(len(ms) for ms in v) for c, v in comps.items()}
+    goal = largest_remainder(len(relpaths), [r for _, r in ratios])
+    floors = {c: [int(n * x) for x in w] for c, n in sizes.items()}
+    pending = [sum(f[j] for f in floors.values()) for j in range(k)]  # floors of classes not yet placed
+    placed = [0] * k
+    out = [""] * len(relpaths)
+    for c in sorted(comps, key=lambda c: (_h(seed, "class", str(c)), c)):
+        pending = [p - f for p, f in zip(pending, floors[c])]
+        need = [goal[j] - placed[j] - pending[j] - floors[c][j] for j in range(k)]
+        target = _class_targets(sizes[c], w, need)
+        have = [0] * k
+        for ms in comps[c]:
+            j = max((j for j in range(k) if w[j] > 0), key=lambda j: (target[j] - have[j], -j))
             have[j] += len(ms)
             for i in ms:
                 out[i] = names[j]
+        placed = [p + h for p, h in zip(placed, have)]
     return out
+
+
+def empty_split_notes(ratios: Sequence[tuple[str, float]], samples: Mapping[str, int]) -> list[str]:
+    """One note per split with a non-zero ratio and no samples, saying why.
+
+    Args:
+        ratios: ``[(split, ratio), ...]`` as given to :func:`assign_splits`.
+        samples: samples per split in the finished build.
+    """
+    n = sum(samples.values())
+    goal = dict(zip([s for s, _ in ratios], largest_remainder(n, [r for _, r in ratios])))
+    notes = []
+    for name, r in ratios:
+        if r > 0 and not samples.get(name):
+            if goal[name] == 0:
+                why = (f"{r:g} of {n} usable image(s) is {r * n:.2g}, which rounds to 0; "
+                       f"use fewer splits or more images")
+            else:
+                why = (f"its target was {goal[name]} of {n}, but duplicates or --group members "
+                       f"that must share a split left none for it")
+            notes.append(f"split {name} is empty (ratio {r:g}): {why}")
+    return notes
 
 
 def shuffle_order(keys: Sequence[str], seed: int, split: str) -> list[int]:
