@@ -105,7 +105,7 @@ def test_extra_missing_and_malformed_arguments(src, tmp_path):
 def test_unknown_command():
     refused(run_cli("buidl", "a", "b"), "shardgen: error: unknown command buidl (did you mean build?)")
     refused(run_cli("--sed", "build"),
-            "shardgen: error: expected a command before --sed; commands: build, info, preview, stylegan, "
+            "shardgen: error: expected a command before --sed; commands: build, diff, export, info, preview, stylegan, "
             "upload, verify")
 
 
