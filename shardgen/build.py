@@ -41,11 +41,10 @@ from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, MA
                      WORK_DIR, atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_pixels_xxh64,
                      shard_relpath, wids_index_name)
 from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
-from .keys import make_keys
 from .readers import write_reader_files
 from .scan import Skip, scan
 from .split import assign_splits, empty_split_notes, shuffle_order
-from .writer import ShardWriter, file_xxh64
+from .format import ShardWriter, file_xxh64, make_keys
 
 __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_splits", "CHUNK"]
 

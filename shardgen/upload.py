@@ -52,7 +52,7 @@ from typing import Any, Callable
 from .errors import ShardgenError, UsageError
 from .format import CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, wids_index_name
 from .storage import filesystem, open_build
-from .writer import file_xxh64, stream_xxh64
+from .format import file_xxh64, stream_xxh64
 
 __all__ = ["UploadResult", "UploadFailed", "UploadInterrupted", "upload", "format_upload", "display_url"]
 
