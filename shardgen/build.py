@@ -31,6 +31,7 @@ from .config import DEFAULT_SPLITS, BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, ImageRecord, chunk_jobs
 from .errors import ShardgenError, UsageError
 from .format import MANIFEST, WORK_DIR, atomic_write_json, make_keys
+from .image import configure_worker
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
 from .scan import Skip, scan
@@ -137,9 +138,11 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
                 leave=False, mininterval=0.5)
 
 
-def _worker_init() -> None:
+def _worker_init(max_pixels: int) -> None:
+    """Start of each build worker process: Ctrl-C is the parent's to handle; Pillow's limit is ours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    configure_worker(max_pixels)
 
 
 class _Terminated(Exception):
@@ -182,12 +185,13 @@ class _Run:
     kept: int = 0
 
     def start_pool(self, n_jobs: int) -> None:
+        """Start the worker processes (at least one: images are only ever decoded there, so
+        Pillow's process-wide limit is set to ``--max_pixels`` in them, never in the caller)."""
         n = min(self.cfg.n_workers, max(1, n_jobs))
-        if n > 1:
-            # fork: fast start, and works when __main__ is not importable (stdin, notebooks).
-            # Nothing here holds locks or threads at this point (the progress bars start later).
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            self.pool = mp.get_context(method).Pool(n, initializer=_worker_init)
+        # fork: fast start, and works when __main__ is not importable (stdin, notebooks).
+        # Nothing here holds locks or threads at this point (the progress bars start later).
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        self.pool = mp.get_context(method).Pool(n, initializer=_worker_init, initargs=(self.cfg.pixel_limit,))
 
     def stop_pool(self, wait: bool) -> None:
         if self.pool is not None:

@@ -30,6 +30,7 @@ __all__ = [
     "encode_png",
     "process_bytes",
     "process_file",
+    "configure_worker",
 ]
 
 #: File extensions treated as images (lower case).
@@ -40,8 +41,19 @@ FITS = ("pad", "crop", "stretch")
 #: Largest accepted input, in pixels (width x height); larger files are skipped as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-# We enforce our own limit before decoding; PIL's own check is turned into an error too.
-Image.MAX_IMAGE_PIXELS = None
+
+
+def configure_worker(max_pixels: int) -> None:
+    """Set Pillow's own decompression-bomb limit to ``max_pixels`` in this process.
+
+    Only for shardgen's own worker processes (the build's pool calls it): Pillow's limit
+    is process-wide, so the library never changes it in its caller's process, where
+    Pillow's limit applies on top of ``max_pixels``. Pillow's warning for images between
+    its limit and twice it is silenced there: :func:`process_bytes` skips them with a
+    reason instead.
+    """
+    Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageSkip(Exception):
@@ -208,18 +220,16 @@ def encode_png(a: np.ndarray) -> bytes:
 
 def _open(fp, max_pixels: int) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(fp)
-            w, h = im.size
-            if max_pixels and w * h > max_pixels:
-                raise ImageSkip(f"decompression bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}")
-            im.load()
+        im = Image.open(fp)
+        w, h = im.size
+        if max_pixels and w * h > max_pixels:
+            raise ImageSkip(f"decompression bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+        im.load()
     except ImageSkip:
         raise
     except UnidentifiedImageError:
         raise ImageSkip("not an image: cannot identify image file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageSkip(f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
         msg = str(e) or type(e).__name__
