@@ -25,6 +25,8 @@ from typing import Any
 
 import xxhash
 
+from shardgen import retry
+
 from .errors import LoaderError, UsageError
 
 __all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "DEFAULT_CHUNK"]
@@ -99,7 +101,6 @@ class LocalSource:
         self._f.close()
 
 
-_NO_RETRY = (FileNotFoundError, PermissionError, IsADirectoryError)
 _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -123,7 +124,9 @@ class RemoteSource:
         name: the shard's URL, for messages.
         chunk_size: bytes per request (default 8 MiB).
         retries: further attempts after a failed request (default 5); waits
-            ``backoff * 2**k`` seconds (at most 8 s) before attempt ``k + 1``.
+            ``backoff * 2**k`` seconds (at most 8 s) before attempt ``k + 2``. Errors
+            that a retry cannot fix (missing object, access denied, no credentials:
+            :func:`shardgen.retry.is_transient`) fail at once.
         backoff: first wait in seconds (default 0.5).
         tee: a :class:`CacheWriter` that receives every byte, in order.
         prefetch: fetch the next chunk in a background thread (default true).
@@ -134,7 +137,7 @@ class RemoteSource:
                  prefetch: bool = True):
         self.fs, self.path, self.size, self.name = fs, path, int(size), name
         self.chunk = max(1, int(chunk_size))
-        self.retries, self.backoff = max(0, int(retries)), float(backoff)
+        self.policy = retry.RetryPolicy.with_retries(retries, backoff, max_wait_s=8.0)
         self.tee = tee
         self.prefetch = prefetch
         self.pos = 0
@@ -147,33 +150,38 @@ class RemoteSource:
 
     # -- fetching ------------------------------------------------------------------
     def fetch(self, start: int, end: int) -> bytes:
-        """Bytes ``start .. end-1`` of the object, in one request (with retries)."""
+        """Bytes ``start .. end-1`` of the object, in one request (with retries).
+
+        Raises:
+            LoaderError: an error a retry cannot fix (missing object, access denied),
+                or the retries ran out.
+        """
         if self._whole is not None:
             return self._whole[start:end]
-        attempts = self.retries + 1
-        for k in range(attempts):
-            try:
-                self.requests += 1
-                data = self.fs.cat_file(self.path, start=start, end=end)
-                if len(data) == end - start:
-                    return data
-                if len(data) == self.size and len(data) != end - start:
-                    # No Range support: keep the whole object and serve everything from it.
-                    self._whole = bytes(data)
-                    return self._whole[start:end]
-                raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
-            except _NO_RETRY as e:
+
+        def on_retry(e: BaseException, n: int, wait_s: float) -> None:
+            log.warning("%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end,
+                        type(e).__name__, e, n, self.policy.retries, wait_s)
+
+        try:
+            return retry.call(lambda: self._request(start, end), self.policy, on_retry=on_retry)
+        except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
+            if not retry.is_transient(e):
                 raise LoaderError(f"{self.name}: cannot read shard: {type(e).__name__}: {e}") from None
-            except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
-                if k + 1 >= attempts:
-                    raise LoaderError(
-                        f"{self.name}: reading bytes {start}-{end} failed after {attempts} attempts: "
-                        f"{type(e).__name__}: {e}") from None
-                wait = min(8.0, self.backoff * (2 ** k))
-                log.warning("%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end,
-                            type(e).__name__, e, k + 1, self.retries, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+            raise LoaderError(f"{self.name}: reading bytes {start}-{end} failed after {self.policy.attempts} "
+                              f"attempts: {type(e).__name__}: {e}") from None
+
+    def _request(self, start: int, end: int) -> bytes:
+        """One ranged request (a short answer is an error, so that it is retried)."""
+        self.requests += 1
+        data = self.fs.cat_file(self.path, start=start, end=end)
+        if len(data) == end - start:
+            return data
+        if len(data) == self.size:
+            # No Range support: keep the whole object and serve everything from it.
+            self._whole = bytes(data)
+            return self._whole[start:end]
+        raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
 
     def _get(self, start: int) -> bytes:
         return self.fetch(start, min(self.size, start + self.chunk))

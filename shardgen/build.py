@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,12 +35,14 @@ from urllib.parse import quote
 import xxhash
 
 from . import __version__
+from .cpus import usable_cpus
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE,
                      WORK_DIR, atomic_write_bytes, atomic_write_json, dump_json, path_fields, shard_pixels_xxh64,
                      shard_relpath, wids_index_name)
 from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
 from .keys import make_keys
+from .progress import bar as progress_bar
 from .readers import write_reader_files
 from .scan import Skip, scan
 from .split import assign_splits, empty_split_notes, shuffle_order
@@ -159,10 +160,7 @@ class BuildConfig:
     def n_workers(self) -> int:
         if self.workers:
             return self.workers
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return os.cpu_count() or 1
+        return usable_cpus()
 
     @property
     def pixel_limit(self) -> int:
@@ -505,14 +503,6 @@ def _run_pool(pool, fn, jobs, on_result):
             on_result(r)
 
 
-def _progress(total: int, desc: str, unit: str, enabled: bool):
-    from tqdm import tqdm
-
-    tqdm.monitor_interval = 0
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                leave=False, mininterval=0.5)
-
-
 def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
 
@@ -556,7 +546,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             pool = mp.get_context(method).Pool(n_workers, initializer=_worker_init)
         chunk_task = ChunkTask(work, cfg.size, cfg.fit, cfg.pixel_limit)
-        bar = _progress(len(items), "convert", "img", progress)
+        bar = progress_bar(len(items), "convert", "img", progress)
 
         def got_chunk(r):
             cid, recs, reused = r
@@ -571,7 +561,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
         plan = _plan(cfg, items, keys, records, classes, ratios, work)
         for sp in plan["split_names"]:
             os.makedirs(os.path.join(out, sp), exist_ok=True)
-        bar = _progress(len(plan["jobs"]), "shards", "shard", progress)
+        bar = progress_bar(len(plan["jobs"]), "shards", "shard", progress)
         shard_recs: dict[str, dict] = {}
 
         def got_shard(r):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import xxhash
 
 from .errors import ShardgenError
 from .format import DATASET_JSON
+from .progress import bar as progress_bar
 from .reader import ShardReadError, iter_samples, open_shard
 from .storage import Build, open_build
 
@@ -248,9 +248,7 @@ def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
     """Read the shards ``jobs`` (4 at a time), filling each side's keys and pixel digests."""
     bar = None
     if progress and jobs:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="shard", desc="diff", leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(len(jobs), "diff", "shard")
 
     def one(job: tuple[_Side, int]):
         side, i = job

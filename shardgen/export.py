@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ShardgenError, UsageError
+from .progress import bar as progress_bar
 from .storage import Build, is_url, open_build
 from .stylegan import _FolderOut, _samples
 
@@ -167,10 +167,8 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
     counts = {sp: {c: 0 for c in classes} for sp in splits}
     bar = None
     if progress:
-        from tqdm import tqdm
-
         total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-        bar = tqdm(total=total, unit="img", desc="export", leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total, "export", "img")
     out = _ReplacingFolderOut(folder)
     seen: set[str] = set()
     try:

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
+from .progress import bar as progress_bar
 from .reader import ShardReadError, iter_samples, open_shard
 from .storage import Build, is_url, open_build
 
@@ -227,10 +227,8 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
     out = out_cls(dest)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-        bar = tqdm(total=total, unit="img", desc="stylegan", leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total, "stylegan", "img")
     labels: list[list[Any]] = []
     counts = [0] * len(classes)
     try:
