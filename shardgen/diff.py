@@ -246,15 +246,12 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
 
 def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
     """Read the shards ``jobs`` (4 at a time), filling each side's keys and pixel digests."""
-    bar = None
-    if progress and jobs:
-        bar = progress_bar(len(jobs), "diff", "shard")
+    bar = progress_bar(len(jobs), "diff", "shard", progress and bool(jobs))
 
     def one(job: tuple[_Side, int]):
         side, i = job
         got = _read_shard(side, i, decode)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         return job, got
 
     try:
@@ -270,8 +267,7 @@ def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
                 for k, _, p in got:
                     side.pixels.setdefault(k, p)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _settled(a: _Side, b: _Side) -> set[str]:
