@@ -21,7 +21,7 @@ from PIL import Image
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
-from .tario import TarSamples, find_sample_headers
+from shardgen.format import ShardReadError, TarReader, find_sample_headers
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
@@ -138,7 +138,7 @@ class SampleReader:
         return RemoteSource(fs, base.rstrip("/") + "/" + shard.path, shard.bytes, name,
                             chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee)
 
-    def _jump(self, tar: TarSamples, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
+    def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
         """Move a remote stream close to sample ``target`` without reading what comes before.
 
         The position is guessed from the shard's mean sample size; one ranged read of
@@ -186,12 +186,12 @@ class SampleReader:
             src = None
             try:
                 src = self._open(shard)
-                tar = TarSamples(src, name)
+                tar = TarReader(src, want=("png", "cls"))
                 if seg.start and isinstance(src, RemoteSource) and src.tee is None:
                     self._jump(tar, src, seg.shard, shard, seg.start)
                 if tar.skip_samples(seg.start - tar.index) < seg.start - tar.index:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
-                for s in tar:
+                for s in tar.samples():
                     yield RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))
                     got += 1
                     if got == seg.count:
@@ -205,6 +205,8 @@ class SampleReader:
                     src.tee = None
             except LoaderError as e:
                 self._fail(str(e), seg.count - got)
+            except ShardReadError as e:
+                self._fail(f"{name}: {e}", seg.count - got)
             finally:
                 if src is not None:
                     tee = getattr(src, "tee", None)

@@ -39,8 +39,8 @@ import xxhash
 
 from .errors import ShardgenError
 from .format import DATASET_JSON
+from .format import ShardReadError, TarReader
 from .progress import bar as progress_bar
-from .reader import ShardReadError, iter_samples, open_shard
 from .storage import Build, open_build
 
 __all__ = ["Change", "DiffResult", "DiffError", "diff_builds", "format_diff", "SHOWN"]
@@ -216,8 +216,8 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
     out = []
     decoded = 0
     try:
-        with open_shard(build, rel) as f:
-            for s in iter_samples(f):
+        with build.open_shard(rel) as f:
+            for s in TarReader(f).samples():
                 try:
                     meta = json.loads(s.parts.get("json") or b"{}")
                 except ValueError:

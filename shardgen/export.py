@@ -18,7 +18,7 @@ guarantees:
 
 DEST is filled under a temporary name beside it and renamed into place at the end; an
 existing non-empty DEST is replaced only with ``overwrite``. The shards are read with
-:mod:`shardgen.reader`, from a folder or any URL, as ``shardgen stylegan`` reads them.
+:mod:`shardgen.format`, from a folder or any URL, as ``shardgen stylegan`` reads them.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ShardgenError, UsageError
 from .format import atomic_write_bytes
-from .reader import ShardReadError, iter_samples, open_shard
+from .format import ShardReadError, TarReader
 from .storage import is_url, open_build
 
 __all__ = ["PAD", "PreviewResult", "make_preview", "tile_origin"]
@@ -121,8 +121,8 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
             break
         rel = entry["path"]
         try:
-            with open_shard(build, rel) as f:
-                for smp in iter_samples(f):
+            with build.open_shard(rel) as f:
+                for smp in TarReader(f).samples():
                     try:
                         ci = int(smp.parts["cls"])
                         if not 0 <= ci < len(classes):

@@ -20,7 +20,7 @@ import fsspec
 
 from . import forksafe
 from .errors import UsageError
-from .format import MANIFEST, validate_manifest
+from .format import MANIFEST, ShardReadError, validate_manifest
 
 # Forked workers (verify, DataLoader) must not close the parent's http/s3 connections.
 forksafe.install()
@@ -150,6 +150,19 @@ class Build:
 
     def open(self, relpath: str, mode: str = "rb"):
         return self.fs.open(self.join(relpath), mode)
+
+    def open_shard(self, relpath: str):
+        """Open shard ``relpath`` for streaming (1 MiB blocks).
+
+        Raises:
+            ShardReadError: missing or unreadable.
+        """
+        try:
+            return self.fs.open(self.join(relpath), "rb", block_size=1 << 20)
+        except FileNotFoundError:
+            raise ShardReadError("missing: listed in manifest.json but not found") from None
+        except (OSError, ValueError) as e:
+            raise ShardReadError(f"cannot open: {e}") from None
 
     def split(self, name: str) -> dict[str, Any]:
         try:

@@ -39,8 +39,8 @@ from typing import Any, Iterator
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
+from .format import ShardReadError, TarReader
 from .progress import bar as progress_bar
-from .reader import ShardReadError, iter_samples, open_shard
 from .storage import Build, is_url, open_build
 
 __all__ = ["IMAGES_PER_FOLDER", "archive_name", "check_resolution", "ExportResult", "export_stylegan"]
@@ -165,8 +165,8 @@ def _samples(build: Build, splits: list[str]) -> Iterator[tuple[str, Any]]:
         for entry in build.split(sp)["shards"]:
             rel = entry["path"]
             try:
-                with open_shard(build, rel) as f:
-                    for smp in iter_samples(f):
+                with build.open_shard(rel) as f:
+                    for smp in TarReader(f).samples():
                         yield rel, smp
             except ShardReadError as e:
                 raise ShardgenError(f"{rel}: {e}") from None

@@ -44,7 +44,7 @@ from PIL import Image
 from .cpus import usable_cpus
 from .errors import ShardgenError, UsageError
 from .format import CLASSES, DATASET_JSON, KEY_RE, MANIFEST, SKIPPED, shard_pixels_xxh64
-from .reader import HashingReader, ShardReadError, iter_samples, open_shard
+from .format import HashingReader, ShardReadError, TarReader
 from .readers import check_reader_files
 from .progress import bar as progress_bar
 from .report import human_bytes
@@ -284,7 +284,7 @@ def _check_shard(build: Build, split: str, entry: dict[str, Any], checker: _Chec
     if not rel.startswith(split + "/"):
         add(Problem(rel, f"listed under split {split!r} but not in folder {split}/"))
     try:
-        f = open_shard(build, rel)
+        f = build.open_shard(rel)
     except ShardReadError as e:
         add(Problem(rel, str(e)))
         return res
@@ -298,7 +298,7 @@ def _check_shard(build: Build, split: str, entry: dict[str, Any], checker: _Chec
         with f:
             stream = HashingReader(f)
             try:
-                for s in iter_samples(stream, member_problems):
+                for s in TarReader(stream).samples(member_problems):
                     for m in member_problems:
                         add(Problem(rel, m))
                     member_problems.clear()

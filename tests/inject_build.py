@@ -19,7 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import shardgen.build as B  # noqa: E402
+import shardgen.convert as C  # noqa: E402
+import shardgen.format as F  # noqa: E402
+import shardgen.outputs as O  # noqa: E402
 from shardgen.__main__ import main  # noqa: E402
 
 
@@ -34,7 +36,7 @@ def install(point: str, marker: str) -> None:
     kind, *args = point.split(":")
     if kind == "chunk":
         n = int(args[0])
-        orig = B.ChunkTask.__call__
+        orig = C.ChunkTask.__call__
         done = [0]
 
         def chunk_call(self, job):
@@ -44,10 +46,10 @@ def install(point: str, marker: str) -> None:
                 hang(marker)
             return r
 
-        B.ChunkTask.__call__ = chunk_call
+        C.ChunkTask.__call__ = chunk_call
     elif kind == "shard":
         n, k = int(args[0]), int(args[1])
-        orig_add = B.ShardWriter.add
+        orig_add = F.ShardWriter.add
 
         def add(self, key, fields):
             orig_add(self, key, fields)
@@ -55,29 +57,29 @@ def install(point: str, marker: str) -> None:
                 self._f.flush()
                 hang(marker)
 
-        B.ShardWriter.add = add
+        F.ShardWriter.add = add
     elif kind == "manifest":
-        orig_json = B.atomic_write_json
+        orig_json = O.atomic_write_json
 
         def write_json(path, obj):
             if path.endswith("manifest.json"):
-                data = B.dump_json(obj)
+                data = F.dump_json(obj)
                 tmp = os.path.join(os.path.dirname(path), ".tmp-injected-manifest.json")
                 with open(tmp, "wb") as f:
                     f.write(data[: len(data) // 2])
                 hang(marker)
             return orig_json(path, obj)
 
-        B.atomic_write_json = write_json
+        O.atomic_write_json = write_json
     elif kind == "after-manifest":
-        orig_rmtree = B.shutil.rmtree
+        orig_rmtree = O.shutil.rmtree
 
         def rmtree(path, *a, **kw):
-            if path.endswith(B.WORK_DIR):
+            if path.endswith(F.WORK_DIR):
                 hang(marker)
             return orig_rmtree(path, *a, **kw)
 
-        B.shutil.rmtree = rmtree
+        O.shutil.rmtree = rmtree
     else:
         raise SystemExit(f"unknown point {point}")
 

@@ -359,7 +359,7 @@ def test_fast_tar_writer_matches_tarfile(tmp_path):
     """The hand-rolled headers are byte-for-byte what Python's tarfile writes (PAX format)."""
     import random
 
-    from shardgen.writer import TAR_MTIME, ShardWriter
+    from shardgen.format import TAR_MTIME, ShardWriter
 
     rnd = random.Random(0)
     items = [("k" * 120, {"png": b"x" * 700, "cls": b"1", "json": b"{}"}), ("e", {"png": b"", "cls": b"0", "json": b"{}"})]

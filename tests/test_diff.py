@@ -21,7 +21,7 @@ import xxhash
 from PIL import Image
 
 from conftest import run_cli
-from shardgen.writer import ShardWriter
+from shardgen.format import ShardWriter
 from test_s3 import BUCKET, s3env, s3server  # noqa: F401  (the SeaweedFS server fixtures)
 
 SIZE = 32

@@ -21,9 +21,8 @@ import xxhash
 from PIL import Image
 
 from conftest import run_cli
-from shardgen.reader import iter_members, iter_samples
 from shardgen.verify import format_result, verify
-from shardgen.writer import TAR_MTIME
+from shardgen.format import TAR_MTIME, TarReader
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ def flip(path: Path, offset: int) -> None:
 
 def read_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
     with open(path, "rb") as f:
-        return [(s.key, dict(s.parts)) for s in iter_samples(f)]
+        return [(s.key, dict(s.parts)) for s in TarReader(f).samples()]
 
 
 def write_shard(b: Path, rel: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
@@ -368,7 +367,7 @@ def test_reader_matches_tarfile(small_build):
     with tarfile.open(path) as t:
         want = [(m.name, t.extractfile(m).read()) for m in t.getmembers()]
     with open(path, "rb") as f:
-        got = [(m.name, m.data) for m in iter_members(f)]
+        got = [(m.name, m.data) for m in TarReader(f).members()]
     assert got == want
 
 

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..format import CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, wids_index_name
 from ..progress import bar
 from ..storage import open_build
-from ..writer import file_xxh64
+from ..format import file_xxh64
 from .dest import BLOCK
 from .scrub import display_url
 

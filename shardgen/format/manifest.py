@@ -1,0 +1,206 @@
+"""``manifest.json`` and ``<split>/dataset.json`` as typed records (``docs/format.md``).
+
+:meth:`Manifest.parse` validates a parsed JSON object once and gives typed entries;
+:meth:`Manifest.to_json` gives back the exact object the build writes (key order
+included), so a manifest read and written again is byte-identical. Fields this version
+does not know are kept in ``extra`` and written back after the known ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .names import FORMAT, SPLIT_RE
+from .sample import IMAGE_EXT
+
+__all__ = ["ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "Manifest", "validate_manifest",
+           "parse_dataset_json"]
+
+
+class ManifestError(ValueError):
+    """A manifest that is not a valid shardgen/1 manifest; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems[0] if problems else "invalid manifest")
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard: ``path`` relative to the build, ``samples``, ``bytes``, ``xxh64`` of the file,
+    and ``pixels_xxh64`` (None in builds made before it existed)."""
+
+    path: str
+    samples: int
+    bytes: int
+    xxh64: str
+    pixels_xxh64: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"path": self.path, "samples": self.samples, "bytes": self.bytes, "xxh64": self.xxh64}
+        if self.pixels_xxh64 is not None:
+            d["pixels_xxh64"] = self.pixels_xxh64
+        return d
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One split: total ``samples``, ``class_counts`` (class name -> samples) and its shards."""
+
+    samples: int
+    class_counts: dict[str, int]
+    shards: tuple[ShardEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "class_counts": dict(self.class_counts),
+                "shards": [s.to_json() for s in self.shards]}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Every sample's image: ``size`` x ``size`` pixels, PIL ``mode``, member extension ``ext``;
+    ``extra`` holds further fields (e.g. the encoder) as written."""
+
+    size: int
+    mode: str = "L"
+    ext: str = IMAGE_EXT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "mode": self.mode, "ext": self.ext, **self.extra}
+
+
+_KNOWN = ("format", "classes", "image", "splits", "skipped", "report", "config", "shardgen_version")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A build's ``manifest.json``."""
+
+    classes: tuple[str, ...]
+    image: ImageSpec
+    splits: dict[str, SplitEntry]
+    skipped: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    shardgen_version: str | None = None
+    format: str = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        """Samples over all splits."""
+        return sum(s.samples for s in self.splits.values())
+
+    def shards(self) -> list[ShardEntry]:
+        """Every shard, split by split."""
+        return [sh for s in self.splits.values() for sh in s.shards]
+
+    @classmethod
+    def parse(cls, obj: Any) -> "Manifest":
+        """Validate a parsed ``manifest.json`` and type it.
+
+        Raises:
+            ManifestError: with every structural problem found.
+        """
+        problems = validate_manifest(obj)
+        if problems:
+            raise ManifestError(problems)
+        img = obj["image"]
+        image = ImageSpec(img["size"], img.get("mode", "L"), img.get("ext", IMAGE_EXT),
+                          {k: v for k, v in img.items() if k not in ("size", "mode", "ext")})
+        splits = {}
+        for name, s in obj["splits"].items():
+            shards = tuple(ShardEntry(sh["path"], sh["samples"], sh["bytes"], sh["xxh64"], sh.get("pixels_xxh64"))
+                           for sh in s["shards"])
+            splits[name] = SplitEntry(s.get("samples", sum(sh.samples for sh in shards)),
+                                      dict(s.get("class_counts") or {}), shards)
+        return cls(classes=tuple(obj["classes"]), image=image, splits=splits, skipped=obj.get("skipped", 0),
+                   report=dict(obj.get("report") or {}), config=dict(obj.get("config") or {}),
+                   shardgen_version=obj.get("shardgen_version"), format=obj["format"],
+                   extra={k: v for k, v in obj.items() if k not in _KNOWN})
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Manifest":
+        """Parse the bytes of ``manifest.json``.
+
+        Raises:
+            ManifestError: not JSON, or not a valid manifest.
+        """
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError([f"does not parse as JSON ({e})"]) from None
+        return cls.parse(obj)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, in the order the build writes it."""
+        d = {"format": self.format, "classes": list(self.classes), "image": self.image.to_json(),
+             "splits": {k: v.to_json() for k, v in self.splits.items()}, "skipped": self.skipped,
+             "report": dict(self.report), "config": dict(self.config)}
+        if self.shardgen_version is not None:
+            d["shardgen_version"] = self.shardgen_version
+        d.update(self.extra)
+        return d
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _shard_problem(name: str, sh: Any) -> str | None:
+    if not isinstance(sh, dict) or not all(k in sh for k in ("path", "samples", "bytes", "xxh64")):
+        return f"split {name!r} has a shard entry without path/samples/bytes/xxh64"
+    if not isinstance(sh["path"], str) or not _is_count(sh["samples"]) or not _is_count(sh["bytes"]) \
+            or not isinstance(sh["xxh64"], str):
+        return f"split {name!r} has a shard entry with a wrong type: {json.dumps(sh)[:120]}"
+    return None
+
+
+def validate_manifest(m: Any) -> list[str]:
+    """Every structural problem of a parsed manifest (empty when valid)."""
+    if not isinstance(m, dict):
+        return ["manifest is not a JSON object"]
+    problems: list[str] = []
+    if m.get("format") != FORMAT:
+        problems.append(f"unknown format {m.get('format')!r} (expected {FORMAT!r})")
+    classes = m.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problems.append("'classes' must be a non-empty list of names")
+    image = m.get("image")
+    if not isinstance(image, dict) or not _is_count(image.get("size")):
+        problems.append("'image' must hold an integer 'size'")
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        problems.append("'splits' must be a non-empty object")
+        return problems
+    for name, s in splits.items():
+        if not SPLIT_RE.match(str(name)):
+            problems.append(f"bad split name {name!r}")
+        if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
+            problems.append(f"split {name!r} has no 'shards' list")
+            continue
+        bad = next((p for p in (_shard_problem(name, sh) for sh in s["shards"]) if p), None)
+        if bad:
+            problems.append(bad)
+    return problems
+
+
+def parse_dataset_json(raw: bytes) -> list[tuple[str, int]]:
+    """``<split>/dataset.json`` (StyleGAN2-ADA labels) -> ``[(key, class index), ...]`` in shard order.
+
+    Raises:
+        ValueError: not ``{"labels": [["<key>.<ext>", int], ...]}``.
+    """
+    d = json.loads(raw)
+    labels = d.get("labels") if isinstance(d, dict) else None
+    if not isinstance(labels, list):
+        raise ValueError("no 'labels' list")
+    out = []
+    for e in labels:
+        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _is_count(e[1])):
+            raise ValueError(f"bad label entry {json.dumps(e)[:80]}")
+        out.append((e[0].split(".", 1)[0], e[1]))
+    return out

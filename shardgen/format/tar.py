@@ -1,0 +1,412 @@
+"""The one tar writer and the one streaming tar reader of shardgen (``docs/format.md``, "Shards").
+
+Writer: every member is a regular file with mode 0644, uid/gid 0, empty user and group
+names and mtime :data:`TAR_MTIME`, in the order given; the archive ends with two zero
+blocks and is padded to a 10,240-byte record. Those are the bytes Python's
+:mod:`tarfile` writes in PAX format, about 10x faster. Keys are bounded (see
+:mod:`shardgen.format.keys`), so shardgen never needs a PAX header; the reader still
+reads PAX and GNU long names, for shards written by other tools.
+
+Reader: :class:`TarReader` reads a tar front to back from any object with ``read(n)``
+(plus ``skip(n)`` when it can skip without reading, e.g. a seek), and never seeks back.
+It groups members into samples the way webdataset does (key = the member name up to
+the first dot of its base name), reads only the member data asked for, can skip whole
+samples, restart at a known sample header after a seek, and tells a shard cut at a
+member boundary (no end-of-archive marker) from a complete one.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import xxhash
+
+from .atomic import atomic_write
+
+__all__ = ["TAR_MTIME", "BLOCK", "ShardReadError", "ShardWriter", "TarReader", "Member", "Sample",
+           "tar_header", "split_member_name", "find_sample_headers"]
+
+#: mtime of every tar member (2000-01-01T00:00:00Z): fixed so shards are byte-identical.
+TAR_MTIME = 946684800
+BLOCK = 512
+_RECORD = 20 * BLOCK  # tar pads archives to whole records, as GNU tar and Python's tarfile do
+_ZERO = bytes(BLOCK)
+#: webdataset's rule: key = everything before the first dot of the base name, ext = the rest.
+_NAME_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_REGULAR = (b"0", b"\0", b"7")
+
+
+class ShardReadError(Exception):
+    """A shard could not be read (truncated, corrupt header, not a tar, irregular member)."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _octal(n: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, n)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The header of a regular file (mode 0644, uid/gid 0, mtime :data:`TAR_MTIME`).
+
+    Names of 100 bytes or more, or not ASCII, get a PAX extended header, exactly as
+    ``tarfile`` writes it; shardgen's own member names never do.
+    """
+    raw = name.encode("utf-8")
+    if len(raw) >= 100 or not name.isascii():
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, TAR_MTIME, 0o644, 0, 0, "", ""
+        return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    h = bytearray(BLOCK)
+    h[0:len(raw)] = raw
+    h[100:108] = _octal(0o644, 8)
+    h[108:116] = _octal(0, 8)
+    h[116:124] = _octal(0, 8)
+    h[124:136] = _octal(size, 12)
+    h[136:148] = _octal(TAR_MTIME, 12)
+    h[148:156] = b" " * 8
+    h[156:157] = b"0"
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+class ShardWriter:
+    """Write one shard atomically, hashing it as it is written.
+
+    Usage::
+
+        with ShardWriter("/out/train/train-000000.tar") as w:
+            w.add("key", {"png": png_bytes, "cls": b"3", "json": b"{...}"})
+        w.bytes, w.xxh64, w.samples
+
+    Members are written in the order of the dict given to :meth:`add`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ctx = atomic_write(path)
+        self._f = self._ctx.__enter__()
+        self._h = xxhash.xxh64()
+        self._n = 0
+        self.samples = 0
+        self.bytes = 0
+        self.xxh64 = ""
+        self._done = False
+
+    def _write(self, b: bytes) -> None:
+        self._f.write(b)
+        self._h.update(b)
+        self._n += len(b)
+
+    def add(self, key: str, fields: dict[str, bytes]) -> None:
+        """Append one sample: a member ``<key>.<ext>`` per item of ``fields``."""
+        for ext, data in fields.items():
+            self._write(tar_header(f"{key}.{ext}", len(data)))
+            self._write(data)
+            pad = -len(data) % BLOCK
+            if pad:
+                self._write(_ZERO[:pad])
+        self.samples += 1
+
+    def close(self) -> None:
+        """Finish the tar, fsync it and rename it to its final name."""
+        if self._done:
+            return
+        self._write(bytes(2 * BLOCK + (-(self._n + 2 * BLOCK) % _RECORD)))
+        self._done = True
+        self._ctx.__exit__(None, None, None)
+        self.bytes = self._n
+        self.xxh64 = self._h.hexdigest()
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        if not self._done:
+            self._done = True
+            self._ctx.__exit__(ShardReadError, ShardReadError("aborted"), None)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class Member:
+    """One tar member: name, data (None when not read or not a regular file), type flag, size."""
+
+    name: str
+    data: bytes | None
+    type: bytes = b"0"
+    size: int = 0
+
+
+@dataclass
+class Sample:
+    """One sample: its key and the members read (``{ext: bytes}``, in tar order; b"" for
+    members present but not asked for). ``duplicate_exts`` lists extensions seen twice."""
+
+    key: str
+    parts: dict[str, bytes] = field(default_factory=dict)
+    duplicate_exts: list[str] = field(default_factory=list)
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``"abc.png"`` -> ``("abc", "png")``; None when the base name has no extension."""
+    m = _NAME_RE.match(name)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _number(f: bytes) -> int:
+    if f[:1] and f[0] & 0x80:  # GNU base-256
+        v = int.from_bytes(f[1:], "big")
+        return v - (1 << (8 * (len(f) - 1))) * (f[0] & 0x40 > 0)
+    s = f.split(b"\0", 1)[0].strip()
+    return int(s, 8) if s else 0
+
+
+def _checksum_ok(h: bytes) -> bool:
+    """The header checksum, unsigned as POSIX says, or signed as some old tars wrote it."""
+    try:
+        stored = _number(h[148:156])
+    except ValueError:
+        return False
+    unsigned = sum(h) - sum(h[148:156]) + 256
+    return stored == unsigned or stored == unsigned - 2 * sum(b for b in h[:148] + h[156:] if b >= 128)
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        sp = data.index(b" ", pos)
+        length = int(data[pos:sp])
+        if length <= 0:
+            raise ValueError("bad pax record length")
+        k, _, v = data[sp + 1:pos + length - 1].partition(b"=")
+        out[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _padded(n: int) -> int:
+    return (n + BLOCK - 1) // BLOCK * BLOCK
+
+
+class TarReader:
+    """Stream the members and samples of one tar.
+
+    Args:
+        stream: object with ``read(n) -> bytes``; its ``skip(n)`` is used when present.
+        want: member extensions whose data is read (None: all); others are skipped.
+
+    Attributes:
+        offset: bytes of the tar consumed so far.
+        index: samples passed so far (read or skipped).
+    """
+
+    def __init__(self, stream, want: tuple[str, ...] | frozenset | None = None) -> None:
+        self.stream = stream
+        self.want = None if want is None else frozenset(want)
+        self._skip_fn = getattr(stream, "skip", None)
+        self.offset = 0
+        self.index = 0
+        self._peek: Member | None = None
+        self._done = False
+
+    def restart_at(self, offset: int, index: int) -> None:
+        """The stream now stands at byte ``offset``, the header of sample ``index``."""
+        self.offset, self.index = offset, index
+        self._peek, self._done = None, False
+
+    # -- bytes -------------------------------------------------------------------
+    def _read(self, n: int) -> bytes:
+        try:
+            data = self.stream.read(n)
+            while 0 < len(data) < n:
+                more = self.stream.read(n - len(data))
+                if not more:
+                    break
+                data += more
+        except (OSError, ValueError) as e:
+            raise ShardReadError(f"read error at byte {self.offset:,}: {e}") from None
+        self.offset += len(data)
+        return data
+
+    def _skip(self, n: int) -> None:
+        if not n:
+            return
+        if self._skip_fn is None:
+            got = len(self._read(n))
+            if got < n:
+                raise ShardReadError(f"truncated: the file ends at byte {self.offset:,}, inside a member")
+            return
+        self._skip_fn(n)
+        self.offset += n
+
+    # -- members -----------------------------------------------------------------
+    def _header(self) -> tuple[bytes, int] | None:
+        """Next header block and its size field; None at the end-of-archive marker."""
+        at = self.offset
+        h = self._read(BLOCK)
+        if len(h) < BLOCK:
+            if not h:
+                if at == 0:
+                    raise ShardReadError("empty file (0 bytes)")
+                raise ShardReadError(f"truncated: ends at byte {at:,} without the tar end-of-archive marker")
+            raise ShardReadError(f"truncated: ends inside a tar header at byte {at + len(h):,}")
+        if h == _ZERO:
+            return None
+        if not _checksum_ok(h):
+            raise ShardReadError(f"{'not a tar file' if at == 0 else 'corrupt tar header'} at byte {at:,} "
+                                 "(checksum mismatch)")
+        try:
+            size = _number(h[124:136])
+        except ValueError:
+            raise ShardReadError(f"corrupt tar header at byte {at:,} (size)") from None
+        return h, size
+
+    def _member(self) -> Member | None:
+        """Next member's header; a regular file's data is left unread (see :meth:`_consume`)."""
+        name: str | None = None
+        size_override: int | None = None
+        while True:
+            got = self._header()
+            if got is None:
+                self._done = True
+                return None
+            h, size = got
+            typ = h[156:157]
+            if size_override is not None:
+                size, size_override = size_override, None
+            if typ in (b"x", b"g", b"L", b"K"):
+                data = self._data(size, True, "extended header")
+                if typ == b"L":
+                    name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                elif typ == b"x":
+                    try:
+                        pax = _pax(data)
+                    except ValueError:
+                        raise ShardReadError(f"corrupt pax header before byte {self.offset:,}") from None
+                    name = pax.get("path", name)
+                    size_override = int(pax["size"]) if "size" in pax else None
+                continue
+            if name is None:
+                raw = h[0:100].split(b"\0", 1)[0]
+                if h[257:262] == b"ustar" and h[345]:
+                    raw = h[345:500].split(b"\0", 1)[0] + b"/" + raw
+                name = raw.decode("utf-8", "surrogateescape")
+            if typ not in _REGULAR:
+                self._skip(_padded(size))
+            return Member(name, None, typ, size)
+
+    def _consume(self, m: Member, read: bool) -> None:
+        """Read (``read``) or skip the data of regular member ``m``, whose header was just read."""
+        m.data = self._data(m.size, read, m.name)
+
+    def _wanted(self, ext: str | None) -> bool:
+        return self.want is None or (ext is not None and ext in self.want)
+
+    def _data(self, size: int, read: bool, what: str) -> bytes | None:
+        if not read:
+            self._skip(_padded(size))
+            return None
+        data = self._read(size)
+        if len(data) < size:
+            raise ShardReadError(f"truncated: member {what} needs {size:,} bytes, the file ends after {len(data):,}")
+        self._skip(_padded(size) - size)
+        return data
+
+    def members(self) -> Iterator[Member]:
+        """Every member in order (data None for members not wanted or not regular files)."""
+        while not self._done:
+            m = self._member()
+            if m is None:
+                return
+            if m.type in _REGULAR:
+                parsed = split_member_name(m.name)
+                self._consume(m, self._wanted(parsed[1] if parsed else None))
+            yield m
+
+    # -- samples -----------------------------------------------------------------
+    def _next_file(self, problems: list[str] | None) -> tuple[Member, str, str] | None:
+        """Next regular ``<key>.<ext>`` member, data unread; irregular ones are problems."""
+        while True:
+            m = self._peek or (None if self._done else self._member())
+            self._peek = None
+            if m is None:
+                return None
+            parsed = split_member_name(m.name)
+            if m.type in _REGULAR and parsed is not None:
+                return m, parsed[0], parsed[1]
+            if m.type in _REGULAR:
+                self._consume(m, False)
+            what = "not a regular file" if m.type not in _REGULAR else "name has no extension"
+            if problems is None:
+                raise ShardReadError(f"member {m.name!r} before byte {self.offset:,}: {what}")
+            problems.append(f"member {m.name!r}: {what}")
+
+    def _sample(self, problems: list[str] | None, read: bool) -> Sample | None:
+        head = self._next_file(problems)
+        if head is None:
+            return None
+        s = Sample(head[1])
+        while head is not None:
+            m, key, ext = head
+            if key != s.key:
+                self._peek = m
+                break
+            self._consume(m, read and self._wanted(ext))
+            if ext in s.parts:
+                if problems is None:
+                    raise ShardReadError(f"sample {s.key}: duplicate member .{ext}")
+                s.duplicate_exts.append(ext)
+            s.parts[ext] = m.data if m.data is not None else b""
+            head = self._next_file(problems)
+        self.index += 1
+        return s
+
+    def samples(self, problems: list[str] | None = None) -> Iterator[Sample]:
+        """The samples in order.
+
+        Args:
+            problems: None to raise :class:`ShardReadError` on a non-regular member, a name
+                without extension or a repeated extension; a list to record them there
+                (one line each) and go on.
+        """
+        while True:
+            s = self._sample(problems, read=True)
+            if s is None:
+                return
+            yield s
+
+    def skip_samples(self, n: int) -> int:
+        """Skip ``n`` samples without reading their data; returns how many were skipped."""
+        done = 0
+        while done < n and self._sample(None, read=False) is not None:
+            done += 1
+        return done
+
+
+def find_sample_headers(data: bytes, base: int, first_ext: str = "png") -> Iterator[tuple[int, str]]:
+    """``(byte offset, key)`` of every header in ``data`` (which starts at byte ``base`` of
+    the shard) that opens a sample: a regular member ``<key>.<first_ext>`` with a valid
+    checksum, at a 512-byte boundary of the shard."""
+    suffix = "." + first_ext
+    for off in range((-base) % BLOCK, len(data) - BLOCK + 1, BLOCK):
+        h = data[off:off + BLOCK]
+        if h[156:157] not in (b"0", b"\0") or h[257:262] != b"ustar" or not _checksum_ok(h):
+            continue
+        name = h[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        base_name = name.rsplit("/", 1)[-1]
+        if base_name.endswith(suffix) and "." not in base_name[: -len(suffix)]:
+            yield base + off, base_name[: -len(suffix)]

@@ -1,0 +1,145 @@
+"""The state of OUT before and after a build: whose files are there, resume or start over.
+
+shardgen only ever deletes files it wrote: OUT may hold nothing but a shardgen build
+(finished or interrupted), else the build refuses to touch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+
+from .errors import UsageError
+from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
+                     WORK_DIR, wids_index_name)
+
+__all__ = ["prepare_out", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
+
+_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
+
+
+def is_own_split_dir(path: str, name: str) -> bool:
+    """A split folder holding only shardgen files (shards, dataset.json, wids index, temporaries)."""
+    pat = re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar$")
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    own = {DATASET_JSON, wids_index_name(name)}
+    return all(pat.match(e) or e in own or e.startswith(TMP_PREFIX) for e in entries)
+
+
+def _foreign_entries(out: str) -> list[str]:
+    foreign = []
+    for e in sorted(os.listdir(out)):
+        p = os.path.join(out, e)
+        if e in _OWN_FILES or e.startswith(TMP_PREFIX):
+            continue
+        if os.path.isdir(p) and SPLIT_RE.match(e) and is_own_split_dir(p, e):
+            continue
+        foreign.append(e)
+    return foreign
+
+
+def remove_build(out: str) -> None:
+    """Delete the shardgen files in ``out`` (only those; callers checked for foreign files)."""
+    for e in os.listdir(out):
+        p = os.path.join(out, e)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def _describe(k: str, old: dict, new: dict) -> str:
+    return f"{k} (was {json.dumps(old.get(k))}, now {json.dumps(new.get(k))})"
+
+
+def prepare_out(out: str, fingerprint: dict, overwrite: bool) -> str:
+    """Check OUT and decide how to proceed: ``fresh``, ``resume`` or ``rebuild``.
+
+    Raises:
+        UsageError: OUT holds foreign files, or a build with another config (without ``overwrite``).
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"OUT {out} exists and is not a folder")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return "fresh"
+    foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UsageError(f"OUT {out} holds files that are not a shardgen build ({shown}); use an empty or new folder")
+    work = os.path.join(out, WORK_DIR)
+    old = None
+    where = ""
+    wcfg = os.path.join(work, "config.json")
+    if os.path.exists(wcfg):
+        try:
+            with open(wcfg) as f:
+                old = json.load(f)
+            where = "an interrupted build"
+        except (OSError, ValueError):
+            old = None
+    if old is None and os.path.exists(os.path.join(out, MANIFEST)):
+        try:
+            with open(os.path.join(out, MANIFEST)) as f:
+                old = dict(json.load(f).get("config") or {})
+            old["src"] = fingerprint.get("src")  # a finished build does not record where SRC was
+            where = "a build"
+        except (OSError, ValueError, AttributeError):
+            old = None
+    if old is None:
+        # Only scraps (e.g. killed before the config was written): start over.
+        remove_build(out)
+        return "fresh"
+    diff = _config_diff(old, fingerprint)
+    if diff:
+        if overwrite:
+            remove_build(out)
+            return "fresh"
+        raise UsageError(
+            f"OUT {out} holds {where} made with a different config: "
+            + "; ".join(_describe(k, old, fingerprint) for k in diff)
+            + ". Use --overwrite to replace it"
+        )
+    if overwrite:
+        remove_build(out)
+        return "fresh"
+    return "resume" if os.path.isdir(work) else "rebuild"
+
+
+def clean_temporaries(out: str) -> None:
+    for dirpath, _dirs, files in os.walk(out):
+        for f in files:
+            if f.startswith(TMP_PREFIX):
+                try:
+                    os.unlink(os.path.join(dirpath, f))
+                except FileNotFoundError:
+                    pass
+
+
+def clean_temporaries_quietly(out: str) -> None:
+    """:func:`clean_temporaries`, ignoring errors (the disk may be full or read-only)."""
+    with contextlib.suppress(OSError):
+        clean_temporaries(out)
+
+
+def remove_stale(out: str, planned: set[str], split_names: list[str]) -> None:
+    """Remove shards and split folders of an earlier, larger plan (``planned``: shard relpaths)."""
+    for e in sorted(os.listdir(out)):
+        p = os.path.join(out, e)
+        if e == WORK_DIR or not os.path.isdir(p) or not is_own_split_dir(p, e):
+            continue
+        for f in os.listdir(p):
+            if f.endswith(".tar") and f"{e}/{f}" not in planned:
+                os.unlink(os.path.join(p, f))
+        if e not in split_names:
+            shutil.rmtree(p)
