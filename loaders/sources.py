@@ -8,23 +8,22 @@ background thread while the current one is parsed; a failed chunk request is ret
 with exponential backoff, starting again at the same byte, so a broken connection
 costs one chunk, not the shard. With a :class:`ShardCache`, every byte that arrives is
 also written to a temporary file, and the file joins the cache only when its size and
-xxh64 match the manifest.
+xxh64 match the manifest (:mod:`loaders.cache`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
+from shardgen import retry
 
+from .cache import CacheWriter, ShardCache  # ShardCache: still importable from here (stream.py)
 from .errors import LoaderError, UsageError
 
 __all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "DEFAULT_CHUNK"]
@@ -99,7 +98,6 @@ class LocalSource:
         self._f.close()
 
 
-_NO_RETRY = (FileNotFoundError, PermissionError, IsADirectoryError)
 _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -123,18 +121,19 @@ class RemoteSource:
         name: the shard's URL, for messages.
         chunk_size: bytes per request (default 8 MiB).
         retries: further attempts after a failed request (default 5); waits
-            ``backoff * 2**k`` seconds (at most 8 s) before attempt ``k + 1``.
+            ``backoff * 2**k`` seconds (at most 8 s) before attempt ``k + 2``. What a
+            retry cannot fix (:func:`shardgen.retry.is_transient`) fails at once.
         backoff: first wait in seconds (default 0.5).
         tee: a :class:`CacheWriter` that receives every byte, in order.
         prefetch: fetch the next chunk in a background thread (default true).
     """
 
     def __init__(self, fs, path: str, size: int, name: str, chunk_size: int = DEFAULT_CHUNK,
-                 retries: int = 5, backoff: float = 0.5, tee: "CacheWriter | None" = None,
+                 retries: int = 5, backoff: float = 0.5, tee: CacheWriter | None = None,
                  prefetch: bool = True):
         self.fs, self.path, self.size, self.name = fs, path, int(size), name
         self.chunk = max(1, int(chunk_size))
-        self.retries, self.backoff = max(0, int(retries)), float(backoff)
+        self.policy = retry.RetryPolicy.with_retries(retries, backoff, max_wait_s=8.0)
         self.tee = tee
         self.prefetch = prefetch
         self.pos = 0
@@ -147,33 +146,29 @@ class RemoteSource:
 
     # -- fetching ------------------------------------------------------------------
     def fetch(self, start: int, end: int) -> bytes:
-        """Bytes ``start .. end-1`` of the object, in one request (with retries)."""
+        """Bytes ``start .. end-1`` of the object, in one request, retried under ``self.policy``."""
         if self._whole is not None:
             return self._whole[start:end]
-        attempts = self.retries + 1
-        for k in range(attempts):
-            try:
-                self.requests += 1
-                data = self.fs.cat_file(self.path, start=start, end=end)
-                if len(data) == end - start:
-                    return data
-                if len(data) == self.size and len(data) != end - start:
-                    # No Range support: keep the whole object and serve everything from it.
-                    self._whole = bytes(data)
-                    return self._whole[start:end]
-                raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
-            except _NO_RETRY as e:
-                raise LoaderError(f"{self.name}: cannot read shard: {type(e).__name__}: {e}") from None
-            except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
-                if k + 1 >= attempts:
-                    raise LoaderError(
-                        f"{self.name}: reading bytes {start}-{end} failed after {attempts} attempts: "
-                        f"{type(e).__name__}: {e}") from None
-                wait = min(8.0, self.backoff * (2 ** k))
-                log.warning("%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end,
-                            type(e).__name__, e, k + 1, self.retries, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+        try:
+            return retry.call(lambda: self._request(start, end), self.policy, on_retry=lambda e, n, wait_s: log.warning(
+                "%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end, type(e).__name__, e, n,
+                self.policy.retries, wait_s))
+        except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
+            what = (f"reading bytes {start}-{end} failed after {self.policy.attempts} attempts"
+                    if retry.is_transient(e) else "cannot read shard")
+            raise LoaderError(f"{self.name}: {what}: {type(e).__name__}: {e}") from None
+
+    def _request(self, start: int, end: int) -> bytes:
+        """One ranged request (a short answer is an error, so that it is retried)."""
+        self.requests += 1
+        data = self.fs.cat_file(self.path, start=start, end=end)
+        if len(data) == end - start:
+            return data
+        if len(data) == self.size:
+            # No Range support: keep the whole object and serve everything from it.
+            self._whole = bytes(data)
+            return self._whole[start:end]
+        raise OSError(f"short read: got {len(data)} bytes, asked for {end - start}")
 
     def _get(self, start: int) -> bytes:
         return self.fetch(start, min(self.size, start + self.chunk))
@@ -250,158 +245,3 @@ class RemoteSource:
             self._pending = None
         self._buf = b""
         self._whole = None
-
-
-class CacheWriter:
-    """A shard on its way into the cache: a temporary file plus a running xxh64."""
-
-    def __init__(self, cache: "ShardCache", shard: ShardInfo, name: str):
-        self.cache, self.shard, self.name = cache, shard, name
-        self.tmp = os.path.join(cache.root, f".tmp-{os.getpid()}-{threading.get_ident()}-{shard.xxh64}")
-        self._f = open(self.tmp, "wb")
-        self._h = xxhash.xxh64()
-        self.size = 0
-        self.failed = False
-
-    def write(self, data: bytes) -> None:
-        if self.failed:
-            return
-        self._h.update(data)
-        self.size += len(data)
-        try:
-            self._f.write(data)
-        except OSError as e:  # disk full: keep streaming, just do not cache this one
-            log.warning("%s: not cached: %s", self.name, e.strerror or e)
-            self.failed = True
-
-    def commit(self) -> bool:
-        """Verify and move the file into the cache; returns whether it was cached.
-
-        Raises:
-            LoaderError: the bytes that arrived differ from the manifest (size or xxh64).
-        """
-        try:
-            self._f.close()
-        except OSError:
-            self.failed = True
-        if not self.failed:
-            digest = self._h.hexdigest()
-            if self.size != self.shard.bytes or digest != self.shard.xxh64:
-                self.discard()
-                raise LoaderError(
-                    f"{self.name}: the shard's bytes differ from the manifest (got {self.size} bytes, "
-                    f"xxh64 {digest}; manifest: {self.shard.bytes} bytes, xxh64 {self.shard.xxh64}); "
-                    "it was changed after the build (run shardgen verify)")
-            return self.cache._admit(self.tmp, self.shard)
-        self.discard()
-        return False
-
-    def discard(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
-class ShardCache:
-    """A folder of verified shards, bounded in size, evicting the least recently used.
-
-    Files are named ``<xxh64>-<bytes>.tar``, so builds that share a shard share its
-    copy and a changed shard can never be served from an old copy. Use (a read)
-    updates a file's modification time; when a new shard would push the total over
-    ``limit`` bytes, the files used longest ago are deleted first (a shard being read
-    by another process stays readable until it is closed). A shard larger than the
-    whole limit is streamed but not cached. Safe to share between processes and
-    ranks on one machine (an ``flock`` guards admission and eviction).
-
-    Args:
-        root: the cache folder (created).
-        limit: the most bytes the cached shards may take together.
-    """
-
-    def __init__(self, root: str, limit: int):
-        self.root = os.path.abspath(os.path.expanduser(str(root)))
-        self.limit = int(limit)
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cache_dir {root}: cannot create: {e.strerror or e}") from None
-        if not os.access(self.root, os.W_OK):
-            raise UsageError(f"cache_dir {root}: not writable")
-
-    def path(self, shard: ShardInfo) -> str:
-        return os.path.join(self.root, f"{shard.xxh64}-{shard.bytes}.tar")
-
-    def lookup(self, shard: ShardInfo) -> str | None:
-        """The cached copy's path (marking it used), or None."""
-        p = self.path(shard)
-        try:
-            if os.stat(p).st_size != shard.bytes:
-                return None
-            os.utime(p)
-        except FileNotFoundError:
-            return None
-        return p
-
-    def writer(self, shard: ShardInfo, name: str) -> CacheWriter | None:
-        if shard.bytes > self.limit:
-            return None
-        try:
-            return CacheWriter(self, shard, name)
-        except OSError as e:
-            log.warning("%s: not cached: %s", name, e.strerror or e)
-            return None
-
-    def entries(self) -> list[tuple[float, str, int]]:
-        """``(last use, path, bytes)`` of every cached shard, least recently used first."""
-        out = []
-        for n in os.listdir(self.root):
-            if n.endswith(".tar") and not n.startswith("."):
-                p = os.path.join(self.root, n)
-                try:
-                    st = os.stat(p)
-                except FileNotFoundError:
-                    continue
-                out.append((st.st_mtime, p, st.st_size))
-        out.sort()
-        return out
-
-    def _admit(self, tmp: str, shard: ShardInfo) -> bool:
-        with open(os.path.join(self.root, ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            final = self.path(shard)
-            entries = [e for e in self.entries() if e[1] != final]
-            total = sum(e[2] for e in entries)
-            for _, p, size in entries:
-                if total + shard.bytes <= self.limit:
-                    break
-                try:
-                    os.unlink(p)
-                    log.info("cache: evicted %s", os.path.basename(p))
-                except FileNotFoundError:
-                    pass
-                total -= size
-            if total + shard.bytes > self.limit:
-                os.unlink(tmp)
-                return False
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-            os.utime(final)
-            self._sweep()
-        return True
-
-    def _sweep(self, older_than: float = 3600.0) -> None:
-        """Remove temporary files left by killed processes."""
-        now = time.time()
-        for n in os.listdir(self.root):
-            if n.startswith(".tmp-"):
-                p = os.path.join(self.root, n)
-                try:
-                    if now - os.stat(p).st_mtime > older_than:
-                        os.unlink(p)
-                except FileNotFoundError:
-                    pass

@@ -19,7 +19,6 @@ import errno
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -34,6 +33,7 @@ from .format import MANIFEST, WORK_DIR, atomic_write_json, make_keys
 from .image import configure_worker
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
+from .progress import bar as progress_bar
 from .scan import Skip, scan
 from .split import empty_split_notes
 
@@ -131,13 +131,6 @@ def _run_pool(pool, fn, jobs, on_result: Callable) -> None:
             on_result(r)
 
 
-def _progress(total: int, desc: str, unit: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                leave=False, mininterval=0.5)
-
-
 def _worker_init(max_pixels: int) -> None:
     """Start of each build worker process: Ctrl-C is the parent's to handle; Pillow's limit is ours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -205,7 +198,7 @@ class _Run:
     def convert(self, jobs, n_items: int) -> list[ImageRecord | None]:
         cfg = self.cfg
         records: list[ImageRecord | None] = [None] * n_items
-        bar = _progress(n_items, "convert", "img", self.progress)
+        bar = progress_bar(n_items, "convert", "img", self.progress)
 
         def got(r):
             cid, recs, reused = r
@@ -221,7 +214,7 @@ class _Run:
         self.phase = "writing shards"
         for sp in plan.splits:
             os.makedirs(os.path.join(self.out, sp), exist_ok=True)
-        bar = _progress(len(plan.jobs), "shards", "shard", self.progress)
+        bar = progress_bar(len(plan.jobs), "shards", "shard", self.progress)
         recs: dict[str, dict] = {}
 
         def got(r):

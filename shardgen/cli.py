@@ -306,25 +306,20 @@ class CLI:
         Args:
             out: the local build folder.
             dest: destination URL (``s3://bucket/prefix``, ``file:///path``, a folder, ...).
-            endpoint_url: S3 endpoint, e.g. ``http://127.0.0.1:8333`` (default: ``AWS_ENDPOINT_URL`` or AWS).
+            endpoint_url: S3 endpoint, e.g. ``http://127.0.0.1:8333``; beats ``--storage_options`` and the
+                environment (default: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, or AWS).
             workers: shards uploaded at once (default 8).
             storage_options: fsspec options as JSON, e.g. ``'{"profile": "lab"}'``.
             overwrite: replace a different build already at ``dest``.
             progress: show progress bars on stderr (default true).
             retries: attempts after a transient error, with exponential backoff (default 5).
         """
-        import json
-
+        from .storage import parse_storage_options
         from .upload import UploadInterrupted, format_upload, upload as run_upload
 
         opts = storage_options
         if opts is not None and not isinstance(opts, dict):
-            try:
-                opts = json.loads(as_str(opts, "storage_options"))
-            except ValueError:
-                raise UsageError("--storage_options: expected a JSON object like '{\"profile\": \"lab\"}'") from None
-            if not isinstance(opts, dict):
-                raise UsageError("--storage_options: expected a JSON object")
+            opts = parse_storage_options(as_str(opts, "storage_options"))
         try:
             result = run_upload(
                 as_str(out, "out"), as_str(dest, "dest"),

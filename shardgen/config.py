@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cpus import usable_cpus
 from .errors import UsageError
 from .format import SPLIT_RE
 from .image import DEFAULT_MAX_PIXELS, FITS
@@ -117,10 +118,7 @@ class BuildConfig:
     def n_workers(self) -> int:
         if self.workers:
             return self.workers
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return os.cpu_count() or 1
+        return usable_cpus()
 
     @property
     def pixel_limit(self) -> int:

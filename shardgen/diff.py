@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import xxhash
 from .errors import ShardgenError
 from .format import DATASET_JSON
 from .format import ShardReadError, TarReader
+from .progress import bar as progress_bar
 from .storage import Build, open_build
 
 __all__ = ["Change", "DiffResult", "DiffError", "diff_builds", "format_diff", "SHOWN"]
@@ -246,17 +246,12 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
 
 def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
     """Read the shards ``jobs`` (4 at a time), filling each side's keys and pixel digests."""
-    bar = None
-    if progress and jobs:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="shard", desc="diff", leave=False, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(jobs), "diff", "shard", progress and bool(jobs))
 
     def one(job: tuple[_Side, int]):
         side, i = job
         got = _read_shard(side, i, decode)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         return job, got
 
     try:
@@ -272,8 +267,7 @@ def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
                 for k, _, p in got:
                     side.pixels.setdefault(k, p)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _settled(a: _Side, b: _Side) -> set[str]:

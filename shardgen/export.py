@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ShardgenError, UsageError
+from .progress import bar as progress_bar
 from .storage import Build, is_url, open_build
 from .stylegan import _FolderOut, _samples
 
@@ -165,12 +165,8 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
     folder = _check_dest(dest, build, overwrite)
     ext = str(build.manifest["image"].get("ext", "png"))
     counts = {sp: {c: 0 for c in classes} for sp in splits}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-        bar = tqdm(total=total, unit="img", desc="export", leave=False, file=sys.stderr, dynamic_ncols=True)
+    total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
+    bar = progress_bar(total, "export", "img", progress)
     out = _ReplacingFolderOut(folder)
     seen: set[str] = set()
     try:
@@ -185,8 +181,7 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
                 seen.add(name)
                 out.write(name, smp.parts[ext])
                 counts[sp][classes[label]] += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
         if not seen:
             raise UsageError(f"{', '.join(splits)}: no samples; nothing to export")
         nbytes = out.commit()
@@ -194,7 +189,6 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
         out.abort()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return FolderExportResult(dest=folder, layout=layout, images=len(seen), counts=counts, bytes=nbytes,
                               notes=_notes(classes, counts))

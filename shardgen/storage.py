@@ -4,6 +4,9 @@ Everything that reads a finished build (loaders, verify, info, preview, stylegan
 goes through :func:`open_build`, so local paths, ``s3://`` and ``http(s)://`` behave
 the same. Credentials and endpoints come from the usual places (environment,
 AWS config files) or from ``storage_options``; nothing here writes them anywhere.
+This module is the one place that parses ``--storage_options`` and settles the S3
+endpoint (:func:`storage_options_for` documents the order: explicit settings first,
+then the environment).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .format import MANIFEST, ShardReadError, validate_manifest
 # Forked workers (verify, DataLoader) must not close the parent's http/s3 connections.
 forksafe.install()
 
-__all__ = ["Build", "open_build", "split_url", "is_url"]
+__all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
+           "storage_options_for", "s3_endpoint", "S3_PROTOCOLS"]
 
 
 def is_url(path: str) -> bool:
@@ -39,21 +43,71 @@ def split_url(source: str) -> tuple[str, str]:
     return s.rstrip("/") or "/", MANIFEST
 
 
-def _default_storage_options(protocol: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if protocol in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            opts["client_kwargs"] = {"endpoint_url": endpoint}
+#: fsspec protocols that the S3 endpoint settings apply to.
+S3_PROTOCOLS = ("s3", "s3a")
+_JSON_HINT = "expected a JSON object like '{\"profile\": \"lab\"}'"
+
+
+def parse_storage_options(value: Any, flag: str = "--storage_options") -> dict[str, Any] | None:
+    """fsspec options given as a dict or as JSON text (what the CLI receives).
+
+    Raises:
+        UsageError: the text is not JSON, or not a JSON object.
+    """
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        raise UsageError(f"{flag}: {_JSON_HINT}") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag}: {_JSON_HINT}")
+    return parsed
+
+
+def storage_options_for(url: str, storage_options: dict[str, Any] | None = None,
+                        endpoint_url: str | None = None) -> dict[str, Any]:
+    """The fsspec options for ``url``, with the S3 endpoint settled.
+
+    For ``s3://`` the endpoint is, first found wins: ``endpoint_url``; then
+    ``storage_options["client_kwargs"]["endpoint_url"]``; then
+    ``storage_options["endpoint_url"]``; then the environment, ``AWS_ENDPOINT_URL_S3``
+    and ``AWS_ENDPOINT_URL``; else AWS itself. What is given explicitly always beats
+    the environment. The result names it once, as ``client_kwargs["endpoint_url"]``.
+
+    Raises:
+        UsageError: ``endpoint_url`` for a URL that is not ``s3://``.
+    """
+    protocol = fsspec.utils.get_protocol(str(url))
+    opts = dict(storage_options or {})
+    if protocol not in S3_PROTOCOLS:
+        if endpoint_url:
+            raise UsageError(f"--endpoint_url applies to s3:// destinations, not {protocol}://")
+        return opts
+    client = dict(opts.get("client_kwargs") or {})
+    endpoint = (endpoint_url or client.get("endpoint_url") or opts.pop("endpoint_url", None)
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    opts.pop("endpoint_url", None)
+    if endpoint:
+        client["endpoint_url"] = endpoint
+        opts["client_kwargs"] = client
     return opts
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None):
-    """Return ``(fs, path)`` for ``url``; S3 endpoint from ``AWS_ENDPOINT_URL`` unless given."""
+def s3_endpoint(options: dict[str, Any]) -> str | None:
+    """The endpoint that options from :func:`storage_options_for` name (None: AWS, or not S3)."""
+    return (options.get("client_kwargs") or {}).get("endpoint_url")
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None, endpoint_url: str | None = None):
+    """Return ``(fs, path)`` for ``url``; see :func:`storage_options_for` for the S3 endpoint.
+
+    Raises:
+        UsageError: ``endpoint_url`` for a URL that is not ``s3://``; the protocol's
+            fsspec backend is not installed.
+    """
     protocol = fsspec.utils.get_protocol(str(url))
-    opts = _default_storage_options(protocol)
-    if storage_options:
-        opts.update(storage_options)
+    opts = storage_options_for(url, storage_options, endpoint_url)
     try:
         fs, path = fsspec.core.url_to_fs(str(url), **opts)
     except ImportError as e:

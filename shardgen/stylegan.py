@@ -31,7 +31,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from PIL import Image
 
 from .errors import ShardgenError, UsageError
 from .format import ShardReadError, TarReader
+from .progress import bar as progress_bar
 from .storage import Build, is_url, open_build
 
 __all__ = ["IMAGES_PER_FOLDER", "archive_name", "check_resolution", "ExportResult", "export_stylegan"]
@@ -225,12 +225,8 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
     classes = build.classes
     kind, out_cls = _open_dest(dest, overwrite)
     out = out_cls(dest)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-        bar = tqdm(total=total, unit="img", desc="stylegan", leave=False, file=sys.stderr, dynamic_ncols=True)
+    total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
+    bar = progress_bar(total, "stylegan", "img", progress)
     labels: list[list[Any]] = []
     counts = [0] * len(classes)
     try:
@@ -247,8 +243,7 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
             out.write(name, _image(rel, smp.key, smp.parts["png"], size, uncompressed))
             labels.append([name, label])
             counts[label] += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         if not labels:
             raise UsageError(f"split {split!r} has no samples; nothing to export")
         out.write("dataset.json", json.dumps({"labels": labels}).encode())
@@ -257,8 +252,7 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
         out.abort()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ExportResult(dest=dest, kind=kind, images=len(labels), splits=splits, size=size,
                         class_counts={c: n for c, n in zip(classes, counts)},
                         label_dim=max(lbl for _, lbl in labels) + 1, classes=len(classes), bytes=nbytes)

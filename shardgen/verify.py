@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing as mp
-import os
 import re
 import sys
 import threading
@@ -42,10 +41,12 @@ from typing import Any, Callable
 import xxhash
 from PIL import Image
 
+from .cpus import usable_cpus
 from .errors import ShardgenError, UsageError
 from .format import CLASSES, DATASET_JSON, KEY_RE, MANIFEST, SKIPPED, shard_pixels_xxh64
 from .format import HashingReader, ShardReadError, TarReader
 from .readers import check_reader_files
+from .progress import bar as progress_bar
 from .report import human_bytes
 from .storage import Build, filesystem, open_build, split_url
 
@@ -484,14 +485,6 @@ def _open_or_problem(source: str, storage_options) -> tuple[Build | None, Proble
         return None, Problem(name, msg[len(prefix):] if msg.startswith(prefix) else msg)
 
 
-def default_workers() -> int:
-    """Usable cores of this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def verify(source: str, *, decode: bool = True, workers: int | None = None, progress: bool = False,
            storage_options: dict[str, Any] | None = None) -> VerifyResult:
     """Check a whole build; see the module docstring for the list of checks.
@@ -525,16 +518,13 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
     res.shards_listed = len(jobs)
     total = sum(max(0, _int(sh.get("samples"))) for _, sh in jobs)
 
-    workers = max(1, workers or default_workers())
+    workers = max(1, workers or usable_cpus())
     # Without decoding, a sample costs less to check (~0.1 ms) than to send to a process.
     checker = _Checker(ex, workers if decode and total > 64 else 1, _tick := _Ticker())
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="img", desc="verify", dynamic_ncols=True, leave=False,
-                   file=sys.stderr)
+        bar = progress_bar(total, "verify", "img")
     _tick.bar = bar
 
     def run(job: tuple[str, dict[str, Any]]) -> _ShardResult:

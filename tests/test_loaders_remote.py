@@ -24,7 +24,8 @@ from conftest import make_build
 from http_build_server import BuildServer
 
 from loaders import LoaderError, make_loader
-from loaders.sources import ShardCache, ShardInfo
+from loaders.cache import ShardCache
+from loaders.sources import ShardInfo
 
 
 @pytest.fixture(scope="module")

@@ -248,6 +248,27 @@ def test_endpoint_flag_and_storage_options_instead_of_environment(small_build, s
 
 
 @pytest.mark.s3
+def test_an_explicit_endpoint_beats_the_environment(small_build, s3server, s3env, monkeypatch):
+    from s3server import free_ports
+
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    env = {**s3env, "AWS_ENDPOINT_URL": dead, "AWS_ENDPOINT_URL_S3": dead}
+    url = f"s3://{BUCKET}/precedence"
+    p = run_cli("upload", small_build, url, "--endpoint_url", s3server.endpoint, "--progress", "false", env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # storage_options: as client_kwargs (fsspec's spelling) or as s3fs's own endpoint_url argument
+    for opts in ({"client_kwargs": {"endpoint_url": s3server.endpoint}}, {"endpoint_url": s3server.endpoint}):
+        p = run_cli("upload", small_build, url, "--storage_options", json.dumps(opts), "--progress", "false",
+                    env=env)
+        assert p.returncode == 0 and counts(p) == (0, len(shard_paths(small_build))), p.stdout + p.stderr
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        k_s3, y_s3, _ = epoch(url, "test", storage_options=opts)
+        k_local, y_local, _ = epoch(small_build, "test")
+        assert k_s3 == k_local and torch.equal(y_s3, y_local)
+
+
+@pytest.mark.s3
 def test_upload_errors_are_one_line_with_exit_code_2(small_build, s3server, s3env):
     wrong = dict(s3env, AWS_SECRET_ACCESS_KEY="not-the-secret-value-42")
     p = run_cli("upload", small_build, f"s3://{BUCKET}/x", "--progress", "false", env=wrong)

@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import make_sample_dataset as msd  # noqa: E402
+from shardgen.cpus import usable_cpus  # noqa: E402
 from shardgen.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
 
 
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
         msd.make_dataset(data_root, counts, seed=0)
         open(os.path.join(data_root, ".complete"), "w").close()
     files = sorted(glob.glob(os.path.join(src, "*", "images", "*.png")))
-    cores = a.workers or len(os.sched_getaffinity(0))
+    cores = a.workers or usable_cpus()
 
     out = os.path.join(a.root, "out")
     t_build, rss = float("inf"), 0

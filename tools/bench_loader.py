@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from loaders import make_loader  # noqa: E402
+from shardgen.cpus import usable_cpus  # noqa: E402
 from shardgen.storage import open_build  # noqa: E402
 
 
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", help="a shardgen build (default: make bench-out/loader-SIZE)")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--workers", type=int, default=usable_cpus())
     ap.add_argument("--batch_size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=10.0, help="minimum time per pipeline (default 10)")
     ap.add_argument("--size", type=int, default=256, help="image size of the generated build (default 256)")

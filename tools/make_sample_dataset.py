@@ -26,6 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shardgen.cpus import usable_cpus  # noqa: E402
+
 DATASET = "COVID-19_Radiography_Dataset"
 FULL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 SIZE = 299
@@ -106,15 +109,16 @@ def make_dataset(root: str, counts: dict[str, int], seed: int = 0, hostile: bool
     base = os.path.join(root, DATASET)
     os.makedirs(base, exist_ok=True)
     classes = sorted(counts)
+    workers = workers or usable_cpus()
     jobs = []
     for ci, cls in enumerate(classes):
         n = counts[cls]
-        step = max(1, n // (workers or os.cpu_count() or 1) // 2) if n > 500 else n
+        step = max(1, n // workers // 2) if n > 500 else n
         start = 0
         while start < n:
             jobs.append((base, cls, ci, min(step, n - start), seed, start))
             start += step
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as ex:
+    with ProcessPoolExecutor(max_workers=workers) as ex:
         list(ex.map(_write_range, jobs))
     for cls in classes:
         with open(os.path.join(base, f"{cls}.metadata.xlsx"), "wb") as f:

@@ -1,0 +1,207 @@
+"""The destination of an upload: its filesystem and the few operations upload needs.
+
+On a local destination every file is written under a temporary name
+(``.tmp-<pid>-<thread>-<name>.part``) and renamed, so nothing under a final name is
+ever partial. On S3 a shard's xxh64 travels as user metadata in the same request as
+its bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import urllib.parse
+from typing import Any, Callable
+
+from ..errors import UsageError
+from ..retry import error_named, is_unreachable
+from ..storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
+from ..format import stream_xxh64
+from .scrub import Scrubber, display_url, short
+
+__all__ = ["Dest", "BLOCK", "S3_PART", "META_KEY", "TMP_RE"]
+
+#: Bytes per read when hashing (local and read-back).
+BLOCK = 8 << 20
+#: Multipart part size on S3 (progress moves per part; S3's minimum is 5 MiB).
+S3_PART = 16 << 20
+#: The user-metadata key holding a shard's xxh64 on S3 (header ``x-amz-meta-xxh64``).
+META_KEY = "xxh64"
+#: Names of the temporary files of a local destination.
+TMP_RE = re.compile(r"^\.tmp-\d+-\d+-.+\.part$")
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "r2"}
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
+
+
+def _endpoint_of(e: BaseException, fallback: str | None) -> str:
+    """The endpoint an error names (without credentials), else ``fallback``."""
+    url = getattr(e, "kwargs", {}).get("endpoint_url") if hasattr(e, "kwargs") else None
+    if url:
+        p = urllib.parse.urlsplit(url)
+        return display_url(urllib.parse.urlunsplit((p.scheme, p.netloc, "", "", "")))
+    return fallback or "the storage endpoint"
+
+
+class Dest:
+    """The destination filesystem.
+
+    Args:
+        dest: the destination URL or folder.
+        storage_options: fsspec options (already parsed).
+        endpoint_url: the S3 endpoint given explicitly (beats ``storage_options`` and
+            the environment, see :func:`shardgen.storage.storage_options_for`).
+        scrub: removes secrets from messages.
+
+    Raises:
+        UsageError: ``endpoint_url`` with a destination that is not ``s3://``; an
+            ``s3://`` URL without a bucket; the protocol is not installed.
+    """
+
+    def __init__(self, dest: str, storage_options: dict[str, Any] | None, endpoint_url: str | None,
+                 scrub: Scrubber):
+        self.url = dest
+        self.scrub = scrub
+        opts = storage_options_for(dest, storage_options, endpoint_url)
+        self.endpoint = s3_endpoint(opts)
+        self.fs, path = filesystem(dest, opts)
+        protos = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self.protocols = set(protos)
+        self.local = bool(self.protocols & {"file", "local"})
+        self.s3 = bool(self.protocols & set(S3_PROTOCOLS))
+        self.object_store = bool(self.protocols & _OBJECT_STORES)
+        self.root = path.rstrip("/") if path not in ("/", "") else path
+        if self.s3 and not self.root.split("/")[0]:
+            raise UsageError(f"{display_url(dest)}: no bucket in the URL (expected s3://bucket/prefix)")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root else rel
+
+    # -- preflight -------------------------------------------------------------------
+    def fail(self, e: BaseException, doing: str) -> UsageError:
+        """A one-line UsageError for a destination that cannot be used."""
+        where = display_url(self.url)
+        if is_unreachable(e):
+            return UsageError(self.scrub(f"{where}: cannot reach {_endpoint_of(e, self.endpoint)} "
+                                         f"while {doing} (is the endpoint URL right and the server up?)"))
+        if error_named(e, *_NO_CREDENTIALS):
+            return UsageError(f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and "
+                              f"AWS_SECRET_ACCESS_KEY (or a profile in ~/.aws) or pass --storage_options")
+        if isinstance(e, PermissionError):
+            return UsageError(self.scrub(
+                f"{where}: access denied while {doing} ({str(e).strip() or 'Forbidden'}); check the "
+                f"credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket's permissions"))
+        if isinstance(e, FileNotFoundError) and self.s3:
+            bucket = self.root.split("/")[0]
+            return UsageError(self.scrub(f"{where}: bucket {bucket!r} does not exist "
+                                         f"(at {self.endpoint or 'AWS'}); create it first"))
+        if isinstance(e, FileNotFoundError):
+            return UsageError(self.scrub(f"{where}: not found while {doing} ({e})"))
+        return UsageError(self.scrub(f"{where}: cannot use the destination while {doing} ({short(e)})"))
+
+    def unreachable_endpoint(self, e: BaseException) -> str | None:
+        """The endpoint (for a message) if ``e`` says it could not be reached, else None."""
+        return _endpoint_of(e, self.endpoint) if is_unreachable(e) else None
+
+    def listing(self) -> dict[str, int]:
+        """``{relpath: size}`` of every object under the destination (raises UsageError)."""
+        try:
+            self.fs.invalidate_cache()
+            if self.local and not self.fs.exists(self.root):
+                return {}
+            found = self.fs.find(self.root, detail=True)
+        except Exception as e:  # noqa: BLE001 - every failure here is a one-line usage error
+            raise self.fail(e, "listing it") from None
+        prefix = self.root + "/" if self.root else ""
+        out: dict[str, int] = {}
+        for name, info in found.items():
+            name = name.rstrip("/")
+            if info.get("type") == "directory" or not name.startswith(prefix):
+                continue
+            out[name[len(prefix):]] = int(info.get("size") or 0)
+        return out
+
+    # -- objects ---------------------------------------------------------------------
+    def size(self, rel: str) -> int | None:
+        """The object's size from a fresh stat/``HEAD`` (None: not there)."""
+        p = self.path(rel)
+        self.fs.invalidate_cache(p)
+        try:
+            info = self.fs.info(p)
+        except FileNotFoundError:
+            return None
+        return int(info.get("size") or 0)
+
+    def stored_digest(self, rel: str) -> str | None:
+        """The xxh64 stored with the object (S3 user metadata), or None."""
+        if not self.s3:
+            return None
+        try:
+            meta = self.fs.metadata(self.path(rel))
+        except FileNotFoundError:
+            return None
+        v = {str(k).lower(): v for k, v in (meta or {}).items()}.get(META_KEY)
+        return str(v).lower() if v else None
+
+    def digest(self, rel: str) -> tuple[str, int]:
+        """(xxh64, size) of the object, by reading it back."""
+        kw = {"cache_type": "none", "block_size": BLOCK} if self.s3 else {}
+        with self.fs.open(self.path(rel), "rb", **kw) as f:
+            return stream_xxh64(f, BLOCK)
+
+    def read(self, rel: str) -> bytes | None:
+        """The object's bytes (None: not there)."""
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def put_file(self, lpath: str, rel: str, digest: str | None, callback) -> None:
+        """Send the local file ``lpath`` as ``rel`` (on S3 with ``digest`` as metadata)."""
+        if self.local:
+            self._local_atomic(rel, lambda tmp: self.fs.put_file(lpath, tmp, callback=callback))
+            return
+        kw: dict[str, Any] = {}
+        if self.s3:
+            kw["chunksize"] = S3_PART
+            if digest:
+                kw["Metadata"] = {META_KEY: digest}
+        self._make_parent(rel)
+        self.fs.put_file(lpath, self.path(rel), callback=callback, **kw)
+
+    def put_bytes(self, data: bytes, rel: str) -> None:
+        """Write ``data`` as ``rel``."""
+        if self.local:
+            self._local_atomic(rel, lambda tmp: self.fs.pipe_file(tmp, data))
+            return
+        self._make_parent(rel)
+        self.fs.pipe_file(self.path(rel), data)
+
+    def remove(self, rel: str) -> None:
+        """Delete ``rel`` (nothing if it is not there)."""
+        try:
+            self.fs.rm_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache(self.path(rel))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _make_parent(self, rel: str) -> None:
+        """Create the parent folder where the filesystem has real folders."""
+        if not self.object_store:
+            self.fs.makedirs(self.fs._parent(self.path(rel)), exist_ok=True)
+
+    def _local_atomic(self, rel: str, write: Callable[[str], None]) -> None:
+        """``write(tmp)`` a temporary file next to ``rel``, then rename it to ``rel``."""
+        dst = self.path(rel)
+        self.fs.makedirs(self.fs._parent(dst), exist_ok=True)
+        d, _, base = rel.rpartition("/")
+        name = f".tmp-{os.getpid()}-{threading.get_ident()}-{base}.part"
+        tmp = self.path(f"{d}/{name}" if d else name)
+        try:
+            write(tmp)
+            self.fs.mv(tmp, dst)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
