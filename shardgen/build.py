@@ -38,7 +38,7 @@ from . import __version__
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, FORMAT, MANIFEST, SKIPPED, SPLIT_RE, WORK_DIR,
                      atomic_write_bytes, atomic_write_json, dump_json, shard_relpath)
-from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, process_file
+from .image import DEFAULT_MAX_PIXELS, FITS, ImageSkip, encoder_info, process_file
 from .scan import Item, Skip, scan
 from .split import assign_splits, shuffle_order
 from .writer import ShardWriter, file_xxh64
@@ -435,7 +435,8 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
     """The options that decide the output, as recorded in ``manifest.json`` ``config``.
 
     ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
-    source that was already split.
+    source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) is
+    part of it so that a build is never resumed with another PNG encoder.
     """
     return {
         "size": cfg.size,
@@ -449,6 +450,7 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
         "index": os.path.basename(cfg.index) if cfg.index else None,
         "max_pixels": cfg.pixel_limit,
         "layout": layout,
+        "encoder": encoder_info(),
     }
 
 
@@ -721,7 +723,7 @@ def _finish(cfg, out, work, fp, classes, plan, shard_recs, sr, excluded) -> dict
     manifest = {
         "format": FORMAT,
         "classes": classes,
-        "image": {"size": cfg.size, "mode": "L", "ext": cfg.format},
+        "image": {"size": cfg.size, "mode": "L", "ext": cfg.format, "encoder": encoder_info()},
         "splits": splits,
         "skipped": len(skips),
         "report": report,
