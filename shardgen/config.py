@@ -13,7 +13,7 @@ from typing import Any
 from .cpus import usable_cpus
 from .errors import UsageError
 from .format import SPLIT_RE
-from .image import DEFAULT_MAX_PIXELS, FITS
+from .image import DEFAULT_MAX_PIXELS, FITS, encoder_info
 
 __all__ = ["BuildConfig", "parse_splits", "fingerprint_of", "FORMATS", "DEFAULT_SPLITS"]
 
@@ -135,7 +135,8 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
     """The options that decide the output, as recorded in ``manifest.json`` ``config``.
 
     ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
-    source that was already split.
+    source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) is
+    part of it so that a build is never resumed with another PNG encoder.
     """
     return {
         "size": cfg.size,
@@ -149,4 +150,5 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
         "index": os.path.basename(cfg.index) if cfg.index else None,
         "max_pixels": cfg.pixel_limit,
         "layout": layout,
+        "encoder": encoder_info(),
     }

@@ -17,6 +17,7 @@ from . import __version__
 from .assemble import Plan
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, ImageSpec, Manifest, ShardEntry,
                      SplitEntry, atomic_write_bytes, atomic_write_json, dump_json)
+from .image import encoder_info
 from .outdir import remove_stale
 from .readers import write_reader_files
 
@@ -30,7 +31,8 @@ def _manifest(cfg, fp: dict, classes: list[str], plan: Plan, shard_recs: dict[st
         shards = tuple(ShardEntry(j.relpath, shard_recs[j.relpath]["samples"], shard_recs[j.relpath]["bytes"],
                                   shard_recs[j.relpath]["xxh64"], j.pixels_xxh64) for j in sp.shards)
         splits[name] = SplitEntry(sum(s.samples for s in shards), dict(sp.counts), shards)
-    return Manifest(classes=tuple(classes), image=ImageSpec(cfg.size, "L", cfg.format), splits=splits,
+    image = ImageSpec(cfg.size, "L", cfg.format, {"encoder": encoder_info()})
+    return Manifest(classes=tuple(classes), image=image, splits=splits,
                     skipped=skipped, report=report, config=fp, shardgen_version=__version__)
 
 

@@ -19,6 +19,7 @@ import xxhash
 from PIL import Image
 
 from conftest import run_cli, sample_tool
+from shardgen.image import encoder_info
 
 KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -78,7 +79,8 @@ def test_manifest_format_and_stock_readers(hostile_build):
     m = read_manifest(out)
     assert m["format"] == "shardgen/1"
     assert m["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-    assert m["image"] == {"size": 64, "mode": "L", "ext": "png"}
+    assert m["image"] == {"size": 64, "mode": "L", "ext": "png", "encoder": encoder_info()}
+    assert m["image"]["encoder"]["name"] == "libdeflate" and m["config"]["encoder"] == encoder_info()
     assert list(m["splits"]) == ["train", "test"]
     assert json.loads((out / "classes.json").read_text()) == {"classes": m["classes"]}
     # Masks and non-image files are not samples: 4 classes x 12 + 11 usable extra files.

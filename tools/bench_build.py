@@ -138,7 +138,7 @@ def per_core(datas: list[bytes], size: int) -> dict[str, float]:
     cands = {
         "PIL decode+BOX resize+PIL PNG zlib6": pil_pil(6),
         "PIL decode+BOX resize+PIL PNG zlib1": pil_pil(1),
-        "PIL decode+BOX resize+shardgen PNG (avg filter, ISA-L)": pil_fast,
+        "PIL decode+BOX resize+shardgen PNG (avg filter, libdeflate)": pil_fast,
         "shardgen process_bytes (full: EXIF, modes, hash, encode)": lambda d: process_bytes(d, size, "pad").png,
     }
     try:
