@@ -24,15 +24,13 @@ existing non-empty DEST is replaced only with ``overwrite``. The shards are read
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ShardgenError, UsageError
 from .progress import bar as progress_bar
 from .storage import Build, is_url, open_build
-from .stylegan import _FolderOut, _samples
+from .dest import ReplacingFolderOut, label_of, samples_of
 
 __all__ = ["LAYOUTS", "FolderExportResult", "export_folders"]
 
@@ -61,24 +59,6 @@ class FolderExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-class _ReplacingFolderOut(_FolderOut):
-    """:class:`shardgen.stylegan._FolderOut` that may also replace a non-empty folder at the end."""
-
-    def commit(self) -> int:
-        if os.path.isdir(self.dest) and os.listdir(self.dest):
-            parent = os.path.dirname(os.path.abspath(self.dest))
-            old = tempfile.mkdtemp(prefix=".tmp-old-", suffix="-" + os.path.basename(self.dest), dir=parent)
-            os.replace(self.dest, old)  # onto an empty folder: allowed, atomic
-            try:
-                n = super().commit()
-            except BaseException:
-                os.replace(old, self.dest)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-            return n
-        return super().commit()
-
-
 def _check_class_names(classes: list[str]) -> None:
     for c in classes:
         if not c or c in (".", "..") or "/" in c or "\0" in c or len(c.encode("utf-8", "surrogateescape")) > 255:
@@ -102,18 +82,6 @@ def _check_dest(dest: str, build: Build, overwrite: bool) -> str:
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
         raise UsageError(f"--dest {dest}: folder is not empty; pass --overwrite true to replace it")
     return folder
-
-
-def _label(rel: str, smp: Any, n_classes: int) -> int:
-    if "cls" not in smp.parts:
-        raise ShardgenError(f"{rel}: {smp.key}: sample lacks .cls; run shardgen verify")
-    try:
-        label = int(smp.parts["cls"])
-    except ValueError:
-        raise ShardgenError(f"{rel}: {smp.key}: .cls is not a class index; run shardgen verify") from None
-    if not 0 <= label < n_classes:
-        raise ShardgenError(f"{rel}: {smp.key}: label {label} out of range (0..{n_classes - 1})")
-    return label
 
 
 def _notes(classes: list[str], counts: dict[str, dict[str, int]]) -> list[str]:
@@ -166,13 +134,11 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
     ext = str(build.manifest["image"].get("ext", "png"))
     counts = {sp: {c: 0 for c in classes} for sp in splits}
     total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-    bar = progress_bar(total, "export", "img", progress)
-    out = _ReplacingFolderOut(folder)
     seen: set[str] = set()
-    try:
+    with ReplacingFolderOut(folder) as out, progress_bar(total, "export", "img", progress) as bar:
         for sp in splits:
-            for rel, smp in _samples(build, [sp]):
-                label = _label(rel, smp, len(classes))
+            for rel, smp in samples_of(build, [sp]):
+                label = label_of(rel, smp, len(classes))
                 if ext not in smp.parts:
                     raise ShardgenError(f"{rel}: {smp.key}: sample lacks .{ext}; run shardgen verify")
                 name = f"{sp}/{classes[label]}/{smp.key}.{ext}"
@@ -185,10 +151,5 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
         if not seen:
             raise UsageError(f"{', '.join(splits)}: no samples; nothing to export")
         nbytes = out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        bar.close()
     return FolderExportResult(dest=folder, layout=layout, images=len(seen), counts=counts, bytes=nbytes,
                               notes=_notes(classes, counts))

@@ -26,27 +26,22 @@ stores them.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
-from .format import ShardReadError, TarReader
+from .dest import FolderOut, ZipOut, label_of, samples_of
 from .progress import bar as progress_bar
-from .storage import Build, is_url, open_build
+from .storage import is_url, open_build
 
 __all__ = ["IMAGES_PER_FOLDER", "archive_name", "check_resolution", "ExportResult", "export_stylegan"]
 
 IMAGES_PER_FOLDER = 1000
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def archive_name(index: int) -> str:
@@ -78,62 +73,6 @@ class ExportResult:
     bytes: int
 
 
-class _ZipOut:
-    def __init__(self, dest: str) -> None:
-        self.dest = dest
-        folder = os.path.dirname(os.path.abspath(dest))
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(dest), dir=folder)
-        self.f = os.fdopen(fd, "wb")
-        self.zf = zipfile.ZipFile(self.f, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-
-    def write(self, name: str, data: bytes) -> None:
-        zi = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-        zi.compress_type = zipfile.ZIP_STORED
-        zi.external_attr = 0o644 << 16
-        self.zf.writestr(zi, data)
-
-    def commit(self) -> int:
-        self.zf.close()
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.dest)
-        return os.path.getsize(self.dest)
-
-    def abort(self) -> None:
-        for close in (self.zf.close, self.f.close):
-            with contextlib.suppress(Exception):
-                close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-class _FolderOut:
-    def __init__(self, dest: str) -> None:
-        self.dest = dest.rstrip("/\\") or dest
-        parent = os.path.dirname(os.path.abspath(self.dest))
-        self.tmp = tempfile.mkdtemp(prefix=".tmp-", suffix="-" + os.path.basename(self.dest), dir=parent)
-        self.bytes = 0
-
-    def write(self, name: str, data: bytes) -> None:
-        path = os.path.join(self.tmp, *name.split("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-        self.bytes += len(data)
-
-    def commit(self) -> int:
-        os.chmod(self.tmp, 0o755)
-        if os.path.isdir(self.dest):
-            os.rmdir(self.dest)  # checked empty before we started
-        os.replace(self.tmp, self.dest)
-        return self.bytes
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 def _open_dest(dest: str, overwrite: bool):
     if is_url(dest):
         raise UsageError(f"--dest must be a local path, got {dest}")
@@ -147,7 +86,7 @@ def _open_dest(dest: str, overwrite: bool):
         parent = os.path.dirname(os.path.abspath(folder))
         if not os.path.isdir(parent):
             raise UsageError(f"--dest {dest}: folder {parent} does not exist")
-        return "folder", _FolderOut
+        return "folder", FolderOut
     if not dest.lower().endswith(".zip"):
         raise UsageError(f"--dest must end in .zip (an archive) or / (a folder), got {dest!r}")
     parent = os.path.dirname(os.path.abspath(dest))
@@ -157,21 +96,7 @@ def _open_dest(dest: str, overwrite: bool):
         raise UsageError(f"--dest {dest} exists; pass --overwrite true to replace it")
     if os.path.isdir(dest):
         raise UsageError(f"--dest {dest} is a folder; end it with / to write a folder")
-    return "zip", _ZipOut
-
-
-def _samples(build: Build, splits: list[str]) -> Iterator[tuple[str, Any]]:
-    for sp in splits:
-        for entry in build.split(sp)["shards"]:
-            rel = entry["path"]
-            try:
-                with build.open_shard(rel) as f:
-                    for smp in TarReader(f).samples():
-                        yield rel, smp
-            except ShardReadError as e:
-                raise ShardgenError(f"{rel}: {e}") from None
-            except OSError as e:
-                raise ShardgenError(f"{rel}: read error: {e}") from None
+    return "zip", ZipOut
 
 
 def _image(rel: str, key: str, data: bytes, size: int, uncompressed: bool) -> bytes:
@@ -224,21 +149,14 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
                          f"mode {image.get('mode')}")
     classes = build.classes
     kind, out_cls = _open_dest(dest, overwrite)
-    out = out_cls(dest)
     total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
-    bar = progress_bar(total, "stylegan", "img", progress)
     labels: list[list[Any]] = []
     counts = [0] * len(classes)
-    try:
-        for rel, smp in _samples(build, splits):
-            if "png" not in smp.parts or "cls" not in smp.parts:
-                raise ShardgenError(f"{rel}: {smp.key}: sample lacks .png or .cls; run shardgen verify")
-            try:
-                label = int(smp.parts["cls"])
-            except ValueError:
-                raise ShardgenError(f"{rel}: {smp.key}: .cls is not a class index") from None
-            if not 0 <= label < len(classes):
-                raise ShardgenError(f"{rel}: {smp.key}: label {label} out of range (0..{len(classes) - 1})")
+    with out_cls(dest) as out, progress_bar(total, "stylegan", "img", progress) as bar:
+        for rel, smp in samples_of(build, splits):
+            if "png" not in smp.parts:
+                raise ShardgenError(f"{rel}: {smp.key}: sample lacks .png; run shardgen verify")
+            label = label_of(rel, smp, len(classes))
             name = archive_name(len(labels))
             out.write(name, _image(rel, smp.key, smp.parts["png"], size, uncompressed))
             labels.append([name, label])
@@ -248,11 +166,6 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
             raise UsageError(f"split {split!r} has no samples; nothing to export")
         out.write("dataset.json", json.dumps({"labels": labels}).encode())
         nbytes = out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        bar.close()
     return ExportResult(dest=dest, kind=kind, images=len(labels), splits=splits, size=size,
                         class_counts={c: n for c, n in zip(classes, counts)},
                         label_dim=max(lbl for _, lbl in labels) + 1, classes=len(classes), bytes=nbytes)
