@@ -20,7 +20,7 @@ from .sources import DEFAULT_CHUNK, ShardInfo, parse_size
 from .stream import Spec, check_on_error
 from .worker import ShardStream
 
-__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split", "worker_context"]
+__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -195,21 +195,6 @@ class ShardLoader:
                 f"rank={s.rank}/{s.world_size}, workers={self.num_workers}, batches={len(self)})")
 
 
-def worker_context(spec: Spec, requested: Any = None) -> Any:
-    """The multiprocessing context of the workers reading ``spec`` (None: PyTorch's default).
-
-    A local build is read with plain file handles, so ``fork`` (PyTorch's default on
-    Linux) is safe and starts fastest. A remote build gets ``spawn`` workers unless
-    asked otherwise: this process then runs fsspec's event-loop thread and holds its
-    network sessions, and a spawned worker inherits neither; it opens its own
-    filesystem from the URL and storage options in the :class:`Spec`.
-    """
-    ctx = multiprocessing.get_context(requested) if isinstance(requested, str) else requested
-    if ctx is None and spec.local_root is None:
-        return multiprocessing.get_context("spawn")
-    return ctx
-
-
 def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: str = "train",
                 num_workers: int = 4, seed: int = 0, with_keys: bool = False, *,
                 shuffle_buffer: int = 1000, on_error: str = "raise", storage_options: dict | None = None,
@@ -267,10 +252,10 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         chunk_size: bytes per ranged request for remote shards (default 8 MiB).
         pin_memory: pin batches for fast GPU copies (default: when CUDA is available).
         prefetch_factor: batches each worker prepares ahead (default 2).
-        multiprocessing_context: start method (or context) of the workers. Default:
-            PyTorch's (``fork`` on Linux) for a local build; ``spawn`` for a remote one,
-            whose workers open their own network connections in a fresh interpreter
-            (a script then needs the usual ``if __name__ == "__main__":`` guard).
+        multiprocessing_context: start method for workers (default: PyTorch's, ``fork``
+            on Linux). Any method works: workers get plain data and open their own files
+            and network connections; ``spawn`` and ``forkserver`` start slower (each
+            worker imports torch) and need the script's ``if __name__ == "__main__":`` guard.
         timeout: seconds to wait for a batch from a worker (default 0: no limit).
         overlap_epochs: in train mode with workers, keep the workers running from one
             epoch into the next (default true): no restart and no idle workers at epoch
@@ -293,7 +278,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
     spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size)
     rank, size = world()
-    ctx = worker_context(spec, multiprocessing_context)
+    ctx = multiprocessing_context
+    if isinstance(ctx, str):
+        ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,
                      continuous=bool(overlap_epochs) and num_workers > 0)

@@ -33,8 +33,7 @@ class ShardStream(IterableDataset):
 
     Use :func:`make_loader` rather than this class directly; it is public for people
     who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
-    ``num_workers`` as ``workers`` here; for a remote source, workers started with
-    ``multiprocessing_context="spawn"`` or ``"forkserver"``).
+    ``num_workers`` as ``workers`` here). Any start method works.
     """
 
     def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,

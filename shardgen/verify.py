@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import xxhash
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
@@ -234,18 +233,15 @@ class _Ticker:
 class _Checker:
     """Runs :func:`_check_batch` inline (one worker) or in a process pool, with backpressure."""
 
-    def __init__(self, ex: _Expect, workers: int, tick: Callable[[int], None], local: bool = True) -> None:
+    def __init__(self, ex: _Expect, workers: int, tick: Callable[[int], None]) -> None:
         self.ex = ex
         self.tick = tick
         self.pool = None
         if workers > 1:
-            # The children only ever run _check_batch on plain data (sample bytes and an
-            # _Expect); they never touch a filesystem. For a local build on Linux they are
-            # forked (fast, and works from scripts without a __main__ guard), here, from the
-            # calling thread, before our reader threads and progress bar exist. For a remote
-            # build this process already runs fsspec's event-loop thread and holds its
-            # network sessions, which a forked child must not inherit: spawn.
-            method = "fork" if local and sys.platform.startswith("linux") else "spawn"
+            # On Linux, fork (fast, and works from scripts without a __main__ guard). The
+            # pool is started here, from the calling thread, before our reader threads and
+            # progress bar exist; the children only ever run _check_batch.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
             # One short task per worker, all at once: every worker is started now, here.
             for f in [self.pool.submit(time.sleep, 0.01) for _ in range(workers)]:
@@ -531,8 +527,7 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
 
     workers = max(1, workers or default_workers())
     # Without decoding, a sample costs less to check (~0.1 ms) than to send to a process.
-    checker = _Checker(ex, workers if decode and total > 64 else 1, _tick := _Ticker(),
-                       local=isinstance(build.fs, LocalFileSystem))
+    checker = _Checker(ex, workers if decode and total > 64 else 1, _tick := _Ticker())
 
     bar = None
     if progress:

@@ -207,12 +207,10 @@ def in_time(fn, seconds: float = 60):
 
 
 def test_live_workers_do_not_break_the_parents_connections(build, served):
-    """Workers must not close the parent's aiohttp connections (they share its epoll
-    instance when forked): the parent's next request would hang for aiohttp's 5-minute
-    timeout. Remote builds get spawned workers that open their own connections."""
+    """Forked workers must not close the parent's aiohttp connections (they share its
+    epoll instance): the parent's next request would hang for aiohttp's 5-minute timeout."""
     url = served.url + "/xray"
     first = make_loader(url, batch_size=8, with_keys=True, num_workers=2)  # train: workers stay alive
-    assert first.multiprocessing_context.get_start_method() == "spawn"
     keys = [k for _, _, ks in first for k in ks]
     assert len(keys) == 96
 
@@ -222,7 +220,6 @@ def test_live_workers_do_not_break_the_parents_connections(build, served):
 
     assert len(in_time(again)) == 24, "a new loader on the same URL hung while the first one's workers were alive"
     first.close()
-    assert make_loader(build, num_workers=2).multiprocessing_context is None  # local: PyTorch's default (fork)
 
 
 def test_forked_children_and_verify_workers_leave_the_parents_connections_alone(build, served):
@@ -243,11 +240,13 @@ def test_forked_children_and_verify_workers_leave_the_parents_connections_alone(
     os.waitpid(pid, 0)
     assert len(in_time(lambda: eval_epoch(url, split="test", num_workers=0)[0])) == 24
     assert len(eval_epoch(build, num_workers=2)[0]) == 96  # forked local workers
-    assert in_time(lambda: verify(str(build), workers=2)).ok  # forked verify workers
-    res = in_time(lambda: verify(url, workers=2))  # remote: spawned verify workers
+    assert in_time(lambda: verify(str(build), workers=2)).ok  # forked verify workers, local build
+    res = in_time(lambda: verify(url, workers=2))  # ... and remote
     assert res.ok and res.decoded == 120, [str(p) for p in res.problems]
     assert in_time(lambda: verify(url, workers=2)).ok
-    assert len(in_time(lambda: eval_epoch(url, split="test", num_workers=2)[0])) == 24
+    forked = in_time(lambda: eval_epoch(url, split="test", num_workers=2))
+    spawned = in_time(lambda: eval_epoch(url, split="test", num_workers=2, multiprocessing_context="spawn"))
+    assert forked[0] == spawned[0] and len(forked[0]) == 24 and torch.equal(forked[2], spawned[2])
 
 
 def test_a_reader_starting_inside_a_remote_shard_does_not_download_its_beginning(build, served, monkeypatch):
