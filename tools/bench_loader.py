@@ -210,6 +210,9 @@ def _reader_worker(args):
     """Everything a make_loader worker does (plan, read tar, shuffle, decode into a batch
     slot), minus handing the batch to the main process; epochs until ``seconds``."""
     source, split, batch_size, worker, workers, seconds, start_at = args
+    # One intra-op thread, as in a DataLoader worker (and OpenMP's pool, inherited from
+    # the parent by fork, is not usable here: the ring's share_memory_() copy would hang).
+    torch.set_num_threads(1)
     from loaders.delivery import Ring
     from loaders.loader import open_split
     from loaders.worker import ShardStream
