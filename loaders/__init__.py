@@ -16,13 +16,13 @@ exactly once across ranks, padding with label -100. Sources are build folders,
 retries and an optional size-bounded local cache. See :func:`make_loader`.
 """
 
-from shardgen import forksafe
 from .device import DevicePrefetcher, to_device
 from .dist import world
 from .errors import LoaderError, UsageError
-from .loader import ShardLoader, ShardStream, make_loader
+from .loader import ShardLoader, make_loader
 from .stream import PAD_LABEL
 from .stylegan import StyleGANShards
+from .worker import ShardStream
 
 __all__ = [
     "make_loader",
@@ -36,5 +36,3 @@ __all__ = [
     "PAD_LABEL",
     "world",
 ]
-
-forksafe.install()

@@ -3,38 +3,24 @@ or many GPUs, with the same number of batches on every rank."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
-import queue
-import random
-import threading
-import time
 from typing import Any, Iterator
 
 import fsspec
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from shardgen.storage import open_build
 
+from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
-from .plan import MODES, batch_order, batches_per_rank, extra_shift
+from .plan import MODES
 from .sources import DEFAULT_CHUNK, ShardInfo, parse_size
-from .stream import PAD_LABEL, SampleReader, Spec, check_on_error, decode_into, shuffled, slot_plan, slot_seed
+from .stream import Spec, check_on_error
+from .worker import ShardStream
 
 __all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
-
-log = logging.getLogger("loaders")
-
-
-class _WorkerFailure:
-    """Sent through the DataLoader in place of a batch when a worker hits bad data."""
-
-    def __init__(self, message: str):
-        self.message = message
-
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -72,287 +58,6 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
     )
 
 
-class ShardStream(IterableDataset):
-    """The IterableDataset behind :func:`make_loader`: each worker yields whole batches.
-
-    Use :func:`make_loader` rather than this class directly; it is public for people
-    who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
-    ``num_workers`` as ``workers`` here).
-    """
-
-    def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
-                 shuffle_buffer: int, with_keys: bool, skipped=None, continuous: bool = False):
-        self.spec = spec
-        self.batch_size = batch_size
-        self.mode = mode
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.shuffle_buffer = shuffle_buffer
-        self.with_keys = with_keys
-        self.skipped = skipped
-        self.epoch = 0
-        self.continuous = bool(continuous) and mode == "train"
-        self.ring: _Ring | None = None
-        self.batches = batches_per_rank(sum(s.samples for s in spec.shards), batch_size, world_size, mode)
-
-    def __len__(self) -> int:
-        return self.batches
-
-    def __iter__(self) -> Iterator:
-        """Yield ``((epoch, worker, index), batch)``; with ``continuous``, epoch after epoch."""
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = self.epoch
-        try:
-            while True:
-                for j, batch in enumerate(self._batches(worker, workers, info is not None, epoch)):
-                    yield (epoch, worker, j), batch
-                if not self.continuous:
-                    return
-                epoch += 1
-        except LoaderError as e:
-            yield _WorkerFailure(str(e))
-
-    def _batches(self, worker: int, workers: int, in_worker: bool, epoch: int) -> Iterator:
-        spec, B = self.spec, self.batch_size
-        plan = slot_plan(spec, B, self.rank, self.world_size, worker, workers, self.mode, self.seed, epoch)
-        if plan.batches == 0:
-            return
-        reader = SampleReader(spec, self.skipped)
-        samples = reader.read(plan)
-        if self.mode == "train":
-            rng = random.Random(slot_seed(self.seed, epoch, self.rank, worker, 1))
-            samples = shuffled(samples, self.shuffle_buffer, rng)
-        n_classes = len(spec.classes)
-        ring = self.ring if in_worker else None
-        out = _BatchOut(ring, worker, B, spec.size, self.with_keys)
-        produced = 0
-        arr, labels, keys = out.start()
-        i = 0
-        for s in samples:  # the plan makes these fit exactly in plan.batches batches
-            if produced == plan.batches:
-                raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
-            try:
-                labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
-            except LoaderError as e:
-                if spec.on_error == "raise":
-                    raise
-                log.warning("skipped: %s", e)
-                reader.count_skip()
-                continue
-            keys[i] = s.key
-            i += 1
-            if i == B:
-                yield out.finish()
-                produced += 1
-                i = 0
-                if produced < plan.batches:
-                    arr, labels, keys = out.start()
-        # Padding (eval's last batch, or samples skipped with on_error="skip").
-        while produced < plan.batches:
-            arr[i:] = 0
-            labels[i:] = PAD_LABEL
-            keys[i:] = [""] * (B - i)
-            yield out.finish()
-            produced += 1
-            i = 0
-            if produced < plan.batches:
-                arr, labels, keys = out.start()
-
-
-class _Ring:
-    """Batch slots in shared memory, allocated once by the main process.
-
-    Worker ``w`` writes its batches into ``images[w, k]`` for ``k`` cycling through its
-    slots and sends only labels and keys through the DataLoader; the main process copies
-    the slot out (into pinned memory when pinning) and frees it. This replaces a fresh
-    shared-memory tensor per batch (page faults on both sides, every batch) with one
-    copy into reused memory.
-    """
-
-    def __init__(self, workers: int, slots: int, batch_size: int, size: int):
-        shape = (workers, slots, batch_size, 1, size, size)
-        self.images = _shared_empty(shape, torch.uint8)
-        self.state = _shared_empty((workers, slots), torch.int32)
-        self.state.zero_()
-        self.slots = slots
-
-
-def _shared_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    proto = torch.empty(0, dtype=dtype)
-    numel = 1
-    for d in shape:
-        numel *= d
-    storage = proto._typed_storage()._new_shared(numel, device="cpu")
-    return proto.new(storage).view(shape)
-
-
-class _BatchOut:
-    """Where a worker assembles its batches: ring slots (in workers) or fresh tensors."""
-
-    def __init__(self, ring: _Ring | None, worker: int, batch_size: int, size: int, with_keys: bool):
-        self.ring, self.worker, self.B, self.S, self.with_keys = ring, worker, batch_size, size, with_keys
-        self.k = -1
-        self._state = ring.state.numpy() if ring is not None else None
-
-    def start(self):
-        if self.ring is None:
-            self.images = torch.empty((self.B, 1, self.S, self.S), dtype=torch.uint8)
-            arr = self.images.numpy()
-        else:
-            self.k = (self.k + 1) % self.ring.slots
-            st = self._state
-            delay = 0.0001
-            while st[self.worker, self.k] != 0:  # the main process still has it
-                time.sleep(delay)
-                delay = min(delay * 2, 0.005)
-            st[self.worker, self.k] = 1
-            arr = self.ring.images[self.worker, self.k].numpy()
-        self.labels = np.full(self.B, PAD_LABEL, dtype=np.int64)
-        self.keys = [""] * self.B
-        return arr, self.labels, self.keys
-
-    def finish(self):
-        keys = self.keys if self.with_keys else None
-        if self.ring is None:
-            return _Batch(-1, self.images, self.labels, keys)
-        return _Batch(self.k, None, self.labels, keys)
-
-
-class _Batch:
-    """A batch on its way to the main process (``slot >= 0``: the pixels are in the ring)."""
-
-    __slots__ = ("slot", "images", "labels", "keys")
-
-    def __init__(self, slot: int, images, labels, keys):
-        self.slot, self.images, self.labels, self.keys = slot, images, labels, keys
-
-    def __reduce__(self):
-        return (_Batch, (self.slot, self.images, self.labels, self.keys))
-
-
-class _Delivery:
-    """The main-process side of a loader's batches (no reference to the ShardLoader, so a
-    loader nobody holds any more is collected and its workers stopped)."""
-
-    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool):
-        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
-        self._fence = threading.Lock()
-
-    def _receive(self, worker: int, b: "_Batch") -> tuple:
-        """Turn a worker's message into the user's batch (copying the ring slot out)."""
-        pin = self.pin_memory
-        if b.slot < 0:
-            images = b.images.pin_memory() if pin else b.images
-        else:
-            ring = self.dataset.ring
-            src = ring.images[worker, b.slot]
-            images = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
-            # numpy copies in this thread; Tensor.copy_ would wake torch's intra-op thread
-            # pool, whose spinning threads take CPU from the decoding workers.
-            np.copyto(images.numpy(), src.numpy())
-            with self._fence:  # a full barrier: the copy is done before the slot is freed
-                ring.state[worker, b.slot] = 0
-        labels = torch.from_numpy(b.labels)
-        if pin:
-            labels = labels.pin_memory()
-        return (images, labels) if b.keys is None else (images, labels, b.keys)
-
-    def _ordered(self, it, epoch: int, continuous: bool) -> Iterator[tuple[int, tuple]]:
-        """``(epoch, batch)`` in each epoch's canonical order (see :func:`batch_order`),
-        epoch after epoch when ``continuous``; else one epoch, then the workers run out."""
-        ds = self.dataset
-        workers = max(1, self.num_workers)
-        L = len(ds)
-        stash: dict = {}
-        while True:
-            for w, j in batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch)):
-                want = (epoch, w, j)
-                while want not in stash:
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        raise LoaderError(f"internal error: rank {ds.rank} worker {w} ended before its batch {j} "
-                                          f"of epoch {epoch}") from None
-                    if isinstance(item, _WorkerFailure):
-                        raise LoaderError(item.message)
-                    tag, batch = item
-                    stash[tuple(tag)] = self._receive(tag[1], batch)
-                yield epoch, stash.pop(want)
-            if not continuous:
-                # Let the workers run to their end: a shard read to its last sample
-                # still has to be closed (and a streamed copy verified and cached).
-                for item in it:
-                    if isinstance(item, _WorkerFailure):
-                        raise LoaderError(item.message)
-                    raise LoaderError(f"internal error: rank {ds.rank} got more batches than planned")
-                return
-            epoch += 1
-
-
-class _End:
-    """Put by the receiver after the last batch of a finite run."""
-
-
-class _Receiver:
-    """A thread that takes batches from the DataLoader, copies them out of the ring (into
-    pinned memory when pinning), restores their order and queues them, so the training
-    loop's thread spends no time on it. It owns the DataLoader iterator and shuts the
-    workers down when it stops."""
-
-    def __init__(self, loader: "ShardLoader", it, epoch: int, continuous: bool):
-        self._q: queue.Queue = queue.Queue(maxsize=2)
-        self._stop = threading.Event()
-        self._it = it
-        self._gen = loader._delivery._ordered(it, epoch, continuous)  # no reference to the loader
-        self._thread = threading.Thread(target=self._run, name="loaders-receiver", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for item in self._gen:
-                if not self._put(item):
-                    break
-            else:
-                self._put(_End())
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(e)
-        finally:
-            self._gen.close()
-            if hasattr(self._it, "_shutdown_workers"):
-                self._it._shutdown_workers()
-            self._it = None
-
-    def get(self):
-        """The next item; raises what the thread raised."""
-        while True:
-            try:
-                item = self._q.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self._thread.is_alive() and self._q.empty():
-                    raise LoaderError("internal error: the receiving thread ended early") from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-
 class ShardLoader:
     """Iterable over the batches of one rank; made by :func:`make_loader`.
 
@@ -376,8 +81,8 @@ class ShardLoader:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.timeout = timeout
-        self._delivery = _Delivery(dataset, num_workers, pin_memory)
-        self._rx: _Receiver | None = None
+        self._delivery = Delivery(dataset, num_workers, pin_memory)
+        self._rx: Receiver | None = None
         self._next_epoch: int | None = None
 
     # -- facts -------------------------------------------------------------------------
@@ -432,12 +137,12 @@ class ShardLoader:
             kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context=self.multiprocessing_context,
                       timeout=self.timeout)
             if ds.ring is None:
-                ds.ring = _Ring(self.num_workers, self.prefetch_factor + 1, ds.batch_size, ds.spec.size)
+                ds.ring = Ring(self.num_workers, self.prefetch_factor + 1, ds.batch_size, ds.spec.size)
             ds.ring.state.zero_()
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=False,
                         persistent_workers=False, **kw)
         it = iter(dl)  # in this (main) thread: the DataLoader sets its signal handlers here
-        self._rx = _Receiver(self, it, epoch, ds.continuous)
+        self._rx = Receiver(self._delivery, it, epoch, ds.continuous)
         self._rx.start()
         self._next_epoch = epoch
 
@@ -461,7 +166,7 @@ class ShardLoader:
         if self.num_workers == 0:  # everything in this thread
             self.close()
             it = iter(DataLoader(ds, batch_size=None, num_workers=0))
-            for _, batch in self._delivery._ordered(it, epoch, False):
+            for _, batch in self._delivery.ordered(it, epoch, False):
                 yield batch
             return
         continuous = ds.continuous
@@ -547,7 +252,10 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         chunk_size: bytes per ranged request for remote shards (default 8 MiB).
         pin_memory: pin batches for fast GPU copies (default: when CUDA is available).
         prefetch_factor: batches each worker prepares ahead (default 2).
-        multiprocessing_context: start method for workers (default: PyTorch's).
+        multiprocessing_context: start method for workers (default: PyTorch's, ``fork``
+            on Linux). Any method works: workers get plain data and open their own files
+            and network connections; ``spawn`` and ``forkserver`` start slower (each
+            worker imports torch) and need the script's ``if __name__ == "__main__":`` guard.
         timeout: seconds to wait for a batch from a worker (default 0: no limit).
         overlap_epochs: in train mode with workers, keep the workers running from one
             epoch into the next (default true): no restart and no idle workers at epoch

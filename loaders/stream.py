@@ -2,7 +2,8 @@
 
 Everything here runs inside DataLoader workers (or the main process with
 ``num_workers=0``). Objects are plain picklable classes so any multiprocessing start
-method works.
+method works; a worker opens its own files and its own remote filesystem (from the
+URL and storage options in the :class:`Spec`), never one inherited from its parent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import PngImagePlugin
 
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
@@ -31,8 +32,6 @@ log = logging.getLogger("loaders")
 #: Label of padding samples: PyTorch's default ``ignore_index`` (``cross_entropy`` skips them).
 PAD_LABEL = -100
 ON_ERROR = ("raise", "skip")
-
-Image.MAX_IMAGE_PIXELS = None  # sizes are checked against the manifest instead
 
 
 @dataclass
@@ -83,7 +82,8 @@ class Spec:
         return self.root.rstrip("/") + "/" + shard.path
 
     def remote_fs(self):
-        """This process's fsspec filesystem and the build's path in it (made once per process)."""
+        """This process's fsspec filesystem and the build's path in it (opened on first use
+        in each process: a worker never uses a filesystem inherited from its parent)."""
         if self._fs is None or self._fs_pid != os.getpid():
             from shardgen.storage import filesystem
 
@@ -251,7 +251,10 @@ def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int
     if not 0 <= label < n_classes:
         raise LoaderError(f"{where}: label {label} out of range (the build has {n_classes} classes)")
     try:
-        im = Image.open(io.BytesIO(s.png), formats=("PNG",))
+        # The header (IHDR) alone, checked against the manifest before any pixel is
+        # decoded: the manifest bounds the size, so Pillow's global decompression-bomb
+        # limit (left as the user set it) is not what protects this decoder.
+        im = PngImagePlugin.PngImageFile(io.BytesIO(s.png))
         if im.size != (size, size) or im.mode != "L":
             raise LoaderError(f"{where}: image is {im.size[0]}x{im.size[1]} mode {im.mode}, "
                               f"expected {size}x{size} mode L (8-bit grayscale)")

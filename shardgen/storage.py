@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from . import forksafe
 from .errors import UsageError
 from .format import MANIFEST, ShardReadError, validate_manifest
-
-# Forked workers (verify, DataLoader) must not close the parent's http/s3 connections.
-forksafe.install()
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS"]
@@ -112,7 +109,26 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None, endpoint
         fs, path = fsspec.core.url_to_fs(str(url), **opts)
     except ImportError as e:
         raise UsageError(f"{url}: support for {protocol}:// is not installed ({e}); try: pip install 'shardgen[s3]'") from None
+    _keep(fs)
     return fs, path
+
+
+#: The network filesystems this process opened, kept for its whole life (see _keep).
+_KEPT: dict[int, Any] = {}
+
+
+def _keep(fs: Any) -> None:
+    """Hold a reference to a network filesystem for the life of the process.
+
+    fsspec empties its instance cache in a forked child (a DataLoader or verify worker).
+    A filesystem referenced only by that cache then becomes garbage in the child, and
+    collecting it there runs its session finaliser, which closes the inherited
+    connections and so unregisters the parent's pooled sockets from the epoll instance
+    both processes share: the parent's next request on them hangs (aiohttp's 5-minute
+    timeout). Held here, it stays reachable in every forked child, which never closes it.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        _KEPT.setdefault(id(fs), fs)
 
 
 @dataclass

@@ -412,6 +412,63 @@ def test_to_device_normalises_and_the_prefetcher_yields_every_batch(five_shards,
         assert torch.allclose(a, xr.float() / 127.5 - 1, atol=1e-6)
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width x height`` 8-bit grayscale, with one empty IDAT:
+    decoding it would allocate ``width * height`` bytes before finding out it is short."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_image_sizes_are_checked_against_the_manifest_not_pillows_global_limit(five_shards, tmp_path, monkeypatch):
+    """The loaders leave PIL.Image.MAX_IMAGE_PIXELS as the user set it and do not depend
+    on it: a build decodes under a limit far below its image size, and an image whose
+    header claims 100000 x 100000 pixels is refused before any pixel is decoded."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Image.open would refuse 64x64 (> 2 x 100)
+    batches = epoch_batches(make_loader(five_shards, batch_size=8, mode="eval", num_workers=0, with_keys=True))
+    assert sum(1 for _, _, ks in batches for k in ks if k) == 96
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+    b = copy_build(five_shards, tmp_path)
+    shard, key = a_train_sample(b)
+    rewrite_member(b, shard, f"{key}.png", png_header_only(100_000, 100_000))
+    with pytest.raises(LoaderError) as e:
+        epoch_batches(make_loader(b, batch_size=8, mode="eval", num_workers=0, with_keys=True))
+    assert shard in str(e.value) and key in str(e.value) and "image is 100000x100000" in str(e.value)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_workers_stop_after_an_error_even_while_the_caller_holds_it(five_shards, tmp_path, monkeypatch):
+    """The workers go with the DataLoader iterator; an error handed to the caller does not
+    keep it (and them) alive through its traceback."""
+    import gc
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    b = copy_build(five_shards, tmp_path)
+    shard, key = a_train_sample(b)
+    rewrite_member(b, shard, f"{key}.cls", b"cat")
+    before = _children()
+    loader = make_loader(b, batch_size=8, num_workers=2)
+    with pytest.raises(LoaderError) as held:
+        for _ in loader:
+            pass
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children() - before
+    assert key in str(held.value)
+
+
 # ----------------------------------------------------------------------------- StyleGAN
 
 def test_stylegan_shards_are_endless_rank_aware_one_hot_and_can_mirror(five_shards, truth, monkeypatch):

@@ -194,28 +194,60 @@ def test_a_remote_shard_that_differs_from_the_manifest_is_not_cached(build, serv
     assert len(list(cache.glob("*.tar"))) == 1  # shard 0 only; nothing for the changed one
 
 
-def test_live_workers_do_not_break_the_parents_connections(build, served):
-    """Forked workers inherit the parent's aiohttp connections and epoll instance; if they
-    closed them (fsspec's session finaliser), the parent's next request would hang for
-    aiohttp's 5-minute timeout. See shardgen/forksafe.py."""
+def in_time(fn, seconds: float = 60):
+    """``fn()``'s result, failing the test if it takes longer than ``seconds`` (a request
+    on a connection whose socket a child unregistered from the shared epoll never returns)."""
     import threading
 
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("out", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} hung"
+    return box["out"]
+
+
+def test_live_workers_do_not_break_the_parents_connections(build, served):
+    """Forked workers must not close the parent's aiohttp connections (they share its
+    epoll instance): the parent's next request would hang for aiohttp's 5-minute timeout."""
     url = served.url + "/xray"
     first = make_loader(url, batch_size=8, with_keys=True, num_workers=2)  # train: workers stay alive
     keys = [k for _, _, ks in first for k in ks]
     assert len(keys) == 96
-    box: dict = {}
 
     def again():
-        box["loader"] = make_loader(url, split="test", batch_size=8, mode="eval", with_keys=True, num_workers=2)
-        box["keys"] = [k for _, _, ks in box["loader"] for k in ks if k]
+        loader = make_loader(url, split="test", batch_size=8, mode="eval", with_keys=True, num_workers=2)
+        return [k for _, _, ks in loader for k in ks if k]
 
-    t = threading.Thread(target=again, daemon=True)
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "a new loader on the same URL hung while the first one's workers were alive"
-    assert len(box["keys"]) == 24
+    assert len(in_time(again)) == 24, "a new loader on the same URL hung while the first one's workers were alive"
     first.close()
+
+
+def test_forked_children_and_verify_workers_leave_the_parents_connections_alone(build, served):
+    """fsspec empties its instance cache in a forked child; a filesystem only that cache
+    held then becomes garbage there, and the child's garbage collector would close the
+    parent's connections. Forked processes of every kind (a bare fork that collects,
+    local DataLoader workers, verify's worker pool) leave the parent able to read on."""
+    import gc
+
+    from shardgen.verify import verify
+
+    url = served.url + "/xray"
+    assert len(in_time(lambda: eval_epoch(url, split="test", num_workers=0)[0])) == 24  # pooled connections
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but a full collection
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert len(in_time(lambda: eval_epoch(url, split="test", num_workers=0)[0])) == 24
+    assert len(eval_epoch(build, num_workers=2)[0]) == 96  # forked local workers
+    assert in_time(lambda: verify(str(build), workers=2)).ok  # forked verify workers, local build
+    res = in_time(lambda: verify(url, workers=2))  # ... and remote
+    assert res.ok and res.decoded == 120, [str(p) for p in res.problems]
+    assert in_time(lambda: verify(url, workers=2)).ok
+    forked = in_time(lambda: eval_epoch(url, split="test", num_workers=2))
+    spawned = in_time(lambda: eval_epoch(url, split="test", num_workers=2, multiprocessing_context="spawn"))
+    assert forked[0] == spawned[0] and len(forked[0]) == 24 and torch.equal(forked[2], spawned[2])
 
 
 def test_a_reader_starting_inside_a_remote_shard_does_not_download_its_beginning(build, served, monkeypatch):

@@ -211,11 +211,16 @@ def _reader_worker(args):
     """Everything a make_loader worker does (plan, read tar, shuffle, decode into a batch
     slot), minus handing the batch to the main process; epochs until ``seconds``."""
     source, split, batch_size, worker, workers, seconds, start_at = args
-    from loaders.loader import ShardStream, _Ring, open_split
+    # One intra-op thread, as in a DataLoader worker (and OpenMP's pool, inherited from
+    # the parent by fork, is not usable here: the ring's share_memory_() copy would hang).
+    torch.set_num_threads(1)
+    from loaders.delivery import Ring
+    from loaders.loader import open_split
+    from loaders.worker import ShardStream
 
     spec = open_split(source, split)
     ds = ShardStream(spec, batch_size, "train", 0, 0, 1, 1000, False)
-    ds.ring = _Ring(workers, 3, batch_size, spec.size)
+    ds.ring = Ring(workers, 3, batch_size, spec.size)
     state = ds.ring.state.numpy()
     while time.time() < start_at:
         time.sleep(0.001)
