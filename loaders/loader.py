@@ -16,7 +16,7 @@ from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
 from .plan import MODES
-from .sources import DEFAULT_CHUNK, ShardInfo, parse_size
+from .sources import DEFAULT_CHUNK, parse_size
 from .stream import Spec, check_on_error
 from .worker import ShardStream
 
@@ -40,18 +40,18 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
     """
     build = open_build(str(source), storage_options)
     info = build.split(str(split))
-    image = build.manifest.get("image", {})
-    if image.get("ext", "png") != "png" or image.get("mode", "L") != "L":
+    image = build.manifest.image
+    if image.ext != "png" or image.mode != "L":
         raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
-                         f"{image.get('mode')} {image.get('ext')}")
-    shards = [ShardInfo(s["path"], int(s["samples"]), int(s["bytes"]), str(s["xxh64"])) for s in info["shards"]]
+                         f"{image.mode} {image.ext}")
+    shards = list(info.shards)
     if sum(s.samples for s in shards) == 0:
         raise UsageError(f"{build.root}: split {split!r} holds no samples")
     local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
     return Spec(
         root=build.root, local_root=build.path if local else None,
         storage_options=dict(storage_options or {}), split=str(split), shards=shards,
-        classes=build.classes, size=int(image["size"]), on_error=check_on_error(on_error),
+        classes=build.classes, size=image.size, on_error=check_on_error(on_error),
         cache_dir=None if cache_dir is None else str(cache_dir),
         cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
         retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),

@@ -18,10 +18,10 @@ import os
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from shardgen import retry
+from shardgen.format import ShardEntry
 
 from .cache import CacheWriter, ShardCache  # ShardCache: still importable from here (stream.py)
 from .errors import LoaderError, UsageError
@@ -34,14 +34,8 @@ log = logging.getLogger("loaders")
 DEFAULT_CHUNK = 8 << 20
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    """A shard as the manifest describes it (``path`` relative to the build)."""
-
-    path: str
-    samples: int
-    bytes: int
-    xxh64: str
+#: A shard as the manifest describes it (``path`` relative to the build): the format's entry.
+ShardInfo = ShardEntry
 
 
 def parse_size(value: Any, what: str = "cache_limit") -> int:

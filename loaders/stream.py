@@ -9,7 +9,6 @@ URL and storage options in the :class:`Spec`), never one inherited from its pare
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ from PIL import PngImagePlugin
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
-from shardgen.format import ShardReadError, TarReader, find_sample_headers
+from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
@@ -66,8 +65,8 @@ class Spec:
             self._keys = False
             try:
                 fs, base = self.remote_fs()
-                labels = json.loads(fs.cat_file(f"{base.rstrip('/')}/{self.split}/dataset.json"))["labels"]
-                keys = [str(name).rsplit(".", 1)[0] for name, _ in labels]
+                labels = parse_dataset_json(fs.cat_file(f"{base.rstrip('/')}/{self.split}/{DATASET_JSON}"))
+                keys = [key for key, _ in labels]
                 if len(keys) == sum(s.samples for s in self.shards):
                     out, pos = [], 0
                     for s in self.shards:

@@ -16,7 +16,6 @@ dataset for ``resolution``, ``num_channels``, ``label_dim``, ``has_labels``,
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any, Iterator
 
@@ -110,13 +109,10 @@ class StyleGANShards(IterableDataset):
             from shardgen.storage import open_build
 
             build = open_build(self._source, self._storage_options)
-            rel = f"{self.spec.split}/dataset.json"
             try:
-                with build.open(rel) as f:
-                    labels = json.load(f)["labels"]
-                idx = np.asarray([int(c) for _, c in labels], dtype=np.int64)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise LoaderError(f"{build.url(rel)}: cannot read labels: {e}") from None
+                idx = np.asarray([c for _, c in build.labels(self.spec.split)], dtype=np.int64)
+            except (OSError, ValueError) as e:
+                raise LoaderError(f"{build.url(self.spec.split + '/dataset.json')}: cannot read labels: {e}") from None
             self._labels = idx
         return self._labels
 

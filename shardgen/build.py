@@ -29,7 +29,7 @@ from .assemble import ShardTask, make_plan
 from .config import DEFAULT_SPLITS, BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, ImageRecord, chunk_jobs
 from .errors import ShardgenError, UsageError
-from .format import MANIFEST, WORK_DIR, atomic_write_json, make_keys
+from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
 from .image import configure_worker
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
@@ -53,7 +53,7 @@ class BuildResult:
     """What a build produced, for the summary."""
 
     out: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     skipped: list[Skip]
     images: int
     seconds: float
@@ -284,7 +284,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
         run.stop_pool(wait=False)
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-    samples = {sp: s["samples"] for sp, s in manifest["splits"].items()}
+    samples = {sp: s.samples for sp, s in manifest.splits.items()}
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),

@@ -122,8 +122,8 @@ def samples_of(build, splits: list[str]) -> Iterator[tuple[str, Any]]:
         ShardgenError: a shard does not read to its end (naming it).
     """
     for sp in splits:
-        for entry in build.split(sp)["shards"]:
-            rel = entry["path"]
+        for entry in build.split(sp).shards:
+            rel = entry.path
             try:
                 with build.open_shard(rel) as f:
                     for smp in TarReader(f).samples():

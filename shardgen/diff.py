@@ -38,8 +38,7 @@ from typing import Any
 import xxhash
 
 from .errors import ShardgenError
-from .format import DATASET_JSON
-from .format import ShardReadError, TarReader
+from .format import DATASET_JSON, ShardEntry, ShardReadError, TarReader
 from .progress import bar as progress_bar
 from .storage import Build, open_build
 
@@ -110,7 +109,7 @@ class DiffResult:
 @dataclass
 class _Shard:
     split: str
-    entry: dict[str, Any]
+    entry: ShardEntry
     keys: list[str] | None  # from dataset.json; None: known only once read
 
 
@@ -133,33 +132,21 @@ class _Side:
             self.where[key] = (split, cls, shard)
 
 
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(v)
-    return v
-
-
 def _listing(build: Build, split: str) -> tuple[list[tuple[str, str]] | None, str]:
     """(key, class name) per sample of ``split`` from its dataset.json, or (None, why not)."""
     try:
-        with build.open(f"{split}/{DATASET_JSON}") as f:
-            doc = json.loads(f.read())
+        labels = build.labels(split)
     except FileNotFoundError:
         return None, "missing"
-    except (OSError, ValueError) as e:
+    except OSError as e:
         return None, f"unreadable ({e})"
+    except ValueError as e:
+        return None, f"is not valid ({e})"
     classes = build.classes
-    labels = doc.get("labels") if isinstance(doc, dict) else None
-    if not isinstance(labels, list):
-        return None, "has no 'labels' list"
-    out = []
-    for item in labels:
-        ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-              and isinstance(item[1], int) and not isinstance(item[1], bool) and 0 <= item[1] < len(classes))
-        if not ok:
-            return None, f"bad entry {str(item)[:60]}"
-        out.append((item[0].split(".", 1)[0], classes[item[1]]))
-    return out, ""
+    bad = next((c for _, c in labels if c >= len(classes)), None)
+    if bad is not None:
+        return None, f"has label {bad}, the build has {len(classes)} classes"
+    return [(k, classes[c]) for k, c in labels], ""
 
 
 def _load(build: Build) -> tuple[_Side, list[int], list[str]]:
@@ -169,13 +156,9 @@ def _load(build: Build) -> tuple[_Side, list[int], list[str]]:
         (side, shards that must be read to learn their keys, notes).
     """
     side, must_read, notes = _Side(build), [], []
-    for split, s in build.manifest["splits"].items():
-        entries = s["shards"]
-        try:
-            counts = [_count(e.get("samples")) if isinstance(e, dict) else _count(None) for e in entries]
-        except ValueError:
-            raise DiffError(f"{build.root}: manifest.json: split {split!r} has a shard entry without a "
-                            "sample count; run shardgen verify") from None
+    for split, s in build.manifest.splits.items():
+        entries = s.shards
+        counts = [e.samples for e in entries]
         listing, why = _listing(build, split)
         if listing is not None and len(listing) != sum(counts):
             listing, why = None, f"lists {len(listing)} samples, manifest.json says {sum(counts)}"
@@ -210,8 +193,8 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
         DiffError: the shard is missing, unreadable, or a sample has no image that decodes.
     """
     build, sh = side.build, side.shards[i]
-    rel = str(sh.entry.get("path"))
-    ext = str(build.manifest["image"].get("ext", "png"))
+    rel = sh.entry.path
+    ext = build.manifest.image.ext
     classes = build.classes
     out = []
     decoded = 0
@@ -273,7 +256,7 @@ def _read(jobs: list[tuple[_Side, int]], decode: bool, progress: bool) -> None:
 def _settled(a: _Side, b: _Side) -> set[str]:
     """Keys whose pixels are equal by shard digests: same keys in order, same ``pixels_xxh64``."""
     def sig(sh: _Shard):
-        d = sh.entry.get("pixels_xxh64")
+        d = sh.entry.pixels_xxh64
         return (tuple(sh.keys), d) if sh.keys is not None and isinstance(d, str) else None
 
     in_b = {sig(sh) for sh in b.shards} - {None}
@@ -350,12 +333,12 @@ def _notes(a: _Side, b: _Side, same: bool) -> list[str]:
     if ca != cb:
         how = "class order differs" if sorted(ca) == sorted(cb) else "class lists differ"
         notes.append(f"{how} (A: {', '.join(ca)}; B: {', '.join(cb)}): labels are compared by class name")
-    sa, sb = a.build.manifest["image"].get("size"), b.build.manifest["image"].get("size")
+    sa, sb = a.build.manifest.image.size, b.build.manifest.image.size
     if sa != sb:
         notes.append(f"image size differs: A {sa}x{sa}, B {sb}x{sb}")
     if same:
-        in_b = {(sh.entry.get("path"), sh.entry.get("xxh64")) for sh in b.shards}
-        differ = sum((sh.entry.get("path"), sh.entry.get("xxh64")) not in in_b for sh in a.shards)
+        in_b = {(sh.entry.path, sh.entry.xxh64) for sh in b.shards}
+        differ = sum((sh.entry.path, sh.entry.xxh64) not in in_b for sh in a.shards)
         if differ or len(a.shards) != len(b.shards):
             notes.append(f"shard bytes differ ({differ} of {len(a.shards)} shards of A have no byte-identical "
                          "twin in B), pixels identical")

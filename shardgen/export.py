@@ -131,9 +131,9 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
     classes = build.classes
     _check_class_names(classes)
     folder = _check_dest(dest, build, overwrite)
-    ext = str(build.manifest["image"].get("ext", "png"))
+    ext = build.manifest.image.ext
     counts = {sp: {c: 0 for c in classes} for sp in splits}
-    total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
+    total = sum(build.split(sp).samples for sp in splits)
     seen: set[str] = set()
     with ReplacingFolderOut(folder) as out, progress_bar(total, "export", "img", progress) as bar:
         for sp in splits:

@@ -40,29 +40,20 @@ def build_info(source: str, storage_options: dict[str, Any] | None = None) -> di
     """Everything ``info`` shows, as plain data (also printed by ``info --json``)."""
     build = open_build(source, storage_options)
     m = build.manifest
-    classes = list(m["classes"])
-    splits = {}
-    for name, s in m["splits"].items():
-        cc = s.get("class_counts") or {}
-        shards = s["shards"]
-        splits[name] = {
-            "samples": int(s.get("samples") or sum(int(sh["samples"]) for sh in shards)),
-            "class_counts": {c: int(cc.get(c, 0)) for c in classes},
-            "shards": len(shards),
-            "bytes": sum(int(sh["bytes"]) for sh in shards),
-        }
-    image = m["image"]
+    splits = {name: {"samples": s.samples, "class_counts": {c: int(s.class_counts.get(c, 0)) for c in m.classes},
+                     "shards": len(s.shards), "bytes": sum(sh.bytes for sh in s.shards)}
+              for name, s in m.splits.items()}
     return {
         "root": build.root,
-        "format": m.get("format"),
-        "shardgen_version": m.get("shardgen_version"),
-        "classes": classes,
-        "image": {"size": image["size"], "mode": image.get("mode", "L"), "ext": image.get("ext", "png")},
+        "format": m.format,
+        "shardgen_version": m.shardgen_version,
+        "classes": list(m.classes),
+        "image": m.image.to_json(),
         "splits": splits,
-        "skipped": m.get("skipped"),
-        "skip_reasons": _skip_reasons(build) if m.get("skipped") else {},
-        "report": m.get("report") or {},
-        "config": m.get("config") or {},
+        "skipped": m.skipped,
+        "skip_reasons": _skip_reasons(build) if m.skipped else {},
+        "report": m.report,
+        "config": m.config,
     }
 
 

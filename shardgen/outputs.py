@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
 
 from . import __version__
 from .assemble import Plan
@@ -37,7 +36,7 @@ def _manifest(cfg, fp: dict, classes: list[str], plan: Plan, shard_recs: dict[st
 
 
 def finish_build(cfg, out: str, work: str, fp: dict, classes: list[str], plan: Plan,
-                 shard_recs: dict[str, dict], scan_result, excluded: int) -> dict[str, Any]:
+                 shard_recs: dict[str, dict], scan_result, excluded: int) -> Manifest:
     """Write everything but the shards, manifest last; returns the manifest as written.
 
     Args:
@@ -59,8 +58,8 @@ def finish_build(cfg, out: str, work: str, fp: dict, classes: list[str], plan: P
     atomic_write_bytes(os.path.join(out, SKIPPED), b"".join(dump_json(s.to_json(), indent=None) for s in skips))
     atomic_write_bytes(os.path.join(out, DUPLICATES), b"".join(dump_json(d, indent=None) for d in plan.duplicates))
     report = dict(plan.report, layout=scan_result.layout, excluded_by_classes=excluded)
-    manifest = _manifest(cfg, fp, classes, plan, shard_recs, report, len(skips)).to_json()
+    manifest = _manifest(cfg, fp, classes, plan, shard_recs, report, len(skips))
     write_reader_files(out, manifest)  # README.md (Hugging Face datasets) and wids indexes
-    atomic_write_json(os.path.join(out, MANIFEST), manifest)
+    atomic_write_json(os.path.join(out, MANIFEST), manifest.to_json())
     shutil.rmtree(work, ignore_errors=True)
     return manifest

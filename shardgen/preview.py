@@ -105,8 +105,8 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
     build = open_build(source, storage_options)
     s = build.split(split)
     classes = build.classes
-    size = int(build.manifest["image"]["size"])
-    ext = str(build.manifest["image"].get("ext", "png"))
+    size = build.manifest.image.size
+    ext = build.manifest.image.ext
     thumb = thumb or min(size, 128)
     if not 8 <= thumb <= 1024:
         raise UsageError(f"--thumb must be from 8 to 1024 pixels, got {thumb}")
@@ -115,11 +115,11 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
         raise UsageError(f"--out: folder {folder} does not exist")
 
     tiles: list[list[Image.Image]] = [[] for _ in classes]
-    missing = sum(min(per_class, int((s.get("class_counts") or {}).get(c, per_class))) for c in classes)
-    for entry in s["shards"]:
+    missing = sum(min(per_class, int(s.class_counts.get(c, per_class))) for c in classes)
+    for entry in s.shards:
         if missing <= 0:
             break
-        rel = entry["path"]
+        rel = entry.path
         try:
             with build.open_shard(rel) as f:
                 for smp in TarReader(f).samples():
@@ -144,7 +144,7 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
             raise ShardgenError(f"{rel}: read error: {e}") from None
 
     font = _font()
-    texts = _labels(classes, s.get("class_counts") or {}, split)
+    texts = _labels(classes, s.class_counts, split)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     text_w = max(probe.multiline_textbbox((0, 0), t, font=font)[2] for t in texts)
     label_width = text_w + 2 * PAD

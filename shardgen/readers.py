@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any
 
-from .format import DATASET_CARD, atomic_write_bytes, dump_json, wids_index_name
+from .format import DATASET_CARD, Manifest, atomic_write_bytes, dump_json, wids_index_name
 
 __all__ = ["WIDS_KIND", "hf_split_ok", "json_fields", "dataset_card", "wids_index", "check_wids_index",
            "check_reader_files", "write_reader_files"]
@@ -78,8 +78,8 @@ def json_fields(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _card_yaml(manifest: dict[str, Any], fields: list[tuple[str, str]], splits: list[str]) -> list[str]:
-    classes = manifest["classes"]
+def _card_yaml(manifest: Manifest, fields: list[tuple[str, str]], splits: list[str]) -> list[str]:
+    classes = manifest.classes
     y = ["---", "# Written by shardgen from manifest.json; every build rewrites this file.",
          "task_categories:", "- image-classification", "configs:", "- config_name: default", "  data_files:"]
     for sp in splits:
@@ -95,35 +95,34 @@ def _card_yaml(manifest: dict[str, Any], fields: list[tuple[str, str]], splits: 
     y += ["  - name: __url__", "    dtype: string", "  splits:"]
     total = 0
     for sp in splits:
-        s = manifest["splits"][sp]
-        nbytes = sum(int(sh["bytes"]) for sh in s["shards"])
+        s = manifest.splits[sp]
+        nbytes = sum(sh.bytes for sh in s.shards)
         total += nbytes
-        y += [f"  - name: {_yq(sp)}", f"    num_bytes: {nbytes}", f"    num_examples: {int(s['samples'])}"]
+        y += [f"  - name: {_yq(sp)}", f"    num_bytes: {nbytes}", f"    num_examples: {s.samples}"]
     y += [f"  download_size: {total}", f"  dataset_size: {total}", "---"]
     return y
 
 
-def _card_body(manifest: dict[str, Any], left_out: list[str]) -> list[str]:
-    classes = manifest["classes"]
-    splits = manifest["splits"]
-    img = manifest["image"]
-    size, mode, ext = img["size"], img.get("mode", "L"), img.get("ext", "png")
-    total = sum(int(s["samples"]) for s in splits.values())
+def _card_body(manifest: Manifest, left_out: list[str]) -> list[str]:
+    classes = manifest.classes
+    splits = manifest.splits
+    size, mode, ext = manifest.image.size, manifest.image.mode, manifest.image.ext
+    total = manifest.samples
     names = list(splits)
     b = ["", "# Image classification dataset (shardgen build)", "",
          f"{total:,} image{'s' * (total != 1)} in {len(classes)} class{'es' * (len(classes) != 1)}, "
          f"{size}x{size} pixels, "
          f"{'8-bit grayscale' if mode == 'L' else mode} {ext.upper()}, in WebDataset tar shards "
-         f"(format `{manifest['format']}`, shardgen {manifest.get('shardgen_version', '?')}). "
+         f"(format `{manifest.format}`, shardgen {manifest.shardgen_version or '?'}). "
          "Every file of this folder is listed below; `manifest.json` holds each shard's size and "
          "xxh64 checksum (`shardgen verify` checks them).", "",
          "## Classes", "",
          "| index | class | " + " | ".join(_md(sp) for sp in names) + " | total |",
          "|---:|---|" + "---:|" * (len(names) + 1)]
     for i, c in enumerate(classes):
-        per = [int((splits[sp].get("class_counts") or {}).get(c, 0)) for sp in names]
+        per = [int(splits[sp].class_counts.get(c, 0)) for sp in names]
         b.append(f"| {i} | {_md(c)} | " + " | ".join(f"{n:,}" for n in per) + f" | {sum(per):,} |")
-    b.append("| | **total** | " + " | ".join(f"{int(splits[sp]['samples']):,}" for sp in names)
+    b.append("| | **total** | " + " | ".join(f"{splits[sp].samples:,}" for sp in names)
              + f" | {total:,} |")
     b += ["", "## Files", "",
           f"- `<split>/<split>-NNNNNN.tar`: the shards. Each sample is three members sharing a key: "
@@ -136,15 +135,15 @@ def _card_body(manifest: dict[str, Any], left_out: list[str]) -> list[str]:
     if left_out:
         b += [f"Left out of the Hugging Face config: {', '.join(f'`{_md(s)}`' for s in left_out)} "
               "(no samples, or a split name Hugging Face does not accept: letters, digits and _ only).", ""]
-    b += ["## Build configuration", "", "```json", json.dumps(manifest.get("config", {}), indent=1,
+    b += ["## Build configuration", "", "```json", json.dumps(manifest.config, indent=1,
                                                               ensure_ascii=False), "```", ""]
     return b
 
 
-def _card_howto(manifest: dict[str, Any], splits: list[str]) -> list[str]:
-    ext = manifest["image"].get("ext", "png")
-    sp = splits[0] if splits else next(iter(manifest["splits"]))
-    n = len(manifest["splits"][sp]["shards"])
+def _card_howto(manifest: Manifest, splits: list[str]) -> list[str]:
+    ext = manifest.image.ext
+    sp = splits[0] if splits else next(iter(manifest.splits))
+    n = len(manifest.splits[sp].shards)
     urls = f"{sp}/{sp}-{{000000..{n - 1:06d}}}.tar" if n > 1 else f"{sp}/{sp}-000000.tar"
     return [
         "## Loading", "",
@@ -169,30 +168,30 @@ def _card_howto(manifest: dict[str, Any], splits: list[str]) -> list[str]:
         "`shardgen export path/to/this/folder --dest DIR --layout imagefolder`.", ""]
 
 
-def dataset_card(manifest: dict[str, Any], fields: list[tuple[str, str]]) -> bytes:
+def dataset_card(manifest: Manifest, fields: list[tuple[str, str]]) -> bytes:
     """The ``README.md`` of a build: YAML front matter for ``datasets``, then a summary.
 
     Args:
         manifest: the build's manifest (as written to ``manifest.json``).
         fields: the ``.json`` struct fields, from :func:`json_fields`.
     """
-    usable = [sp for sp, s in manifest["splits"].items() if s["shards"] and hf_split_ok(sp)]
-    left_out = [sp for sp in manifest["splits"] if sp not in usable]
+    usable = [sp for sp, s in manifest.splits.items() if s.shards and hf_split_ok(sp)]
+    left_out = [sp for sp in manifest.splits if sp not in usable]
     lines = _card_yaml(manifest, fields, usable) + _card_body(manifest, left_out) + _card_howto(manifest, usable)
     return ("\n".join(lines).rstrip("\n") + "\n").encode("utf-8")
 
 
-def wids_index(manifest: dict[str, Any], split: str) -> dict[str, Any] | None:
+def wids_index(manifest: Manifest, split: str) -> dict[str, Any] | None:
     """The wids shard index of ``split`` (None when the split has no shards)."""
-    shards = manifest["splits"][split]["shards"]
+    shards = manifest.splits[split].shards
     if not shards:
         return None
     return {"__kind__": WIDS_KIND, "wids_version": 1, "name": split,
-            "shardlist": [{"url": sh["path"].rsplit("/", 1)[-1], "nsamples": int(sh["samples"]),
-                           "filesize": int(sh["bytes"])} for sh in shards]}
+            "shardlist": [{"url": sh.path.rsplit("/", 1)[-1], "nsamples": sh.samples, "filesize": sh.bytes}
+                          for sh in shards]}
 
 
-def check_wids_index(doc: Any, manifest: dict[str, Any], split: str) -> str | None:
+def check_wids_index(doc: Any, manifest: Manifest, split: str) -> str | None:
     """What is wrong with a split's parsed wids index compared with the manifest (None: nothing)."""
     want = wids_index(manifest, split)
     if not isinstance(doc, dict) or doc.get("wids_version") != 1 or not isinstance(doc.get("shardlist"), list):
@@ -205,13 +204,13 @@ def check_wids_index(doc: Any, manifest: dict[str, Any], split: str) -> str | No
     return None
 
 
-def write_reader_files(out: str, manifest: dict[str, Any]) -> None:
+def write_reader_files(out: str, manifest: Manifest) -> None:
     """Write ``OUT/README.md`` and each split's wids index, atomically; remove stale indexes.
 
     Call it before writing ``manifest.json`` (which must stay last); the shards listed in
     ``manifest`` must be in place.
     """
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         path = os.path.join(out, split, wids_index_name(split))
         index = wids_index(manifest, split)
         if index is None:
@@ -237,8 +236,8 @@ def check_reader_files(build) -> tuple[list[tuple[str, str]], list[str]]:
     problems: list[tuple[str, str]] = []
     missing: list[str] = []
     m = build.manifest
-    for split, s in m["splits"].items():
-        if not s.get("shards"):
+    for split, s in m.splits.items():
+        if not s.shards:
             continue
         rel = f"{split}/{wids_index_name(split)}"
         try:

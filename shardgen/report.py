@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .format import Manifest
+
 __all__ = ["format_table", "format_summary", "human_bytes"]
 
 
@@ -32,15 +34,15 @@ def format_table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def split_class_table(manifest: dict[str, Any]) -> str:
+def split_class_table(manifest: Manifest) -> str:
     """Samples per class (rows) x split (columns), with totals."""
-    splits = list(manifest["splits"])
-    classes = manifest["classes"]
+    splits = list(manifest.splits)
+    classes = manifest.classes
     rows = []
     for c in classes:
-        vals = [manifest["splits"][s]["class_counts"].get(c, 0) for s in splits]
+        vals = [manifest.splits[s].class_counts.get(c, 0) for s in splits]
         rows.append([c] + vals + [sum(vals)])
-    tot = [manifest["splits"][s]["samples"] for s in splits]
+    tot = [manifest.splits[s].samples for s in splits]
     rows.append(["total"] + tot + [sum(tot)])
     return format_table(rows, ["class"] + splits + ["all"])
 
@@ -48,15 +50,15 @@ def split_class_table(manifest: dict[str, Any]) -> str:
 def format_summary(result) -> str:
     """The end-of-build report: split x class table, shards, bytes, skips, rate."""
     m = result.manifest
-    rep = m.get("report", {})
-    shards = sum(len(s["shards"]) for s in m["splits"].values())
-    nbytes = sum(sh["bytes"] for s in m["splits"].values() for sh in s["shards"])
+    rep = m.report
+    shards = len(m.shards())
+    nbytes = sum(sh.bytes for sh in m.shards())
     rate = result.images / result.seconds if result.seconds > 0 else 0.0
     lines = [split_class_table(m), ""]
-    per_split = ", ".join(f"{k} {len(v['shards'])}" for k, v in m["splits"].items())
+    per_split = ", ".join(f"{k} {len(v.shards)}" for k, v in m.splits.items())
     lines.append(f"shards: {shards} ({per_split}), "
-                 f"{human_bytes(nbytes)}, {m['image']['size']}x{m['image']['size']} {m['image']['mode']} {m['image']['ext']}")
-    lines.append(f"skipped: {m['skipped']}" + (f" (see {result.out}/skipped.jsonl)" if m["skipped"] else ""))
+                 f"{human_bytes(nbytes)}, {m.image.size}x{m.image.size} {m.image.mode} {m.image.ext}")
+    lines.append(f"skipped: {m.skipped}" + (f" (see {result.out}/skipped.jsonl)" if m.skipped else ""))
     extra = []
     if rep.get("duplicate_groups"):
         # Groups only span splits when the source came split; shardgen never splits a group itself.

@@ -20,7 +20,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import UsageError
-from .format import MANIFEST, ShardReadError, validate_manifest
+from .format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS"]
@@ -139,22 +139,23 @@ class Build:
         root: the build folder (URL or local path) as given.
         fs: the fsspec filesystem holding it.
         path: ``root`` as ``fs`` names it.
-        manifest: the parsed ``manifest.json``.
+        manifest: the typed, validated ``manifest.json``.
+        storage_options: the fsspec options it was opened with.
     """
 
     root: str
     fs: Any
     path: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def splits(self) -> list[str]:
-        return list(self.manifest["splits"])
+        return list(self.manifest.splits)
 
     def join(self, relpath: str) -> str:
         """Filesystem path of ``relpath`` inside the build."""
@@ -180,13 +181,27 @@ class Build:
         except (OSError, ValueError) as e:
             raise ShardReadError(f"cannot open: {e}") from None
 
-    def split(self, name: str) -> dict[str, Any]:
+    def split(self, name: str) -> SplitEntry:
+        """The manifest's entry of split ``name``.
+
+        Raises:
+            UsageError: no such split.
+        """
         try:
-            return self.manifest["splits"][name]
+            return self.manifest.splits[name]
         except KeyError:
             raise UsageError(
                 f"{self.root}: no split {name!r} (splits: {', '.join(self.splits)})"
             ) from None
+
+    def labels(self, split: str) -> list[tuple[str, int]]:
+        """``[(key, class index), ...]`` of ``split`` in shard order, from its ``dataset.json``.
+
+        Raises:
+            OSError: unreadable; ValueError: not a valid ``dataset.json``.
+        """
+        with self.open(f"{split}/{DATASET_JSON}") as f:
+            return parse_dataset_json(f.read())
 
 
 def open_build(source: str, storage_options: dict[str, Any] | None = None) -> Build:
@@ -211,11 +226,12 @@ def open_build(source: str, storage_options: dict[str, Any] | None = None) -> Bu
     except OSError as e:
         raise UsageError(f"{root}/{name}: cannot read ({e})") from None
     try:
-        manifest = json.loads(raw)
+        obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{root}/{name}: manifest does not parse as JSON ({e})") from None
-    problems = validate_manifest(manifest)
-    if problems:
-        raise UsageError(f"{root}/{name}: not a valid shardgen manifest: {problems[0]}")
+    try:
+        manifest = Manifest.parse(obj)
+    except ManifestError as e:
+        raise UsageError(f"{root}/{name}: not a valid shardgen manifest: {e.problems[0]}") from None
     return Build(root=root, fs=fs, path=path.rstrip("/") or "/", manifest=manifest,
                  storage_options=dict(storage_options or {}))

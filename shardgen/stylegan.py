@@ -141,15 +141,15 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
     splits = build.splits if split == "all" else [split]
     for sp in splits:
         build.split(sp)  # unknown names fail here, before anything is written
-    image = build.manifest["image"]
-    size = int(image["size"])
+    image = build.manifest.image
+    size = image.size
     check_resolution(size)
-    if image.get("mode", "L") != "L":
+    if image.mode != "L":
         raise UsageError(f"StyleGAN export needs 1-channel grayscale (mode L) images; this build has "
-                         f"mode {image.get('mode')}")
+                         f"mode {image.mode}")
     classes = build.classes
     kind, out_cls = _open_dest(dest, overwrite)
-    total = sum(int(build.split(sp).get("samples") or 0) for sp in splits)
+    total = sum(build.split(sp).samples for sp in splits)
     labels: list[list[Any]] = []
     counts = [0] * len(classes)
     with out_cls(dest) as out, progress_bar(total, "stylegan", "img", progress) as bar:

@@ -293,8 +293,8 @@ def extract(source: str, split: str, folder: str):
     build = open_build(source)
     pngs, labels, paths = [], [], []
     os.makedirs(folder, exist_ok=True)
-    for sh in build.split(split)["shards"]:
-        with build.open(sh["path"]) as f, tarfile.open(fileobj=f, mode="r|") as tf:
+    for sh in build.split(split).shards:
+        with build.open(sh.path) as f, tarfile.open(fileobj=f, mode="r|") as tf:
             cur = {}
             for m in tf:
                 key, ext = m.name.split(".", 1)
@@ -307,8 +307,8 @@ def extract(source: str, split: str, folder: str):
                     with open(p, "wb") as g:
                         g.write(parts["png"])
                 paths.append(p)
-    urls = [build.url(sh["path"]) for sh in build.split(split)["shards"]]
-    return pngs, labels, paths, urls, build.manifest["image"]["size"]
+    urls = [build.url(sh.path) for sh in build.split(split).shards]
+    return pngs, labels, paths, urls, build.manifest.image.size
 
 
 def main(argv=None) -> int:

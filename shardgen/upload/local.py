@@ -6,14 +6,13 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from ..cpus import usable_cpus
 from ..errors import UsageError
-from ..format import CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, wids_index_name
+from ..format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, Manifest,
+                      file_xxh64, wids_index_name)
 from ..progress import bar
 from ..storage import open_build
-from ..format import file_xxh64
 from .dest import BLOCK
 from .scrub import display_url
 
@@ -43,7 +42,7 @@ class LocalBuild:
     """
 
     src: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     manifest_bytes: bytes
     shards: list[Shard]
     files: list[str]
@@ -82,18 +81,18 @@ def local_build(out: str) -> LocalBuild:
     with open(os.path.join(src, MANIFEST), "rb") as f:
         manifest_bytes = f.read()
     shards: list[Shard] = []
-    for split, s in build.manifest["splits"].items():
-        for sh in s["shards"]:
-            rel = str(sh["path"])
+    for s in build.manifest.splits.values():
+        for sh in s.shards:
+            rel = sh.path
             if rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
                 raise UsageError(f"OUT {src}: manifest lists an unsafe shard path {rel!r}")
-            shards.append(Shard(rel, os.path.join(src, *rel.split("/")), int(sh["bytes"]), str(sh["xxh64"]).lower()))
-    files = [CLASSES] + [f"{sp}/{DATASET_JSON}" for sp in build.manifest["splits"]]
+            shards.append(Shard(rel, os.path.join(src, *rel.split("/")), sh.bytes, sh.xxh64.lower()))
+    files = [CLASSES] + [f"{sp}/{DATASET_JSON}" for sp in build.manifest.splits]
     missing = [f for f in files if not os.path.isfile(os.path.join(src, *f.split("/")))]
     if missing:
         raise UsageError(f"OUT {src} is not a complete build: missing {', '.join(missing[:3])}")
     # Optional: builds made before these files existed lack them.
-    readers = [f"{sp}/{wids_index_name(sp)}" for sp in build.manifest["splits"]] + [DATASET_CARD]
+    readers = [f"{sp}/{wids_index_name(sp)}" for sp in build.manifest.splits] + [DATASET_CARD]
     for opt in [SKIPPED, DUPLICATES] + readers:
         if os.path.isfile(os.path.join(src, *opt.split("/"))):
             files.append(opt)

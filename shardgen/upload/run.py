@@ -227,7 +227,7 @@ def _remove_leftovers(t: _Transfers, build: LocalBuild, existing: dict[str, int]
     """Delete shards of the listed splits that the manifest does not list (an earlier build's),
     and the temporary files of a killed run into a local folder."""
     listed = {s.rel for s in build.shards}
-    for split in build.manifest["splits"]:
+    for split in build.manifest.splits:
         pat = re.compile(rf"^{re.escape(split)}/{re.escape(split)}-\d{{6}}\.tar$")
         for rel in sorted(existing):
             if pat.match(rel) and rel not in listed:
