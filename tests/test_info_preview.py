@@ -63,7 +63,8 @@ def test_info_json(small_build):
         assert d["splits"][s]["samples"] == v["samples"]
         assert d["splits"][s]["shards"] == len(v["shards"])
         assert d["splits"][s]["bytes"] == sum(sh["bytes"] for sh in v["shards"])
-    assert d["image"] == {"size": 64, "mode": "L", "ext": "png"}
+    assert d["image"] == m["image"]  # size, mode, ext and the PNG encoder that made the bytes
+    assert d["image"]["size"] == 64 and d["image"]["encoder"]["name"] == "libdeflate"
 
 
 def test_info_counts_skips_by_reason(hostile_src, tmp_path):

@@ -156,6 +156,8 @@ def _shard_problem(name: str, sh: Any) -> str | None:
     if not isinstance(sh["path"], str) or not _is_count(sh["samples"]) or not _is_count(sh["bytes"]) \
             or not isinstance(sh["xxh64"], str):
         return f"split {name!r} has a shard entry with a wrong type: {json.dumps(sh)[:120]}"
+    if sh.get("pixels_xxh64") is not None and not isinstance(sh["pixels_xxh64"], str):
+        return f"split {name!r} has a shard entry whose pixels_xxh64 is not a hex string"
     p = sh["path"]
     if not p or p.startswith("/") or "\\" in p or ".." in p.split("/"):
         return f"split {name!r} lists an unsafe shard path {p!r} (must be relative, inside the build)"

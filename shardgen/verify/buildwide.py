@@ -16,7 +16,7 @@ from ..format import CLASSES, DATASET_JSON, MANIFEST, SKIPPED
 from ..readers import check_reader_files
 from ..storage import Build
 from .result import Problem, VerifyResult
-from .shards import ShardResult, as_int
+from .shards import ShardResult
 
 __all__ = ["check_splits", "check_build_files"]
 
@@ -58,7 +58,7 @@ def check_splits(build: Build, results: list[ShardResult], classes: tuple[str, .
         res: what was found so far; problems, counts and totals are added to it.
     """
     seen = _FirstSeen(res.decode)
-    for split, s in build.manifest["splits"].items():
+    for split, s in build.manifest.splits.items():
         mine = [r for r in results if r.split == split]
         counts: Counter[int] = Counter()
         for r in mine:
@@ -69,17 +69,18 @@ def check_splits(build: Build, results: list[ShardResult], classes: tuple[str, .
             res.pixel_digests += r.pixel_digest
             seen.add(split, r, res.problems, counts)
         res.splits[split] = sum(len(r.samples) for r in mine)
-        listed = sum(max(0, as_int(sh.get("samples"))) for sh in s["shards"])
-        if s.get("samples") is not None and s["samples"] != listed:
-            res.problems.append(Problem(MANIFEST, f"split {split!r} says {s['samples']} samples but its "
+        listed = sum(sh.samples for sh in s.shards)
+        if s.samples != listed:
+            res.problems.append(Problem(MANIFEST, f"split {split!r} says {s.samples} samples but its "
                                                   f"shards list {listed}"))
         if all(r.complete for r in mine):
-            res.problems.extend(_check_class_counts(split, s.get("class_counts"), counts, classes))
-        res.problems.extend(_check_dataset_json(build, split, mine, ext, as_int(s.get("samples") or listed)))
+            res.problems.extend(_check_class_counts(split, s.class_counts, counts, classes))
+        res.problems.extend(_check_dataset_json(build, split, mine, ext, s.samples or listed))
 
 
-def _check_class_counts(split: str, cc: Any, counts: Counter[int], classes: tuple[str, ...]) -> list[Problem]:
-    want = {str(k): as_int(v) for k, v in cc.items()} if isinstance(cc, dict) else {}
+def _check_class_counts(split: str, cc: dict[str, int], counts: Counter[int],
+                        classes: tuple[str, ...]) -> list[Problem]:
+    want = {str(k): v for k, v in cc.items()}
     got = {classes[c]: v for c, v in counts.items() if c >= 0}
     if want and {k: v for k, v in want.items() if v} != got:
         diff = ", ".join(f"{c} {got.get(c, 0)} (manifest {want.get(c, 0)})"
@@ -103,7 +104,7 @@ def check_build_files(build: Build, listed: set[str], classes: tuple[str, ...], 
         res.problems.append(Problem(CLASSES, err))
     elif not isinstance(doc, dict) or doc.get("classes") != list(classes):
         res.problems.append(Problem(CLASSES, f"classes differ from manifest.json's {list(classes)}"))
-    res.problems.extend(_check_skipped(build, build.manifest.get("skipped")))
+    res.problems.extend(_check_skipped(build, build.manifest.skipped))
     reader_problems, reader_notes = check_reader_files(build)  # README.md, wids indexes
     res.problems.extend(Problem(rel, why) for rel, why in reader_problems)
     res.notes.extend(reader_notes)
@@ -121,25 +122,19 @@ def _read_json(build: Build, rel: str) -> tuple[Any, str | None]:
         return None, f"cannot read ({e})"
 
 
-def _dataset_labels(doc: Any) -> list[tuple[str, int]] | None:
-    """``dataset.json``'s ``labels`` as (name, class index) pairs; None when not of that form."""
-    labels = doc.get("labels") if isinstance(doc, dict) else None
-    if not isinstance(labels, list) or not all(
-            isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
-            and isinstance(x[1], int) and not isinstance(x[1], bool) for x in labels):
-        return None
-    return [(name, idx) for name, idx in labels]
-
-
 def _check_dataset_json(build: Build, split: str, results: list[ShardResult], ext: str,
                         expected_samples: int) -> list[Problem]:
     rel = f"{split}/{DATASET_JSON}"
-    doc, err = _read_json(build, rel)
-    if err:
-        return [Problem(rel, err)]
-    have = _dataset_labels(doc)
-    if have is None:
+    try:
+        have = [(f"{k}.{ext}", c) for k, c in build.labels(split)]
+    except FileNotFoundError:
+        return [Problem(rel, "missing")]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [Problem(rel, f"does not parse as JSON ({e})")]
+    except ValueError:
         return [Problem(rel, "not of the form {\"labels\": [[\"<key>.png\", class_index], ...]}")]
+    except OSError as e:
+        return [Problem(rel, f"cannot read ({e})")]
     problems: list[Problem] = []
     complete = all(r.complete for r in results)
     want = [(f"{k}.{ext}", c) for r in results for k, c, _ in r.samples]

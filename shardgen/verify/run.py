@@ -11,13 +11,13 @@ from typing import Any
 
 from ..cpus import usable_cpus
 from ..errors import ShardgenError, UsageError
-from ..format import MANIFEST
+from ..format import ShardEntry
 from ..progress import bar as progress_bar
 from ..storage import Build, filesystem, open_build, split_url
 from .buildwide import check_build_files, check_splits
 from .result import Problem, VerifyResult
 from .samples import Checker, Expect
-from .shards import ShardResult, as_int, check_shard, entry_problem
+from .shards import ShardResult, check_shard
 
 __all__ = ["verify"]
 
@@ -46,17 +46,15 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
         res.seconds = time.perf_counter() - t0
         return res
     m = build.manifest
-    classes = tuple(m["classes"])
-    image = m["image"]
-    ex = Expect(classes=classes, size=int(image["size"]), mode=str(image.get("mode", "L")),
-                ext=str(image.get("ext", "png")), decode=decode)
+    classes = tuple(m.classes)
+    ex = Expect(classes=classes, size=m.image.size, mode=m.image.mode, ext=m.image.ext, decode=decode)
     res.classes = len(classes)
     res.image = f"{ex.size}x{ex.size} {ex.mode} {ex.ext}"
-    jobs = [(split, sh) for split, s in m["splits"].items() for sh in s["shards"]]
+    jobs = [(split, sh) for split, s in m.splits.items() for sh in s.shards]
     res.shards_listed = len(jobs)
     results = _read_shards(build, ex, jobs, max(1, workers or usable_cpus()), progress)
     check_splits(build, results, classes, ex.ext, res)
-    check_build_files(build, {str(sh.get("path")) for _, sh in jobs}, classes, res)
+    check_build_files(build, {sh.path for _, sh in jobs}, classes, res)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -99,22 +97,18 @@ class _ShardJob:
     build: Build
     checker: Checker
 
-    def __call__(self, job: tuple[str, dict[str, Any]]) -> ShardResult:
+    def __call__(self, job: tuple[str, ShardEntry]) -> ShardResult:
         split, entry = job
-        bad = entry_problem(entry)
-        if bad:
-            return ShardResult(relpath=str(entry.get("path")), split=split,
-                               problems=[Problem(MANIFEST, f"shard entry {entry.get('path')!r}: {bad}")])
         try:
             return check_shard(self.build, split, entry, self.checker)
         except (ShardgenError, BrokenProcessPool):
             raise
         except Exception as e:  # a check must never end in a traceback; say what happened
-            return ShardResult(relpath=str(entry["path"]), split=split, problems=[
-                Problem(str(entry["path"]), f"could not be checked: {type(e).__name__}: {e}")])
+            return ShardResult(relpath=entry.path, split=split, problems=[
+                Problem(entry.path, f"could not be checked: {type(e).__name__}: {e}")])
 
 
-def _read_shards(build: Build, ex: Expect, jobs: list[tuple[str, dict[str, Any]]], workers: int,
+def _read_shards(build: Build, ex: Expect, jobs: list[tuple[str, ShardEntry]], workers: int,
                  progress: bool) -> list[ShardResult]:
     """Check every listed shard: up to 4 reader threads, decoding in ``workers`` processes.
 
@@ -124,7 +118,7 @@ def _read_shards(build: Build, ex: Expect, jobs: list[tuple[str, dict[str, Any]]
     Raises:
         ShardgenError: a decoding process died.
     """
-    total = sum(max(0, as_int(sh.get("samples"))) for _, sh in jobs)
+    total = sum(sh.samples for _, sh in jobs)
     # Without decoding, a sample costs less to check (~0.1 ms) than to send to a process.
     # The checker starts its processes first, before our reader threads and progress bar exist.
     checker = Checker(ex, workers if ex.decode and total > 64 else 1, tick := _Ticker())

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..format import KEY_RE, HashingReader, Sample, ShardReadError, TarReader, shard_pixels_xxh64
+from ..format import KEY_RE, HashingReader, Sample, ShardEntry, ShardReadError, TarReader, shard_pixels_xxh64
 from ..storage import Build
 from .result import Problem
 from .samples import Checker
 
-__all__ = ["ShardResult", "check_shard", "entry_problem", "as_int"]
+__all__ = ["ShardResult", "check_shard"]
 
 
 @dataclass
@@ -102,18 +101,18 @@ class _Scan:
             res.decoded += c.decoded
 
 
-def check_shard(build: Build, split: str, entry: dict[str, Any], checker: Checker,
+def check_shard(build: Build, split: str, entry: ShardEntry, checker: Checker,
                 batch_size: int = 32) -> ShardResult:
     """Stream one shard: structure, size and xxh64 here; sample contents in ``checker``.
 
     Args:
         build: the build being verified.
         split: the split whose manifest entry lists the shard.
-        entry: the shard's manifest entry (already checked by :func:`entry_problem`).
+        entry: the shard's manifest entry.
         checker: checks the samples' contents.
         batch_size: samples per batch sent to the checker.
     """
-    rel = str(entry["path"])
+    rel = entry.path
     res = ShardResult(relpath=rel, split=split)
     if not rel.startswith(split + "/"):
         res.problems.append(Problem(rel, f"listed under split {split!r} but not in folder {split}/"))
@@ -135,7 +134,7 @@ def check_shard(build: Build, split: str, entry: dict[str, Any], checker: Checke
     return res
 
 
-def _stream(build: Build, f, entry: dict[str, Any], scan: _Scan) -> tuple[HashingReader | None, str | None]:
+def _stream(build: Build, f, entry: ShardEntry, scan: _Scan) -> tuple[HashingReader | None, str | None]:
     """Read the open shard ``f`` to its end through ``scan``; returns (the stream, read error or None)."""
     stream = None
     try:
@@ -152,29 +151,29 @@ def _stream(build: Build, f, entry: dict[str, Any], scan: _Scan) -> tuple[Hashin
                 size = _size(build, rel)
                 got = f"; the file has {size:,} bytes" if size is not None else ""
                 return stream, (f"{e} (after {len(scan.res.samples)} complete samples{got}, "
-                                f"manifest says {as_int(entry.get('bytes')):,} bytes)")
+                                f"manifest says {entry.bytes:,} bytes)")
     except (OSError, ValueError) as e:  # closing a remote file can fail too
         return stream, f"read error: {e}"
     return stream, None
 
 
-def _check_totals(res: ShardResult, entry: dict[str, Any], stream: HashingReader) -> None:
+def _check_totals(res: ShardResult, entry: ShardEntry, stream: HashingReader) -> None:
     """The shard was read to its end: compare its size, xxh64 and sample count with the manifest."""
     rel = res.relpath
     res.complete = True
     res.bytes = stream.n
-    if stream.n != entry["bytes"]:
-        res.problems.append(Problem(rel, f"size is {stream.n:,} bytes, manifest says {as_int(entry['bytes']):,}"))
-    if stream.hexdigest() != entry["xxh64"]:
-        res.problems.append(Problem(rel, f"xxh64 is {stream.hexdigest()}, manifest says {entry['xxh64']} "
+    if stream.n != entry.bytes:
+        res.problems.append(Problem(rel, f"size is {stream.n:,} bytes, manifest says {entry.bytes:,}"))
+    if stream.hexdigest() != entry.xxh64:
+        res.problems.append(Problem(rel, f"xxh64 is {stream.hexdigest()}, manifest says {entry.xxh64} "
                                          "(contents changed)"))
-    if len(res.samples) != entry["samples"]:
-        res.problems.append(Problem(rel, f"holds {len(res.samples)} samples, manifest says {entry['samples']}"))
+    if len(res.samples) != entry.samples:
+        res.problems.append(Problem(rel, f"holds {len(res.samples)} samples, manifest says {entry.samples}"))
 
 
-def _check_pixel_digest(res: ShardResult, entry: dict[str, Any]) -> None:
+def _check_pixel_digest(res: ShardResult, entry: ShardEntry) -> None:
     """Recompute the shard's ``pixels_xxh64`` (when listed and every sample's digest is known)."""
-    want = entry.get("pixels_xxh64")
+    want = entry.pixels_xxh64
     if want is None or not all(res.pixels):
         return  # an older build, or undecodable samples (each already reported)
     got = shard_pixels_xxh64(zip((k for k, _, _ in res.samples), res.pixels))
@@ -182,29 +181,6 @@ def _check_pixel_digest(res: ShardResult, entry: dict[str, Any]) -> None:
     if got != want:
         res.problems.append(Problem(res.relpath, f"pixels_xxh64 of the samples is {got}, manifest says {want} "
                                                  "(keys, order or pixels changed)"))
-
-
-def entry_problem(entry: Any) -> str | None:
-    """What is wrong with a shard's manifest entry (its fields' types), or None."""
-    if not isinstance(entry.get("path"), str) or not entry["path"]:
-        return "'path' is not a string"
-    for k in ("samples", "bytes"):
-        v = entry.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            return f"{k!r} is not a count: {v!r}"
-    if not isinstance(entry.get("xxh64"), str):
-        return f"'xxh64' is not a hex string: {entry.get('xxh64')!r}"
-    if "pixels_xxh64" in entry and not isinstance(entry["pixels_xxh64"], str):
-        return f"'pixels_xxh64' is not a hex string: {entry['pixels_xxh64']!r}"
-    return None
-
-
-def as_int(v: Any) -> int:
-    """``int(v)``, or -1 when ``v`` is not a number (a manifest value of the wrong type)."""
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return -1
 
 
 def _size(build: Build, rel: str) -> int | None:
