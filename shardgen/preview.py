@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .dest import label_of, samples_of
 from .errors import ShardgenError, UsageError
 from .format import atomic_write_bytes
-from .format import ShardReadError, TarReader
 from .storage import is_url, open_build
 
 __all__ = ["PAD", "PreviewResult", "make_preview", "tile_origin"]
@@ -78,6 +78,53 @@ def _thumbnail(a: np.ndarray, thumb: int) -> Image.Image:
     return im
 
 
+def _collect_tiles(build, split: str, per_class: int, thumb: int) -> list[list[Image.Image]]:
+    """The first ``per_class`` images of each class in shard order, as thumbnails; stops reading
+    once every row is full."""
+    classes, ext, counts = build.classes, build.manifest.image.ext, build.split(split).class_counts
+    tiles: list[list[Image.Image]] = [[] for _ in classes]
+    missing = sum(min(per_class, int(counts.get(c, per_class))) for c in classes)
+    if missing <= 0:
+        return tiles
+    for rel, smp in samples_of(build, [split]):
+        ci = label_of(rel, smp, len(classes))
+        if len(tiles[ci]) >= per_class:
+            continue
+        try:
+            with Image.open(io.BytesIO(smp.parts[ext])) as im:
+                a = np.asarray(im.convert("L"))
+        except Exception as e:  # any broken member: name it
+            raise ShardgenError(f"{rel}: {smp.key}: cannot use sample ({type(e).__name__}: {e}); "
+                                f"run shardgen verify") from None
+        tiles[ci].append(_thumbnail(a, thumb))
+        missing -= 1
+        if missing <= 0:
+            break
+    return tiles
+
+
+def _draw(classes: list[str], texts: list[str], tiles: list[list[Image.Image]], per_class: int,
+          thumb: int) -> tuple[Image.Image, int]:
+    """The sheet (label column, then one row of tiles per class) and the label column's width."""
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    text_w = max(probe.multiline_textbbox((0, 0), t, font=font)[2] for t in texts)
+    label_width = text_w + 2 * PAD
+    width = label_width + per_class * (thumb + PAD) + PAD
+    height = len(classes) * (thumb + PAD) + PAD
+    sheet = Image.new("L", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, text) in enumerate(zip(tiles, texts)):
+        draw.multiline_text((PAD, PAD + r * (thumb + PAD)), text, fill=TEXT, font=font)
+        for c in range(per_class):
+            x, y = tile_origin(label_width, thumb, r, c)
+            if c < len(row):
+                sheet.paste(row[c], (x, y))
+            else:
+                draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), fill=EMPTY_TILE)
+    return sheet, label_width
+
+
 def make_preview(source: str, split: str = "train", per_class: int = 8, out: str = "preview.png",
                  thumb: int | None = None, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None) -> PreviewResult:
@@ -106,7 +153,6 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
     s = build.split(split)
     classes = build.classes
     size = build.manifest.image.size
-    ext = build.manifest.image.ext
     thumb = thumb or min(size, 128)
     if not 8 <= thumb <= 1024:
         raise UsageError(f"--thumb must be from 8 to 1024 pixels, got {thumb}")
@@ -114,52 +160,9 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
     if not os.path.isdir(folder):
         raise UsageError(f"--out: folder {folder} does not exist")
 
-    tiles: list[list[Image.Image]] = [[] for _ in classes]
-    missing = sum(min(per_class, int(s.class_counts.get(c, per_class))) for c in classes)
-    for entry in s.shards:
-        if missing <= 0:
-            break
-        rel = entry.path
-        try:
-            with build.open_shard(rel) as f:
-                for smp in TarReader(f).samples():
-                    try:
-                        ci = int(smp.parts["cls"])
-                        if not 0 <= ci < len(classes):
-                            raise ValueError(f"label {ci} out of range")
-                        if len(tiles[ci]) >= per_class:
-                            continue
-                        with Image.open(io.BytesIO(smp.parts[ext])) as im:
-                            a = np.asarray(im.convert("L"))
-                    except Exception as e:  # any broken member: name it
-                        raise ShardgenError(f"{rel}: {smp.key}: cannot use sample ({type(e).__name__}: {e}); "
-                                            f"run shardgen verify") from None
-                    tiles[ci].append(_thumbnail(a, thumb))
-                    missing -= 1
-                    if missing <= 0:
-                        break
-        except ShardReadError as e:
-            raise ShardgenError(f"{rel}: {e}") from None
-        except OSError as e:
-            raise ShardgenError(f"{rel}: read error: {e}") from None
-
-    font = _font()
-    texts = _labels(classes, s.class_counts, split)
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    text_w = max(probe.multiline_textbbox((0, 0), t, font=font)[2] for t in texts)
-    label_width = text_w + 2 * PAD
-    width = label_width + per_class * (thumb + PAD) + PAD
-    height = len(classes) * (thumb + PAD) + PAD
-    sheet = Image.new("L", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    for r, (row, text) in enumerate(zip(tiles, texts)):
-        draw.multiline_text((PAD, PAD + r * (thumb + PAD)), text, fill=TEXT, font=font)
-        for c in range(per_class):
-            x, y = tile_origin(label_width, thumb, r, c)
-            if c < len(row):
-                sheet.paste(row[c], (x, y))
-            else:
-                draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), fill=EMPTY_TILE)
+    tiles = _collect_tiles(build, split, per_class, thumb)
+    sheet, label_width = _draw(classes, _labels(classes, s.class_counts, split), tiles, per_class, thumb)
+    width, height = sheet.size
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=False, compress_level=6)
     try:

@@ -9,7 +9,7 @@ reads and writes builds through it:
 - :mod:`.sample`: the sample schema (member names, ``.cls`` and ``.json`` encodings,
   pixel digests, source paths in JSON);
 - :mod:`.keys`: the sample key rule;
-- :mod:`.tar`: the tar writer and the streaming tar reader;
+- :mod:`.writer` and :mod:`.reader`: the tar writer and the streaming tar reader;
 - :mod:`.checksum`: xxh64 of files and streams;
 - :mod:`.atomic`: atomic writes.
 """
@@ -23,8 +23,8 @@ from .names import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, KEY
                     SPLIT_RE, WIDS_SUFFIX, WORK_DIR, shard_name, shard_relpath, wids_index_name)
 from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, MEMBERS, SampleMeta, decode_cls, encode_cls, path_fields,
                      pixels_digest, sample_members, shard_pixels_xxh64)
-from .tar import (TAR_MTIME, Member, Sample, ShardReadError, ShardWriter, TarReader, find_sample_headers,
-                  split_member_name, tar_header)
+from .reader import Member, Sample, ShardReadError, TarReader, find_sample_headers, split_member_name
+from .writer import TAR_MTIME, ShardWriter, tar_header
 
 __all__ = [
     "TMP_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json", "dump_json",
