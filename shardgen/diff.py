@@ -35,10 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import xxhash
 
 from .errors import ShardgenError
-from .format import DATASET_JSON, ShardEntry, ShardReadError, TarReader
+from .format import DATASET_JSON, ShardEntry, ShardReadError, TarReader, pixels_digest
 from .progress import bar as progress_bar
 from .storage import Build, open_build
 
@@ -183,7 +182,7 @@ def _pixel_digest(png: bytes) -> str:
 
     with Image.open(io.BytesIO(png)) as im:
         im.load()
-        return xxhash.xxh64_hexdigest(im.tobytes())
+        return pixels_digest(im.tobytes())
 
 
 def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str, str]], int]:

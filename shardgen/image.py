@@ -27,6 +27,8 @@ import numpy as np
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .format.sample import pixels_digest
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FITS",
@@ -296,7 +298,7 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
     out = fit_square(gray, size, fit)
     return Processed(
         png=encode_png(out),
-        pixel_hash=xxhash.xxh64_hexdigest(out.tobytes()),
+        pixel_hash=pixels_digest(out.tobytes()),
         width=width,
         height=height,
         mode=mode,

@@ -22,6 +22,8 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 from PIL import Image
 
+from ..format.sample import pixels_digest
+
 __all__ = ["Expect", "SampleCheck", "check_sample", "check_batch", "Checker"]
 
 _CLS_RE = re.compile(rb"^[0-9]+\n?$")
@@ -89,7 +91,7 @@ def _check_image(data: bytes, ex: Expect) -> tuple[str | None, str, bool]:
         return (f"image is {size[0]}x{size[1]} {mode}, manifest says {ex.size}x{ex.size} {ex.mode}",
                 "", False)
     if ex.decode:
-        return None, xxhash.xxh64_hexdigest(pixels), True
+        return None, pixels_digest(pixels), True
     return None, "b" + xxhash.xxh64_hexdigest(data), False
 
 
