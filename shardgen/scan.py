@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .format import path_fields
 from .image import IMAGE_EXTENSIONS
 
 __all__ = ["Item", "Skip", "ScanResult", "SPLIT_NAMES", "scan"]
@@ -66,8 +67,6 @@ class Skip:
     reason: str
 
     def to_json(self) -> dict:
-        from .format import path_fields
-
         return dict(path_fields(self.path, "path"), reason=self.reason)
 
 
