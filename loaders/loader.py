@@ -10,7 +10,7 @@ import fsspec
 import torch
 from torch.utils.data import DataLoader
 
-from shardgen.storage import open_build
+from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
 
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
@@ -32,13 +32,18 @@ def _as_int(value: Any, name: str, minimum: int) -> int:
 
 def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
                cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
-               chunk_size: int = DEFAULT_CHUNK) -> Spec:
+               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> Spec:
     """Read the manifest of ``source`` and describe ``split`` for the workers.
 
+    ``io_timeout``: connect and read timeout of each remote request, in seconds (see
+    :func:`make_loader`).
+
     Raises:
-        UsageError: no manifest, no such split, an empty split, or shards that are not PNG.
+        UsageError: no manifest (or no answer within ``io_timeout``), no such split, an
+            empty split, or shards that are not PNG.
     """
-    build = open_build(str(source), storage_options)
+    io_timeout = check_timeout(io_timeout, "io_timeout")
+    build = open_build(str(source), storage_options, timeout=io_timeout)
     info = build.split(str(split))
     image = build.manifest.image
     if image.ext != "png" or image.mode != "L":
@@ -55,6 +60,7 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
         cache_dir=None if cache_dir is None else str(cache_dir),
         cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
         retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),
+        timeout=io_timeout,
     )
 
 
@@ -201,7 +207,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
                 chunk_size: int = DEFAULT_CHUNK, pin_memory: bool | None = None, prefetch_factor: int = 2,
                 multiprocessing_context: Any = None, timeout: float = 0,
-                overlap_epochs: bool = True) -> ShardLoader:
+                overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -248,7 +254,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         cache_limit: the most bytes the cache may hold (int, or ``"10GB"``, ``"512MiB"``;
             default 10 GB); least recently used shards are evicted first.
         retries: further attempts of a failed remote read before giving up with an
-            error naming the shard (default 5, backoff 0.5 s doubling up to 8 s).
+            error naming the shard (default 5, backoff 0.5 s doubling up to 8 s; no
+            retry starts later than ``2 * io_timeout`` after the first try).
         chunk_size: bytes per ranged request for remote shards (default 8 MiB).
         pin_memory: pin batches for fast GPU copies (default: when CUDA is available).
         prefetch_factor: batches each worker prepares ahead (default 2).
@@ -256,12 +263,19 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             on Linux). Any method works: workers get plain data and open their own files
             and network connections; ``spawn`` and ``forkserver`` start slower (each
             worker imports torch) and need the script's ``if __name__ == "__main__":`` guard.
-        timeout: seconds to wait for a batch from a worker (default 0: no limit).
+        timeout: seconds to wait for a batch from a worker (default 0: no limit; the
+            DataLoader's own timeout, not the network's: see ``io_timeout``).
         overlap_epochs: in train mode with workers, keep the workers running from one
             epoch into the next (default true): no restart and no idle workers at epoch
             ends. Batches still come out in the same order as from a fresh start, but
             only if ``set_epoch`` goes up by one each epoch; any other epoch (or a loop
             left early) restarts the workers. ``close()`` stops them.
+        io_timeout: connect and read timeout of every remote request (manifest and
+            shards), in seconds (default 30; None: the fsspec backend's own, e.g.
+            aiohttp's 5 minutes). A server that accepts connections but never answers
+            ends in :class:`UsageError` naming the manifest (after about 2 timeouts) or
+            :class:`LoaderError` naming the shard (about 2-3 timeouts), never a hang.
+            Timeouts set in ``storage_options`` win (see ``docs/loaders.md``).
 
     Returns:
         A :class:`ShardLoader`.
@@ -276,7 +290,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     seed = _as_int(seed, "seed", 0)
     shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
     prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
-    spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size)
+    spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size,
+                      io_timeout)
     rank, size = world()
     ctx = multiprocessing_context
     if isinstance(ctx, str):

@@ -120,14 +120,18 @@ class RemoteSource:
         backoff: first wait in seconds (default 0.5).
         tee: a :class:`CacheWriter` that receives every byte, in order.
         prefetch: fetch the next chunk in a background thread (default true).
+        timeout: the connect/read timeout ``fs`` was made with, in seconds (None: none).
+            No retry starts later than ``2 * timeout`` after a chunk's first request, so
+            a server that never answers costs about two timeouts, not ``retries + 1``.
     """
 
     def __init__(self, fs, path: str, size: int, name: str, chunk_size: int = DEFAULT_CHUNK,
                  retries: int = 5, backoff: float = 0.5, tee: CacheWriter | None = None,
-                 prefetch: bool = True):
+                 prefetch: bool = True, timeout: float | None = None):
         self.fs, self.path, self.size, self.name = fs, path, int(size), name
         self.chunk = max(1, int(chunk_size))
-        self.policy = retry.RetryPolicy.with_retries(retries, backoff, max_wait_s=8.0)
+        self.policy = retry.RetryPolicy.with_retries(retries, backoff, max_wait_s=8.0,
+                                                     deadline_s=None if timeout is None else 2 * timeout)
         self.tee = tee
         self.prefetch = prefetch
         self.pos = 0
@@ -148,7 +152,8 @@ class RemoteSource:
                 "%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end, type(e).__name__, e, n,
                 self.policy.retries, wait_s))
         except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
-            what = (f"reading bytes {start}-{end} failed after {self.policy.attempts} attempts"
+            what = ("no answer within the timeout" if retry.timed_out(e) else
+                    f"reading bytes {start}-{end} failed after {self.policy.attempts} attempts"
                     if retry.is_transient(e) else "cannot read shard")
             raise LoaderError(f"{self.name}: {what}: {type(e).__name__}: {e}") from None
 

@@ -49,6 +49,7 @@ class Spec:
     cache_limit: int = 0
     retries: int = 5
     chunk_size: int = DEFAULT_CHUNK
+    timeout: float | None = 30.0   # connect/read timeout of each remote request, seconds
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
@@ -86,7 +87,7 @@ class Spec:
         if self._fs is None or self._fs_pid != os.getpid():
             from shardgen.storage import filesystem
 
-            self._fs = filesystem(self.root, self.storage_options)
+            self._fs = filesystem(self.root, self.storage_options, timeout=self.timeout)
             self._fs_pid = os.getpid()
         return self._fs
 
@@ -135,7 +136,8 @@ class SampleReader:
         fs, base = self.spec.remote_fs()
         tee = self._cache.writer(shard, name) if self._cache is not None else None
         return RemoteSource(fs, base.rstrip("/") + "/" + shard.path, shard.bytes, name,
-                            chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee)
+                            chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee,
+                            timeout=self.spec.timeout)
 
     def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
         """Move a remote stream close to sample ``target`` without reading what comes before.

@@ -197,18 +197,21 @@ class CLI:
             raise SystemExit(1)
 
     @_guard("info")
-    def info(self, source, json=False):
+    def info(self, source, json=False, timeout=30.0):
         """Show a build: samples per split x class, shards, bytes, image format, skips, config.
 
         Args:
             source: build folder, its manifest.json, or a URL.
             json: print the same as JSON.
+            timeout: connect and read timeout of each remote request, in seconds (default 30).
         """
         import json as _json
 
         from .info import build_info, format_info
+        from .storage import check_timeout
 
-        data = build_info(as_str(source, "source"))
+        secs = check_timeout(timeout if isinstance(timeout, (int, float)) else as_str(timeout, "timeout"), "--timeout")
+        data = build_info(as_str(source, "source"), timeout=secs)
         print(_json.dumps(data, indent=1, ensure_ascii=False) if as_bool(json, "json") else format_info(data))
 
     @_guard("preview")

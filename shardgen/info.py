@@ -12,7 +12,7 @@ from typing import Any
 
 from .format import SKIPPED
 from .report import format_table, human_bytes
-from .storage import Build, open_build
+from .storage import DEFAULT_TIMEOUT_S, Build, open_build
 
 __all__ = ["build_info", "format_info"]
 
@@ -36,9 +36,13 @@ def _skip_reasons(build: Build) -> dict[str, int] | None:
     return dict(reasons.most_common())
 
 
-def build_info(source: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything ``info`` shows, as plain data (also printed by ``info --json``)."""
-    build = open_build(source, storage_options)
+def build_info(source: str, storage_options: dict[str, Any] | None = None,
+               timeout: float | None = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Everything ``info`` shows, as plain data (also printed by ``info --json``).
+
+    ``timeout``: connect and read timeout of each remote request, in seconds (default 30).
+    """
+    build = open_build(source, storage_options, timeout=timeout)
     m = build.manifest
     splits = {name: {"samples": s.samples, "class_counts": {c: int(s.class_counts.get(c, 0)) for c in m.classes},
                      "shards": len(s.shards), "bytes": sum(sh.bytes for sh in s.shards)}

@@ -6,7 +6,9 @@ the same. Credentials and endpoints come from the usual places (environment,
 AWS config files) or from ``storage_options``; nothing here writes them anywhere.
 This module is the one place that parses ``--storage_options`` and settles the S3
 endpoint (:func:`storage_options_for` documents the order: explicit settings first,
-then the environment).
+then the environment) and gives every remote request a connect and a read timeout
+(:func:`timeout_options`), so that a server that accepts connections but never
+answers ends in an error, never in a hang.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import UsageError
+from .retry import timed_out
 from .format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
-           "storage_options_for", "s3_endpoint", "S3_PROTOCOLS"]
+           "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
+           "S3FS_RETRIES", "timeout_options", "check_timeout"]
 
 
 def is_url(path: str) -> bool:
@@ -42,6 +46,13 @@ def split_url(source: str) -> tuple[str, str]:
 
 #: fsspec protocols that the S3 endpoint settings apply to.
 S3_PROTOCOLS = ("s3", "s3a")
+#: fsspec protocols served by aiohttp.
+HTTP_PROTOCOLS = ("http", "https")
+#: Default connect and read timeout of every remote request, in seconds.
+DEFAULT_TIMEOUT_S = 30.0
+#: Tries of one S3 call inside s3fs when shardgen sets the timeouts (s3fs's own default is 5;
+#: botocore's retries are switched off, so one call takes at most this many timeouts).
+S3FS_RETRIES = 2
 _JSON_HINT = "expected a JSON object like '{\"profile\": \"lab\"}'"
 
 
@@ -91,24 +102,76 @@ def storage_options_for(url: str, storage_options: dict[str, Any] | None = None,
     return opts
 
 
+def check_timeout(value: Any, flag: str = "timeout") -> float | None:
+    """``value`` as a timeout in seconds (a positive number) or None.
+
+    Raises:
+        UsageError: not a positive number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{flag} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def timeout_options(url: str, storage_options: dict[str, Any] | None, timeout: float | None) -> dict[str, Any]:
+    """``storage_options`` with a connect and a read timeout of ``timeout`` seconds added.
+
+    For ``http(s)://`` (aiohttp): ``client_kwargs["timeout"] = aiohttp.ClientTimeout(
+    sock_connect=timeout, sock_read=timeout)`` (no limit on a whole transfer, which may be
+    large; only on waiting). For ``s3://``: ``config_kwargs`` ``connect_timeout`` and
+    ``read_timeout`` of ``timeout`` and ``retries={"max_attempts": 0}`` (no botocore
+    retries; :func:`filesystem` also caps s3fs's own tries at :data:`S3FS_RETRIES`), so
+    that the callers' one retry policy (:mod:`shardgen.retry`) bounds the total.
+    Precedence: whatever ``storage_options`` sets explicitly (``client_kwargs["timeout"]``;
+    each of the three ``config_kwargs`` keys) wins over these defaults. Other protocols,
+    and ``timeout=None``, are left as they are.
+    """
+    opts = dict(storage_options or {})
+    if timeout is None:
+        return opts
+    protocol = fsspec.utils.get_protocol(str(url))
+    if protocol in HTTP_PROTOCOLS:
+        import aiohttp
+
+        client = dict(opts.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout))
+        opts["client_kwargs"] = client
+    elif protocol in S3_PROTOCOLS:
+        config = dict(opts.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", timeout)
+        config.setdefault("read_timeout", timeout)
+        config.setdefault("retries", {"max_attempts": 0})
+        opts["config_kwargs"] = config
+    return opts
+
+
 def s3_endpoint(options: dict[str, Any]) -> str | None:
     """The endpoint that options from :func:`storage_options_for` name (None: AWS, or not S3)."""
     return (options.get("client_kwargs") or {}).get("endpoint_url")
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None, endpoint_url: str | None = None):
+def filesystem(url: str, storage_options: dict[str, Any] | None = None, endpoint_url: str | None = None,
+               timeout: float | None = DEFAULT_TIMEOUT_S):
     """Return ``(fs, path)`` for ``url``; see :func:`storage_options_for` for the S3 endpoint.
+
+    Every request of the filesystem has a connect and a read timeout of ``timeout``
+    seconds (default 30; None: the fsspec backend's own), unless ``storage_options``
+    sets them (:func:`timeout_options`).
 
     Raises:
         UsageError: ``endpoint_url`` for a URL that is not ``s3://``; the protocol's
             fsspec backend is not installed.
     """
     protocol = fsspec.utils.get_protocol(str(url))
-    opts = storage_options_for(url, storage_options, endpoint_url)
+    opts = timeout_options(url, storage_options_for(url, storage_options, endpoint_url), timeout)
     try:
         fs, path = fsspec.core.url_to_fs(str(url), **opts)
     except ImportError as e:
         raise UsageError(f"{url}: support for {protocol}:// is not installed ({e}); try: pip install 'shardgen[s3]'") from None
+    if timeout is not None and protocol in S3_PROTOCOLS and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = min(fs.retries, S3FS_RETRIES)  # s3fs's own retry loop, read per call
     _keep(fs)
     return fs, path
 
@@ -204,27 +267,49 @@ class Build:
             return parse_dataset_json(f.read())
 
 
-def open_build(source: str, storage_options: dict[str, Any] | None = None) -> Build:
-    """Open a build folder, its ``manifest.json``, or a URL of either.
+def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> bytes:
+    """The manifest's bytes.
 
     Raises:
-        UsageError: the manifest is missing, unreadable, not JSON or not a shardgen manifest.
+        UsageError: missing, forbidden, unreadable, or no answer within the timeout.
+    """
+    try:
+        with fs.open(mpath, "rb") as f:
+            return f.read()
+    except Exception as e:
+        if timed_out(e):
+            limit = f"within the {timeout:g} s timeout" if timeout else "in time"
+            raise UsageError(f"{url}: cannot read: the server did not answer {limit} "
+                             "(connect or read timeout)") from None
+        if isinstance(e, FileNotFoundError):
+            root, name = url.rsplit("/", 1)
+            raise UsageError(f"{root}: no {name} here; is this a finished shardgen build?") from None
+        if isinstance(e, PermissionError):
+            raise UsageError(f"{url}: permission denied ({e})") from None
+        if isinstance(e, OSError):
+            raise UsageError(f"{url}: cannot read ({e})") from None
+        raise
+
+
+def open_build(source: str, storage_options: dict[str, Any] | None = None,
+               timeout: float | None = DEFAULT_TIMEOUT_S) -> Build:
+    """Open a build folder, its ``manifest.json``, or a URL of either.
+
+    Args:
+        source: the build folder, its manifest, or a URL of either.
+        storage_options: fsspec options (explicit timeouts in them win, see :func:`timeout_options`).
+        timeout: connect and read timeout of each remote request in seconds (default 30).
+
+    Raises:
+        UsageError: the manifest is missing, unreadable (a timeout included), not JSON or
+            not a shardgen manifest.
     """
     source = str(source)
     if source.startswith("file://"):
         source = source[len("file://"):]
     root, name = split_url(source)
-    fs, path = filesystem(root, storage_options)
-    mpath = path.rstrip("/") + "/" + name
-    try:
-        with fs.open(mpath, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise UsageError(f"{root}: no {name} here; is this a finished shardgen build?") from None
-    except PermissionError as e:
-        raise UsageError(f"{root}/{name}: permission denied ({e})") from None
-    except OSError as e:
-        raise UsageError(f"{root}/{name}: cannot read ({e})") from None
+    fs, path = filesystem(root, storage_options, timeout=timeout)
+    raw = _read_manifest(fs, path.rstrip("/") + "/" + name, f"{root}/{name}", timeout)
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -4,9 +4,10 @@
 
 Serves ``ROOT`` on 127.0.0.1 (a free port, printed as the first line of stdout), with
 Range support unless ``--no-ranges``. Faults come from ``STATE_DIR/faults.json``
-(re-read on every request): ``{"cut_once": [relpath, ...], "refuse": [relpath, ...]}``;
-a ``cut_once`` path has its first GET cut off a third of the way into the body (the
-connection just closes), a ``refuse`` path is answered 503. Every GET is appended to
+(re-read on every request): ``{"cut_once": [relpath, ...], "refuse": [relpath, ...],
+"freeze": [relpath, ...]}``; a ``cut_once`` path has its first GET cut off a third of the
+way into the body (the connection just closes), a ``refuse`` path is answered 503, a
+``freeze`` path is never answered (HEAD or GET: the request is read, then nothing). Every GET is appended to
 ``STATE_DIR/log.jsonl`` as ``{"path", "range", "cut"}``.
 
 A separate process, like a real server: DataLoader workers forked by the test never
@@ -20,6 +21,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -39,9 +41,10 @@ class BuildServer:
         port = int(self.proc.stdout.readline().strip())
         self.url = f"http://127.0.0.1:{port}"
 
-    def set_faults(self, cut_once=(), refuse=()) -> None:
+    def set_faults(self, cut_once=(), refuse=(), freeze=()) -> None:
         tmp = self.state / "faults.json.tmp"
-        tmp.write_text(json.dumps({"cut_once": sorted(cut_once), "refuse": sorted(refuse)}))
+        tmp.write_text(json.dumps({"cut_once": sorted(cut_once), "refuse": sorted(refuse),
+                                   "freeze": sorted(freeze)}))
         os.replace(tmp, self.state / "faults.json")
 
     def log(self) -> list[dict]:
@@ -82,8 +85,14 @@ def serve(root: Path, state: Path, ranges: bool) -> None:
             p = root / rel
             return rel, (p.read_bytes() if p.is_file() else None)
 
+        def _freeze(self, rel: str) -> None:
+            if rel in faults().get("freeze", ()):
+                while True:  # a server that accepted the request and hangs (ends with the process)
+                    time.sleep(60)
+
         def do_HEAD(self):
             rel, data = self._file()
+            self._freeze(rel)
             if data is None:
                 self.send_error(404)
                 return
@@ -99,6 +108,7 @@ def serve(root: Path, state: Path, ranges: bool) -> None:
             f = faults()
             cut = rel in f.get("cut_once", ()) and rel not in cut_done
             record({"path": rel, "range": rng, "cut": cut})
+            self._freeze(rel)
             if data is None:
                 self.send_error(404)
                 return

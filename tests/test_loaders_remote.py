@@ -119,6 +119,28 @@ def test_a_stream_that_stays_broken_is_an_error_naming_the_shard(build, served):
     assert sum(1 for g in served.shard_gets() if g["path"] == f"xray/{bad}") == 3
 
 
+def test_a_server_that_freezes_mid_epoch_is_an_error_naming_the_shard_not_a_hang(build, served):
+    """Issue 11: the manifest and the first shards answer, then a shard's requests are
+    read and never answered. With io_timeout=1 s (and the default 5 retries) the loader
+    gives up after about two timeouts with a LoaderError naming that shard."""
+    url = served.url + "/xray"
+    bad = manifest(build)["splits"]["train"]["shards"][2]["path"]
+    served.set_faults(freeze=[f"xray/{bad}"])
+    loader = make_loader(url, split="train", batch_size=8, mode="eval", num_workers=1, io_timeout=1)
+    got = 0
+    t0 = time.monotonic()
+    with pytest.raises(LoaderError) as e:
+        for _ in loader:
+            got += 1
+    elapsed = time.monotonic() - t0
+    msg = str(e.value)
+    assert f"{url}/{bad}" in msg and "no answer within the timeout" in msg, msg
+    assert got >= 4  # the batches of the shards before it (40 samples) came first
+    assert elapsed < 10, elapsed  # ~2 timeouts (+ worker start), not retries x 5 minutes
+    # the retries stopped at the deadline: 2 requests of the frozen shard (and its prefetch), not 6
+    assert 1 <= sum(1 for g in served.shard_gets() if g["path"] == f"xray/{bad}") <= 3
+
+
 # ----------------------------------------------------------------------------- cache_dir
 
 def test_cache_dir_keeps_verified_copies_and_serves_the_next_epoch_without_the_network(build, served, tmp_path):
