@@ -22,6 +22,7 @@ from .errors import LoaderError, UsageError
 from .loader import ShardLoader, make_loader
 from .stream import PAD_LABEL
 from .stylegan import StyleGANShards
+from .transform import transform_seed
 from .worker import ShardStream
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "UsageError",
     "PAD_LABEL",
     "world",
+    "transform_seed",
 ]

@@ -4,7 +4,8 @@ or many GPUs, with the same number of batches on every rank."""
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Iterator
+import pickle
+from typing import Any, Callable, Iterator
 
 import fsspec
 import torch
@@ -17,7 +18,7 @@ from .dist import world
 from .errors import LoaderError, UsageError
 from .plan import MODES
 from .sources import DEFAULT_CHUNK, parse_size
-from .stream import Spec, check_on_error
+from .stream import Spec, check_on_error, slot_seed
 from .worker import ShardStream
 
 __all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
@@ -28,6 +29,27 @@ def _as_int(value: Any, name: str, minimum: int) -> int:
     if value < minimum:
         raise UsageError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _check_picklable(transform: Any, ctx: Any, num_workers: int) -> None:
+    """A transform must pickle when workers are spawned (fork passes it as it is)."""
+    if transform is None or num_workers == 0:
+        return
+    method = (ctx.get_start_method() if ctx is not None
+              else multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0])
+    if method == "fork":
+        return
+    try:
+        pickle.dumps(transform)
+    except Exception as e:
+        raise UsageError(f"transform must be picklable for {method!r} workers (a module-level function or "
+                         f"class, not a lambda or a local function): {type(e).__name__}: {e}") from None
+
+
+def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
+    """The DataLoader's own generator: without one it draws its workers' base seed from
+    torch's global RNG at every ``iter()``, changing the user's random stream."""
+    return torch.Generator().manual_seed(slot_seed(ds.seed, epoch, ds.rank, 2))
 
 
 def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
@@ -146,7 +168,7 @@ class ShardLoader:
                 ds.ring = Ring(self.num_workers, self.prefetch_factor + 1, ds.batch_size, ds.spec.size)
             ds.ring.state.zero_()
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=False,
-                        persistent_workers=False, **kw)
+                        persistent_workers=False, generator=_own_generator(ds, epoch), **kw)
         it = iter(dl)  # in this (main) thread: the DataLoader sets its signal handlers here
         self._rx = Receiver(self._delivery, it, epoch, ds.continuous)
         self._rx.start()
@@ -171,7 +193,7 @@ class ShardLoader:
         L = len(ds)
         if self.num_workers == 0:  # everything in this thread
             self.close()
-            it = iter(DataLoader(ds, batch_size=None, num_workers=0))
+            it = iter(DataLoader(ds, batch_size=None, num_workers=0, generator=_own_generator(ds, epoch)))
             for _, batch in self._delivery.ordered(it, epoch, False):
                 yield batch
             return
@@ -207,7 +229,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
                 chunk_size: int = DEFAULT_CHUNK, pin_memory: bool | None = None, prefetch_factor: int = 2,
                 multiprocessing_context: Any = None, timeout: float = 0,
-                overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> ShardLoader:
+                overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S,
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -276,6 +299,17 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             ends in :class:`UsageError` naming the manifest (after about 2 timeouts) or
             :class:`LoaderError` naming the shard (about 2-3 timeouts), never a hang.
             Timeouts set in ``storage_options`` win (see ``docs/loaders.md``).
+        transform: a callable applied to each sample in the workers (default None: none):
+            it gets a ``uint8 [1,S,S]`` tensor (its own copy) and must return a ``uint8``
+            tensor of the same shape (batches have fixed slots: a transform changing the
+            size or dtype raises :class:`LoaderError` naming the shard and key, as does
+            one that raises, whatever ``on_error``). Before each call torch's default
+            CPU generator is seeded from ``(seed, epoch, sample key)``
+            (:func:`loaders.transform.transform_seed`), so transforms drawing from it, as
+            torchvision's ``transforms.v2`` do, are reproducible across runs and worker
+            counts. With ``num_workers=0`` the generator's state is restored after each
+            call. Must pickle under ``spawn``/``forkserver`` (a module-level function or
+            class, not a lambda).
 
     Returns:
         A :class:`ShardLoader`.
@@ -283,6 +317,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     Raises:
         UsageError: bad arguments, a missing/invalid manifest, an unknown or empty split.
     """
+    if transform is not None and not callable(transform):
+        raise UsageError(f"transform must be callable or None, got {type(transform).__name__}")
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     batch_size = _as_int(batch_size, "batch_size", 1)
@@ -297,8 +333,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     if isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
+    _check_picklable(transform, ctx, num_workers)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,
-                     continuous=bool(overlap_epochs) and num_workers > 0)
+                     continuous=bool(overlap_epochs) and num_workers > 0, transform=transform)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return ShardLoader(ds, num_workers, bool(pin_memory), prefetch_factor, ctx, timeout)

@@ -22,6 +22,7 @@ from .delivery import Batch, Ring, WorkerFailure
 from .errors import LoaderError
 from .plan import batches_per_rank
 from .stream import PAD_LABEL, SampleReader, Spec, decode_into, shuffled, slot_plan, slot_seed
+from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
 
@@ -33,11 +34,13 @@ class ShardStream(IterableDataset):
 
     Use :func:`make_loader` rather than this class directly; it is public for people
     who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
-    ``num_workers`` as ``workers`` here). Any start method works.
+    ``num_workers`` as ``workers`` here). Any start method works. ``transform``: a
+    picklable callable applied to each decoded sample (see :mod:`loaders.transform`).
     """
 
     def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
-                 shuffle_buffer: int, with_keys: bool, skipped=None, continuous: bool = False):
+                 shuffle_buffer: int, with_keys: bool, skipped=None, continuous: bool = False,
+                 transform=None):
         self.spec = spec
         self.batch_size = batch_size
         self.mode = mode
@@ -49,6 +52,7 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.continuous = bool(continuous) and mode == "train"
         self.ring: Ring | None = None
+        self.transform = transform
         self.batches = batches_per_rank(sum(s.samples for s in spec.shards), batch_size, world_size, mode)
 
     def __len__(self) -> int:
@@ -87,6 +91,7 @@ class ShardStream(IterableDataset):
         reader, samples = self._samples(plan, worker, epoch)
         n_classes = len(spec.classes)
         out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys)
+        tf = None if self.transform is None else SampleTransform(self.transform, self.seed, in_worker)
         produced = 0
         arr, labels, keys = out.start()
         i = 0
@@ -101,6 +106,8 @@ class ShardStream(IterableDataset):
                 log.warning("skipped: %s", e)
                 reader.count_skip()
                 continue
+            if tf is not None:  # a bug in the transform, not bad data: raised even with on_error="skip"
+                tf(arr[i], s.shard, s.key, epoch)
             keys[i] = s.key
             i += 1
             if i == B:
