@@ -288,25 +288,28 @@ def _multi_class(tree: Tree, base: str) -> bool:
     return _is_split_layout(tree, base) or len({n for n, _ in _classes_in(tree, base)[1]}) >= 2
 
 
+def _sole_folder(tree: Tree, base: str) -> str | None:
+    """The one folder inside ``base`` when ``base`` holds nothing else that counts (no image
+    files, not a Kaggle class itself); else None."""
+    dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
+    if len(dirs) != 1 or any(_is_image(f) for f in tree.files(base)) or tree.is_kaggle_class(base):
+        return None
+    return _join(base, dirs[0])
+
+
+def _leads_to_layout(tree: Tree, base: str) -> bool:
+    """``base`` is a multi-class layout, or wraps one through single folders."""
+    inner = _sole_folder(tree, base)
+    return _multi_class(tree, base) or (inner is not None and _leads_to_layout(tree, inner))
+
+
 def _unwrap(tree: Tree, src: str, notes: list[str]) -> str:
-    """The folder to build from: SRC, or the one folder in it when that is a multi-class layout."""
+    """The folder to build from: SRC, or the one folder in it when that leads to a multi-class layout."""
     base = ""
-    while True:
-        dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
-        if len(dirs) != 1 or any(_is_image(f) for f in tree.files(base)) or tree.is_kaggle_class(base):
-            return base
-        inner = _join(base, dirs[0])
-        if not (_multi_class(tree, inner) or _unwrap_once(tree, inner)):
-            return base
+    while (inner := _sole_folder(tree, base)) is not None and _leads_to_layout(tree, inner):
         notes.append(f"using {os.path.join(src, inner)}, the only folder in {os.path.join(src, base) if base else src}")
         base = inner
-
-
-def _unwrap_once(tree: Tree, base: str) -> bool:
-    """``base`` is itself a wrapper around a multi-class layout."""
-    dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
-    return (len(dirs) == 1 and not any(_is_image(f) for f in tree.files(base))
-            and not tree.is_kaggle_class(base) and _multi_class(tree, _join(base, dirs[0])))
+    return base
 
 
 def _rebase(res: ScanResult, base: str) -> ScanResult:
