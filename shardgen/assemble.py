@@ -37,7 +37,7 @@ class SampleSource:
     offset: int
     length: int
     cls_index: int
-    meta: SampleMeta
+    meta_json: bytes
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,10 @@ def _shard_job(rel: str, idx: list[int], items, keys, records, cls_index, work: 
     for i in idx:
         it, rec = items[i], records[i]
         ci = cls_index[it.label]
-        meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels)
+        meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels).to_bytes()
         chunk_bin = os.path.join(work, "chunks", f"c-{i // CHUNK:06d}.bin")
         samples.append(SampleSource(keys[i], chunk_bin, rec.offset, rec.length, ci, meta))
-        h.update(f"{keys[i]}\x00{rec.pixels}\x00{rec.length}\x00{ci}\x00".encode() + meta.to_bytes())
+        h.update(f"{keys[i]}\x00{rec.pixels}\x00{rec.length}\x00{ci}\x00".encode() + meta)
         pix.append((keys[i], rec.pixels))
     return ShardJob(rel, h.hexdigest(), tuple(samples), shard_pixels_xxh64(pix))
 
@@ -212,7 +212,7 @@ class ShardTask:
                     if len(png) != s.length:
                         raise ShardgenError(f"scratch file {s.chunk_bin} is shorter than recorded; "
                                             "re-run with --overwrite")
-                    w.add(s.key, sample_members(png, s.cls_index, s.meta))
+                    w.add(s.key, sample_members(png, s.cls_index, s.meta_json))
         finally:
             for f in handles.values():
                 f.close()

@@ -108,6 +108,12 @@ class SampleMeta:
         return d
 
 
-def sample_members(png: bytes, cls_index: int, meta: SampleMeta) -> dict[str, bytes]:
-    """``{ext: bytes}`` of one sample in member order, ready for :meth:`ShardWriter.add`."""
-    return {IMAGE_EXT: png, CLS_EXT: encode_cls(cls_index), JSON_EXT: meta.to_bytes()}
+def sample_members(png: bytes, cls_index: int, meta_json: bytes) -> dict[str, bytes]:
+    """``{ext: bytes}`` of one sample in member order, ready for :meth:`ShardWriter.add`.
+
+    Args:
+        png: the image member.
+        cls_index: the class index.
+        meta_json: the ``.json`` member, :meth:`SampleMeta.to_bytes`.
+    """
+    return {IMAGE_EXT: png, CLS_EXT: encode_cls(cls_index), JSON_EXT: meta_json}
