@@ -122,19 +122,6 @@ class Manifest:
                    shardgen_version=obj.get("shardgen_version"), format=obj["format"],
                    extra={k: v for k, v in obj.items() if k not in _KNOWN})
 
-    @classmethod
-    def loads(cls, raw: bytes | str) -> "Manifest":
-        """Parse the bytes of ``manifest.json``.
-
-        Raises:
-            ManifestError: not JSON, or not a valid manifest.
-        """
-        try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError([f"does not parse as JSON ({e})"]) from None
-        return cls.parse(obj)
-
     def to_json(self) -> dict[str, Any]:
         """The JSON object, in the order the build writes it."""
         d = {"format": self.format, "classes": list(self.classes), "image": self.image.to_json(),

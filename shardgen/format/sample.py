@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 from urllib.parse import quote_from_bytes
 
 import xxhash
@@ -94,18 +94,6 @@ class SampleMeta:
         d = {"class": self.cls, **path_fields(self.source, "source"), "width": self.width,
              "height": self.height, "mode": self.mode, "pixels": self.pixels}
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
-
-    @staticmethod
-    def parse(data: bytes) -> dict[str, Any]:
-        """The member as a dict (older builds lack ``pixels``).
-
-        Raises:
-            ValueError: not a JSON object.
-        """
-        d = json.loads(data)
-        if not isinstance(d, dict):
-            raise ValueError("not a JSON object")
-        return d
 
 
 def sample_members(png: bytes, cls_index: int, meta_json: bytes) -> dict[str, bytes]:
