@@ -135,9 +135,12 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
     """The options that decide the output, as recorded in ``manifest.json`` ``config``.
 
     ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
-    source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) is
-    part of it so that a build is never resumed with another PNG encoder.
+    source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) and
+    ``codecs`` (:func:`~shardgen.codecs.codec_versions`) are part of it so that a build is
+    never resumed with another PNG encoder or other decoding libraries.
     """
+    from .codecs import codec_versions
+
     return {
         "size": cfg.size,
         "splits": dict(ratios) if ratios else "as found",
@@ -151,4 +154,5 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
         "max_pixels": cfg.pixel_limit,
         "layout": layout,
         "encoder": encoder_info(),
+        "codecs": codec_versions().to_json(),
     }

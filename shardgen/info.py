@@ -58,6 +58,7 @@ def build_info(source: str, storage_options: dict[str, Any] | None = None,
         "skip_reasons": _skip_reasons(build) if m.skipped else {},
         "report": m.report,
         "config": m.config,
+        "codecs": m.codecs.to_json() if m.codecs else None,
     }
 
 
@@ -99,7 +100,10 @@ def format_info(info: dict[str, Any]) -> str:
                  for k, label in keys if k in rep and (rep[k] or k in ("images_found", "images_used"))]
         if parts:
             lines.append("report:  " + ", ".join(parts))
-    cfg = info.get("config") or {}
+    codecs = info.get("codecs")
+    lines.append("codecs:  " + (", ".join(f"{k} {v}" for k, v in codecs.items()) if codecs
+                                else "not recorded (built before shardgen recorded library versions)"))
+    cfg = {k: v for k, v in (info.get("config") or {}).items() if k != "codecs"}
     if cfg:
         lines.append("config:")
         width = max(len(k) for k in cfg)

@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 
+from .codecs import check_same_codecs
 from .errors import UsageError
-from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
+from .format import (CLASSES, CodecVersions, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, wids_index_name)
 
 __all__ = ["prepare_out", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
@@ -100,6 +101,10 @@ def prepare_out(out: str, fingerprint: dict, overwrite: bool) -> str:
         # Only scraps (e.g. killed before the config was written): start over.
         remove_build(out)
         return "fresh"
+    if not overwrite:
+        check_same_codecs(CodecVersions.parse(old.get("codecs")), CodecVersions.parse(fingerprint.get("codecs")),
+                          f"OUT {out} holds {where} made with {{lib}} {{expected}}, but this machine has "
+                          f"{{lib}} {{got}} (other libraries can give other bytes)", overwrite_hint=True)
     diff = _config_diff(old, fingerprint)
     if diff:
         if overwrite:

@@ -135,8 +135,9 @@ def _card_body(manifest: Manifest, left_out: list[str]) -> list[str]:
     if left_out:
         b += [f"Left out of the Hugging Face config: {', '.join(f'`{_md(s)}`' for s in left_out)} "
               "(no samples, or a split name Hugging Face does not accept: letters, digits and _ only).", ""]
-    b += ["## Build configuration", "", "```json", json.dumps(manifest.config, indent=1,
-                                                              ensure_ascii=False), "```", ""]
+    # The library versions (config.codecs) stay in manifest.json: the card shows the options.
+    options = {k: v for k, v in manifest.config.items() if k != "codecs"}
+    b += ["## Build configuration", "", "```json", json.dumps(options, indent=1, ensure_ascii=False), "```", ""]
     return b
 
 

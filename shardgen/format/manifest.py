@@ -15,8 +15,8 @@ from typing import Any
 from .names import FORMAT, SPLIT_RE
 from .sample import IMAGE_EXT
 
-__all__ = ["ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "Manifest", "validate_manifest",
-           "parse_dataset_json"]
+__all__ = ["ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "CodecVersions", "Manifest",
+           "validate_manifest", "parse_dataset_json"]
 
 
 class ManifestError(ValueError):
@@ -72,6 +72,57 @@ class ImageSpec:
         return {"size": self.size, "mode": self.mode, "ext": self.ext, **self.extra}
 
 
+@dataclass(frozen=True)
+class CodecVersions:
+    """Versions of the libraries the output bytes depend on (``config.codecs``).
+
+    Decoding (Pillow and the libraries it bundles: libjpeg-turbo, zlib / zlib-ng,
+    OpenJPEG, libtiff, libwebp; pydicom for DICOM), the pixel arithmetic (numpy) and the
+    PNG encoder (libdeflate through the ``deflate`` binding) decide the bytes of a build:
+    two processes whose versions are equal give the same bytes. A library that is not
+    there (or that Pillow was built without) is None and left out of the JSON.
+    """
+
+    pillow: str
+    numpy: str
+    libdeflate: str
+    deflate: str
+    libjpeg_turbo: str | None = None
+    zlib: str | None = None
+    zlib_ng: str | None = None
+    libpng: str | None = None
+    openjpeg: str | None = None
+    libtiff: str | None = None
+    libwebp: str | None = None
+    pydicom: str | None = None
+
+    _ORDER = ("pillow", "libjpeg_turbo", "zlib", "zlib_ng", "libpng", "openjpeg", "libtiff", "libwebp",
+              "libdeflate", "deflate", "numpy", "pydicom")
+
+    def to_json(self) -> dict[str, str]:
+        """``{"pillow": "13.0.0", ...}`` in a fixed order, without the missing libraries."""
+        return {k: getattr(self, k) for k in self._ORDER if getattr(self, k) is not None}
+
+    @classmethod
+    def parse(cls, obj: Any) -> "CodecVersions | None":
+        """From ``config.codecs``; None when absent or malformed (builds made before it existed)."""
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str)
+                                                for k in ("pillow", "numpy", "libdeflate", "deflate")):
+            return None
+        return cls(**{k: str(obj[k]) for k in cls._ORDER if isinstance(obj.get(k), str)})
+
+    def first_difference(self, other: "CodecVersions") -> tuple[str, str | None, str | None] | None:
+        """``(library, this version, other version)`` of the first library that differs, else None."""
+        for k in self._ORDER:
+            if getattr(self, k) != getattr(other, k):
+                return k, getattr(self, k), getattr(other, k)
+        return None
+
+    def describe(self) -> str:
+        """``pillow 13.0.0, libjpeg_turbo 3.2.0, ...`` (one line)."""
+        return ", ".join(f"{k} {v}" for k, v in self.to_json().items())
+
+
 _KNOWN = ("format", "classes", "image", "splits", "skipped", "report", "config", "shardgen_version")
 
 
@@ -93,6 +144,11 @@ class Manifest:
     def samples(self) -> int:
         """Samples over all splits."""
         return sum(s.samples for s in self.splits.values())
+
+    @property
+    def codecs(self) -> CodecVersions | None:
+        """The library versions that made the bytes (``config.codecs``; None in older builds)."""
+        return CodecVersions.parse(self.config.get("codecs"))
 
     def shards(self) -> list[ShardEntry]:
         """Every shard, split by split."""

@@ -35,6 +35,7 @@ class VerifyResult:
         decoded: images fully decoded (0 with ``decode=False``).
         pixel_digests: shards whose ``pixels_xxh64`` was recomputed and compared.
         image: ``"256x256 L png"``.
+        codecs: the library versions the build was made with (``config.codecs``; empty when not recorded).
         seconds: wall time.
     """
 
@@ -49,6 +50,7 @@ class VerifyResult:
     pixel_digests: int = 0
     decode: bool = True
     image: str = ""
+    codecs: str = ""
     seconds: float = 0.0
     #: checks that could not be made (e.g. listing folders over http), shown with the result
     notes: list[str] = field(default_factory=list)
@@ -62,6 +64,10 @@ class VerifyResult:
         return sum(self.splits.values())
 
 
+def _built_with(r: VerifyResult) -> str:
+    return f"; built with {r.codecs}" if r.codecs else ""
+
+
 def format_result(r: VerifyResult) -> str:
     """The report: one ``OK: ...`` line, or every problem followed by ``FAILED: ...``."""
     if r.ok:
@@ -72,8 +78,10 @@ def format_result(r: VerifyResult) -> str:
                 f"{human_bytes(r.bytes)}: xxh64, bytes and counts match manifest.json, {what}, "
                 + ("pixel digests match, " if r.pixel_digests else "") + "keys unique, "
                 "no image in two splits, dataset.json files match"
-                + "".join(f"; note: {n}" for n in r.notes) + f" [{r.seconds:.1f} s]")
+                + "".join(f"; note: {n}" for n in r.notes) + _built_with(r) + f" [{r.seconds:.1f} s]")
     lines = [str(p) for p in r.problems] + [f"note: {n}" for n in r.notes]
+    if r.codecs:
+        lines.append(f"built with: {r.codecs}")
     read = (f" ({r.shards} of {r.shards_listed} shards read to the end, {r.samples:,} samples checked)"
             if r.shards_listed else "")
     lines.append(f"FAILED: {len(r.problems)} problem(s) in {r.root}{read} [{r.seconds:.1f} s]")

@@ -50,6 +50,7 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
     ex = Expect(classes=classes, size=m.image.size, mode=m.image.mode, ext=m.image.ext, decode=decode)
     res.classes = len(classes)
     res.image = f"{ex.size}x{ex.size} {ex.mode} {ex.ext}"
+    res.codecs = m.codecs.describe() if m.codecs else ""
     jobs = [(split, sh) for split, s in m.splits.items() for sh in s.shards]
     res.shards_listed = len(jobs)
     results = _read_shards(build, ex, jobs, max(1, workers or usable_cpus()), progress)
