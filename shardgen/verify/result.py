@@ -80,9 +80,7 @@ def format_result(r: VerifyResult) -> str:
                 "no image in two splits, dataset.json files match"
                 + "".join(f"; note: {n}" for n in r.notes) + _built_with(r) + f" [{r.seconds:.1f} s]")
     lines = [str(p) for p in r.problems] + [f"note: {n}" for n in r.notes]
-    if r.codecs:
-        lines.append(f"built with: {r.codecs}")
     read = (f" ({r.shards} of {r.shards_listed} shards read to the end, {r.samples:,} samples checked)"
             if r.shards_listed else "")
-    lines.append(f"FAILED: {len(r.problems)} problem(s) in {r.root}{read} [{r.seconds:.1f} s]")
+    lines.append(f"FAILED: {len(r.problems)} problem(s) in {r.root}{read}{_built_with(r)} [{r.seconds:.1f} s]")
     return "\n".join(lines)
