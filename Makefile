@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) setup.cfg constraints.txt pyproject.toml
-	$(PIP) install -c constraints.txt -e '.[test,s3]'
+	$(PIP) install -c constraints.txt -e '.[test,s3,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

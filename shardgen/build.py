@@ -173,6 +173,8 @@ class _Run:
     work: str
     progress: bool
     pool: Any = None
+    #: a :class:`~shardgen.cluster.DaskPool` (``--scheduler``): the tasks run there instead
+    dask: Any = None
     phase: str = "converting images"
     reused: int = 0
     kept: int = 0
@@ -180,6 +182,11 @@ class _Run:
     def start_pool(self, n_jobs: int) -> None:
         """Start the worker processes (at least one: images are only ever decoded there, so
         Pillow's process-wide limit is set to ``--max_pixels`` in them, never in the caller)."""
+        if self.dask is not None:
+            self.dask.check_reach(self.work, "OUT")
+            self.dask.out = self.out
+            self.pool = self.dask
+            return
         n = min(self.cfg.n_workers, max(1, n_jobs))
         # fork: fast start, and works when __main__ is not importable (stdin, notebooks).
         # Nothing here holds locks or threads at this point (the progress bars start later).
@@ -251,19 +258,41 @@ def _sigterm_raises():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> BuildResult:
+def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, cluster=None) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
+
+    Args:
+        cfg: what to build.
+        overwrite: replace a build of another config (or other library versions) in OUT.
+        progress: progress bars on stderr.
+        cluster: a :class:`~shardgen.cluster.Cluster` (``--scheduler``): the conversion and
+            the shards run as Dask tasks there; the output is the same bytes. None: worker
+            processes on this machine.
 
     Raises:
         UsageError: bad inputs or OUT state (exit code 2).
         BuildInterrupted: SIGINT/SIGTERM; the folder can be resumed.
-        ShardgenError: OUT cannot be written (disk full, read-only).
+        ShardgenError: OUT cannot be written (disk full, read-only); the Dask scheduler is lost.
     """
+    if cluster is None:
+        return _build(cfg, overwrite, progress, None)
+    from .cluster import connect
+
+    dask = connect(cluster, cfg.pixel_limit)  # before any work: unreachable, or other library versions
+    try:
+        return _build(cfg, overwrite, progress, dask)
+    finally:
+        dask.shutdown()
+
+
+def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask) -> BuildResult:
     t0 = time.perf_counter()
     sr, items, classes, ratios, excluded = _resolve(cfg)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=os.path.realpath(sr.root), index_path=os.path.realpath(cfg.index) if cfg.index else None)
-    run = _Run(cfg, cfg.out, _start_out(cfg.out, work_fp, overwrite), progress)
+    if dask is not None:
+        dask.check_source(os.path.join(sr.root, items[0].relpath), f"SRC {cfg.src}")
+    run = _Run(cfg, cfg.out, _start_out(cfg.out, work_fp, overwrite), progress, dask=dask)
     keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
     jobs = chunk_jobs(sr.root, [it.relpath for it in items])
     old_handler = _sigterm_raises()

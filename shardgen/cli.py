@@ -88,6 +88,19 @@ def as_str(value: Any, flag: str) -> str:
     return str(value)
 
 
+def _cluster(scheduler: Any, workers: Any):
+    """``--scheduler`` as a :class:`~shardgen.cluster.Cluster` (None without it); its messages go to stderr."""
+    if scheduler is None:
+        return None
+    if workers is not None:
+        raise UsageError("--workers is for the local build; with --scheduler, the cluster's workers run the "
+                         "tasks (local:N sets their number)")
+    from .cluster import parse_scheduler
+    from .progress import note
+
+    return parse_scheduler(as_str(scheduler, "scheduler"), log=note)
+
+
 class CLI:
     """shardgen: labelled images -> deterministic WebDataset shards, and tools for them.
 
@@ -97,7 +110,7 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True):
+              max_pixels=None, overwrite=False, progress=True, scheduler=None):
         """Build shards from a folder of labelled images.
 
         Args:
@@ -118,6 +131,8 @@ class CLI:
             max_pixels: skip larger images as decompression bombs (default 89,478,485).
             overwrite: replace an existing build made with a different config.
             progress: show a progress bar on stderr (default true).
+            scheduler: run the work as Dask tasks: a scheduler ``tcp://host:8786``, or
+                ``local:N`` for a local cluster of N processes (same output bytes).
         """
         from .build import BuildConfig, build as run_build
         from .report import format_summary
@@ -139,7 +154,7 @@ class CLI:
             max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
-                           progress=as_bool(progress, "progress"))
+                           progress=as_bool(progress, "progress"), cluster=_cluster(scheduler, workers))
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -1,0 +1,392 @@
+"""Run a build's conversion and shard tasks on a Dask cluster (``build --scheduler``).
+
+:class:`DaskPool` has the part of :class:`multiprocessing.pool.Pool`'s interface the build
+uses (``imap_unordered``, ``close``, ``terminate``, ``join``), so the build's phases do not
+know where their tasks run. The tasks are the same picklable :class:`~shardgen.convert.ChunkTask`
+and :class:`~shardgen.assemble.ShardTask` calls the local build makes, each writing its
+files atomically under their final names: a task that Dask runs twice (its worker died)
+writes the same bytes again, so the output is byte-identical whatever the cluster does.
+
+Before any task runs, every worker's library versions (:mod:`shardgen.codecs`) are
+compared with the client's, and the workers must see the build's scratch folder (a
+probe file the client writes, read back by each worker). ``distributed`` is imported only
+here, only when ``--scheduler`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from . import __version__
+from .codecs import codec_versions
+from .errors import ShardgenError, UsageError
+from .format import CodecVersions, TMP_PREFIX
+
+__all__ = ["Cluster", "DaskPool", "parse_scheduler", "connect", "DEFAULT_CONNECT_TIMEOUT_S"]
+
+#: Seconds to reach the scheduler (and, later, to notice that it went away).
+DEFAULT_CONNECT_TIMEOUT_S = 20.0
+#: How often the client checks that the scheduler is still there while it waits for tasks (seconds).
+_POLL_S = 1.0
+#: Seconds without a finished task after which the client checks that the scheduler still answers.
+_PING_AFTER_S = 5.0
+_ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a build's tasks run: a running scheduler, or a local cluster started for the build.
+
+    Attributes:
+        address: the scheduler, ``tcp://host:port`` (None for a local cluster).
+        local_workers: worker processes of a ``distributed.LocalCluster`` (1 thread each).
+        timeout_s: seconds to connect, and to wait for a lost scheduler before giving up.
+        log: called with one line for the user (the dashboard link); None: not shown.
+    """
+
+    address: str | None = None
+    local_workers: int | None = None
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    log: Callable[[str], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.address or f"local:{self.local_workers}"
+
+
+def parse_scheduler(value: Any, log: Callable[[str], None] | None = None) -> Cluster:
+    """``--scheduler``: ``tcp://host:port`` or ``local:N`` (N worker processes on this machine).
+
+    Raises:
+        UsageError: anything else.
+    """
+    s = str(value).strip()
+    if s.startswith("local:"):
+        n = s[len("local:"):]
+        if not n.isdigit() or not 1 <= int(n) <= 1024:
+            raise UsageError(f"--scheduler local:N needs a worker count from 1 to 1024, got {s!r}")
+        return Cluster(local_workers=int(n), log=log)
+    if not _ADDRESS_RE.match(s):
+        raise UsageError(f"--scheduler must be a Dask scheduler address like tcp://host:8786, or local:N; got {s!r}")
+    return Cluster(address=s.rstrip("/"), log=log)
+
+
+# ---- run on the workers (module-level: pickled by reference) ---------------------------------------
+
+
+def _worker_versions() -> dict[str, Any]:
+    return {"shardgen": __version__, "codecs": codec_versions().to_json()}
+
+
+def _run_task(fn: Callable, job: Any, max_pixels: int, codecs: dict[str, str]) -> Any:
+    """One task on a worker: same libraries as the client (a worker may join late), Pillow's limit, run."""
+    from .codecs import check_same_codecs
+    from .image import configure_worker
+
+    check_same_codecs(CodecVersions.parse(codecs), codec_versions(),
+                      "a Dask worker has {lib} {got}, the client has {lib} {expected}")
+    configure_worker(max_pixels)
+    return fn(job)
+
+
+def _probe(path: str, token: str) -> str | None:
+    """None when this worker reads ``token`` from ``path`` and may write next to it, else why not."""
+    try:
+        with open(path) as f:
+            if f.read() != token:
+                return f"{path} holds something else (another machine's folder of that name?)"
+        folder = os.path.dirname(path)
+        test = os.path.join(folder, f"{TMP_PREFIX}probe-{secrets.token_hex(4)}")
+        with open(test, "wb"):
+            pass
+        os.unlink(test)
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    return None
+
+
+def _size(path: str) -> int | str:
+    """The file's size in bytes as this worker sees it, or why it cannot."""
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+
+
+# ---- the client side ---------------------------------------------------------------------------------
+
+
+class DaskPool:
+    """A Dask client in the shape of the build's worker pool.
+
+    Args:
+        client: a connected ``distributed.Client``.
+        local: the ``LocalCluster`` it owns (closed with it), or None.
+        max_pixels: Pillow's limit, set in the worker before each task.
+        name: how errors name the scheduler.
+        timeout_s: how long a lost scheduler is waited for.
+    """
+
+    def __init__(self, client: Any, local: Any, max_pixels: int, name: str, timeout_s: float,
+                 quiet: "_QuietLogs") -> None:
+        self.client, self.local, self.max_pixels, self.name, self.timeout_s = client, local, max_pixels, name, timeout_s
+        self.codecs = codec_versions().to_json()
+        self._futures: list[Any] = []
+        self._run = secrets.token_hex(4)
+        self._batch = 0
+        self._checked = 0.0
+        self._last_answer = time.monotonic()
+        self._lost_since: float | None = None
+        #: the build folder, for messages (set by the build)
+        self.out = "the build folder"
+        self._quiet = quiet
+
+    @property
+    def dashboard(self) -> str | None:
+        """The dashboard's URL, None when the scheduler serves none."""
+        try:
+            services = self.client.scheduler_info().get("services") or {}
+        except Exception:
+            return None
+        return self.client.dashboard_link if "dashboard" in services else None
+
+    def workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info().get("workers") or {})
+
+    def check_workers(self) -> None:
+        """Refuse workers whose shardgen or library versions differ from the client's (before any task).
+
+        Raises:
+            UsageError: one line naming the library, the worker and both versions.
+        """
+        from .codecs import check_same_codecs
+
+        try:
+            got = self.client.run(_worker_versions, on_error="return")
+        except Exception as e:  # noqa: BLE001 - anything the transport raises
+            raise ShardgenError(f"Dask scheduler {self.name}: cannot ask the workers ({_short(e)})") from None
+        mine = codec_versions()
+        for worker, v in sorted(got.items()):
+            if isinstance(v, BaseException):
+                raise UsageError(f"Dask worker {worker} cannot run shardgen ({_short(v)}); install shardgen "
+                                 f"{__version__} and its pinned libraries on every worker")
+            if v["shardgen"] != __version__:
+                raise UsageError(f"Dask worker {worker} has shardgen {v['shardgen']}, the client has {__version__}")
+            check_same_codecs(mine, CodecVersions.parse(v["codecs"]),
+                              f"Dask worker {worker} has {{lib}} {{got}}, the client has {{lib}} {{expected}}: "
+                              "the same inputs could give other bytes; install the same versions everywhere")
+
+    def check_reach(self, folder: str, what: str) -> None:
+        """Every worker must read a probe file the client writes in ``folder``, and write there.
+
+        Raises:
+            UsageError: a worker does not see it (OUT is a local path of the client's machine,
+                or another machine's folder of the same name).
+        """
+        token = secrets.token_hex(16)
+        path = os.path.join(os.path.abspath(folder), f"{TMP_PREFIX}probe-{token[:8]}")
+        with open(path, "w") as f:
+            f.write(token)
+        try:
+            got = self.client.run(_probe, path, token, on_error="return")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for worker, why in sorted(got.items()):
+            if why is not None:
+                why = _short(why) if isinstance(why, BaseException) else why
+                raise UsageError(f"{what} {folder} is not reachable from Dask worker {worker} ({why}): "
+                                 "use a folder every worker shares with this machine, or an s3:// URL")
+
+    def check_source(self, path: str, what: str) -> None:
+        """Every worker must see the source file ``path`` with the size the client sees.
+
+        Raises:
+            UsageError: a worker cannot read it (SRC is a local path of the client's machine).
+        """
+        want = os.stat(path).st_size
+        got = self.client.run(_size, os.path.abspath(path), on_error="return")
+        for worker, size in sorted(got.items()):
+            if size != want:
+                why = _short(size) if isinstance(size, BaseException) else (
+                    size if isinstance(size, str) else f"{size} bytes there, {want} here")
+                raise UsageError(f"{what} is not reachable from Dask worker {worker} ({why}): use a folder "
+                                 "every worker shares with this machine, or an s3:// URL")
+
+    def imap_unordered(self, fn: Callable, jobs: Iterable[Any]) -> Iterator[Any]:
+        """``fn(job)`` for every job, as Dask tasks; results in completion order.
+
+        Raises:
+            ShardgenError: the scheduler went away (after ``timeout_s``), or every try of a task failed.
+        """
+        from distributed import as_completed
+
+        self._batch += 1
+        jobs = list(jobs)
+        prefix = f"shardgen-{type(fn).__name__.lower()}-{self._run}{self._batch}"
+        self._futures = self.client.map(_run_task, [fn] * len(jobs), jobs, max_pixels=self.max_pixels,
+                                        codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(len(jobs))],
+                                        pure=False)
+        ac = as_completed(self._futures, with_results=False)
+        pending = len(self._futures)
+        while pending:
+            batch = ac.next_batch(block=False)
+            if not batch:
+                self._check_alive()
+                time.sleep(0.05)
+                continue
+            self._last_answer = time.monotonic()
+            for fut in batch:
+                pending -= 1
+                yield self._result(fut)
+            self._check_alive()
+        self._futures = []
+
+    def _result(self, fut: Any) -> Any:
+        """The task's result; its own exceptions (a full disk on the worker) pass through."""
+        from distributed.comm import CommClosedError
+
+        try:
+            if fut.status == "cancelled":
+                raise self._lost()
+            return fut.result(timeout=self.timeout_s)
+        except (CommClosedError, TimeoutError) as e:
+            raise self._lost() from e
+        except Exception as e:
+            if type(e).__name__ in ("CancelledError", "FutureCancelledError"):
+                raise self._lost() from e
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                fut.release()
+
+    def _ping(self) -> None:
+        """No task finished for a while: the scheduler must still answer (a stopped one does not)."""
+        from distributed.comm import CommClosedError
+
+        try:
+            self.client.sync(self.client.scheduler.identity, callback_timeout=self.timeout_s)
+        except (CommClosedError, TimeoutError, OSError) as e:
+            raise self._lost() from e
+        self._last_answer = time.monotonic()
+
+    def _lost(self) -> ShardgenError:
+        return ShardgenError(f"lost the Dask scheduler {self.name}; {self.out} can be resumed: "
+                             "run the same command again")
+
+    def _check_alive(self) -> None:
+        """Raise when the client has been disconnected from the scheduler for ``timeout_s``."""
+        now = time.monotonic()
+        if now - self._checked < _POLL_S:
+            return
+        self._checked = now
+        comm = self.client.scheduler_comm
+        if self.client.status == "running" and comm is not None and not comm.closed():
+            self._lost_since = None
+            if now - self._last_answer > _PING_AFTER_S:
+                self._ping()
+            return
+        self._lost_since = self._lost_since or now
+        if now - self._lost_since > self.timeout_s or self.client.status in ("closed", "closing", "failed"):
+            raise self._lost()
+
+    def close(self) -> None:
+        """Nothing to wait for: every task's result was collected."""
+
+    def terminate(self) -> None:
+        """Cancel the tasks not yet finished (best effort: the scheduler may be gone)."""
+        futs, self._futures = self._futures, []
+        if futs:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futs, force=True, asynchronous=False)
+
+    def join(self) -> None:
+        """Nothing to join: the workers belong to the cluster."""
+
+    def shutdown(self) -> None:
+        """Close the client, and the local cluster if this pool started one."""
+        self.terminate()
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=min(self.timeout_s, 10))
+        if self.local is not None:
+            with contextlib.suppress(Exception):
+                self.local.close(timeout=min(self.timeout_s, 10))
+        self._quiet.restore()
+
+
+class _QuietLogs:
+    """Dask's own log lines (reconnect attempts, tracebacks of lost connections) off while the build runs.
+
+    The build reports what matters as one line; the loggers' levels are put back by :meth:`restore`.
+    """
+
+    NAMES = ("distributed", "distributed.client", "distributed.scheduler", "distributed.worker",
+             "distributed.nanny", "distributed.core", "distributed.comm", "distributed.batched", "tornado")
+
+    def __init__(self) -> None:
+        import logging
+
+        self._saved = {n: logging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+
+    def restore(self) -> None:
+        import logging
+
+        for n, level in self._saved.items():
+            logging.getLogger(n).setLevel(level)
+        self._saved = {}
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def connect(spec: Cluster, max_pixels: int) -> DaskPool:
+    """Connect to the scheduler (or start the local cluster) and check the workers' versions.
+
+    Raises:
+        UsageError: ``distributed`` is not installed; a worker's versions differ.
+        ShardgenError: the scheduler cannot be reached within ``spec.timeout_s``.
+    """
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'shardgen[dask]'") from None
+    local = None
+    quiet = _QuietLogs()
+    try:
+        if spec.local_workers is not None:
+            local = distributed.LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=":0", silence_logs=50)
+            client = distributed.Client(local, timeout=spec.timeout_s)
+        else:
+            client = distributed.Client(spec.address, timeout=spec.timeout_s)
+    except OSError as e:
+        if local is not None:
+            local.close()
+        quiet.restore()
+        raise ShardgenError(f"cannot reach the Dask scheduler {spec.name} within {spec.timeout_s:g} s "
+                            f"({_short(e)})") from None
+    pool = DaskPool(client, local, max_pixels, spec.name, spec.timeout_s, quiet)
+    try:
+        if spec.local_workers is None and not pool.workers():
+            client.wait_for_workers(1, timeout=spec.timeout_s)
+        pool.check_workers()
+    except BaseException as e:
+        pool.shutdown()
+        if isinstance(e, (TimeoutError, OSError)) and not isinstance(e, UsageError):
+            raise ShardgenError(f"Dask scheduler {spec.name}: no worker joined within {spec.timeout_s:g} s") from None
+        raise
+    if spec.log is not None:
+        link = pool.dashboard
+        spec.log(f"dask: {len(pool.workers())} worker(s) at {spec.name}; dashboard: "
+                 + (link or "not served (pip install bokeh, and start the scheduler with its dashboard)"))
+    return pool
