@@ -302,6 +302,8 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask) -> BuildResu
         plan = make_plan(cfg, items, keys, records, classes, ratios, run.work)
         shard_recs = run.write_shards(plan)
         run.stop_pool(wait=True)
+        if dask is not None:
+            clean_temporaries(run.out)  # a worker killed while writing a shard leaves its temporary file
         run.phase = "writing the manifest"
         manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
     except (KeyboardInterrupt, _Terminated, OSError) as e:

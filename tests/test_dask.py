@@ -1,0 +1,230 @@
+"""Distributed builds (issue 12): ``build --scheduler`` on a real Dask cluster on loopback.
+
+A real ``dask scheduler`` and two ``dask worker`` processes (1 thread each, no dashboard)
+are started with the ``dask`` CLI on free loopback ports; every build is compared, file by
+file, with the multiprocessing build of the same inputs. Faults are real too: a worker
+SIGKILLed mid-build, the client SIGKILLed mid-build, the scheduler killed, and a worker
+running in a second virtual environment with another Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from conftest import ROOT, run_cli, sample_tool
+from s3server import free_ports
+
+distributed = pytest.importorskip("distributed")
+sys.path.insert(0, str(ROOT / "tools"))
+import stress_determinism as stress  # noqa: E402
+
+OPTS = ["--size", "64", "--shard_size", "40", "--progress", "false"]
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def checksums(out: Path) -> dict[str, str]:
+    """xxh64 of every file of a build, by relative path."""
+    return {str(p.relative_to(out)): xxhash.xxh64_hexdigest(p.read_bytes())
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+class DaskCluster:
+    """``dask scheduler`` + ``dask worker`` processes on loopback, each in its own process group."""
+
+    def __init__(self, workdir: Path, workers: int = 2, worker_python: str | None = None) -> None:
+        self.workdir, self.procs = workdir, []
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_ports(1)[0]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+                    "scheduler")
+        for i in range(workers):
+            self.add_worker(worker_python, f"worker{i}")
+        if workers:
+            self.wait_for(workers)
+
+    def _start(self, cmd: list[str], name: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        log = open(self.workdir / f"{name}.log", "wb")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def add_worker(self, python: str | None = None, name: str = "worker") -> subprocess.Popen:
+        cmd = ([python, "-m", "distributed.cli.dask_worker"] if python else [DASK, "worker"])
+        return self._start(cmd + [self.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                  "--host", "127.0.0.1", "--name", name], name)
+
+    def client(self):
+        return distributed.Client(self.address, timeout=30)
+
+    def wait_for(self, n: int) -> None:
+        with self.client() as c:
+            c.wait_for_workers(n, timeout=60)
+
+    def worker_pids(self) -> list[int]:
+        with self.client() as c:
+            return sorted(c.run(os.getpid).values())
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = DaskCluster(tmp_path_factory.mktemp("dask"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    """4 classes x 60 images: about 2 s of conversion on two workers."""
+    root = tmp_path_factory.mktemp("dask-src")
+    return Path(sample_tool.make_dataset(str(root), {c: 60 for c in sample_tool.FULL_COUNTS}, seed=12,
+                                         hostile=True, workers=2))
+
+
+@pytest.fixture(scope="module")
+def ref(src, tmp_path_factory) -> dict[str, str]:
+    """The multiprocessing build's checksums."""
+    out = tmp_path_factory.mktemp("dask-ref") / "out"
+    run_cli("build", src, out, *OPTS, "--workers", "2", check=True)
+    return checksums(out)
+
+
+def test_scheduler_build_is_byte_identical_with_bars_and_dashboard_link(cluster, src, ref, tmp_path):
+    out = tmp_path / "out"
+    p = run_cli("build", src, out, "--size", "64", "--shard_size", "40", "--scheduler", cluster.address,
+                env={"COLUMNS": "100"}, check=True)
+    assert checksums(out) == ref
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dask:")]
+    assert len(lines) == 1 and f"2 worker(s) at {cluster.address}; dashboard: http" in lines[0], p.stderr
+    assert "convert:" in p.stderr and "shards:" in p.stderr  # the same bars as the local build
+    assert "Traceback" not in p.stderr
+
+
+def test_local_cluster_is_byte_identical(src, ref, tmp_path):
+    out = tmp_path / "out"
+    run_cli("build", src, out, *OPTS, "--scheduler", "local:3", check=True)
+    assert checksums(out) == ref
+
+
+def test_worker_sigkilled_mid_build_still_gives_the_same_bytes(cluster, src, ref, tmp_path):
+    out = tmp_path / "out"
+    victim = cluster.worker_pids()[0]
+    cmd = [sys.executable, "-m", "shardgen", "build", str(src), str(out), *OPTS, "--scheduler", cluster.address]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    chunks = out / ".shardgen-work" / "chunks"
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline:
+        if chunks.is_dir() and sum(f.suffix == ".json" for f in chunks.iterdir()) >= 1:
+            break
+        time.sleep(0.005)
+    assert p.poll() is None, "the build ended before the worker could be killed"
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stdout + stderr
+    assert checksums(out) == ref
+    cluster.wait_for(2)  # the nanny restarted it
+    assert victim not in cluster.worker_pids()
+
+
+def test_client_killed_mid_build_resumes_byte_identical(cluster, src, ref, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "shardgen", "build", str(src), str(out), *OPTS, "--scheduler", cluster.address]
+    assert stress.kill_build(cmd, str(out), after_chunks=2)
+    assert (out / ".shardgen-work").is_dir() and not (out / "manifest.json").exists()
+    p = run_cli("build", src, out, *OPTS, "--scheduler", cluster.address, check=True)
+    assert "reused" in p.stdout
+    assert checksums(out) == ref
+
+
+def test_scheduler_gone_is_one_line_not_a_hang(src, tmp_path):
+    c = DaskCluster(tmp_path / "cluster", workers=1)
+    out = tmp_path / "out"
+    try:
+        cmd = [sys.executable, "-m", "shardgen", "build", str(src), str(out), *OPTS, "--scheduler", c.address]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        chunks = out / ".shardgen-work" / "chunks"
+        while p.poll() is None and not (chunks.is_dir() and any(chunks.iterdir())):
+            time.sleep(0.005)
+        os.killpg(c.procs[0].pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        _, stderr = p.communicate(timeout=90)
+        assert p.returncode == 1 and time.monotonic() - t0 < 60
+        assert stderr.strip().splitlines()[-1].startswith("shardgen build: error: lost the Dask scheduler")
+        assert "Traceback" not in stderr and not (out / "manifest.json").exists()
+    finally:
+        c.stop()
+
+
+def test_bad_scheduler_values_are_refused_before_any_work(src, tmp_path):
+    for value, why in [("localhost", "must be a Dask scheduler address"), ("local:0", "worker count"),
+                       ("local:x", "worker count")]:
+        p = run_cli("build", src, tmp_path / "out", "--scheduler", value)
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = run_cli("build", src, tmp_path / "out", "--scheduler", "local:2", "--workers", "2")
+    assert p.returncode == 2 and "--workers is for the local build" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _venv_with_other_pillow(where: Path, version: str) -> str:
+    """A second virtual environment: this one's packages, but Pillow ``version`` (pip, from PyPI)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(where)],
+                   check=True, capture_output=True)
+    py = str(where / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # After its own site-packages: this environment's (distributed, numpy, deflate, ...).
+    Path(site, "zz-shardgen-test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                        "--target", site, f"pillow=={version}"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.skip(f"cannot install pillow=={version} into a second venv: {r.stderr.strip()[-300:]}")
+    got = subprocess.run([py, "-c", "import PIL; print(PIL.__version__)"], capture_output=True, text=True).stdout
+    assert got.strip() == version
+    return py
+
+
+def test_worker_with_another_pillow_is_refused_before_any_task(src, tmp_path):
+    import PIL
+
+    other = "12.0.0" if PIL.__version__ != "12.0.0" else "11.3.0"
+    py = _venv_with_other_pillow(tmp_path / "venv2", other)
+    c = DaskCluster(tmp_path / "cluster", workers=0)
+    try:
+        c.add_worker(name="same")
+        c.add_worker(py, name="odd")
+        c.wait_for(2)
+        out = tmp_path / "out"
+        p = run_cli("build", src, out, *OPTS, "--scheduler", c.address)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        line = p.stderr.strip().splitlines()[-1]
+        assert line.startswith("shardgen build: error: Dask worker tcp://127.0.0.1:"), line
+        assert f"has pillow {other}, the client has pillow {PIL.__version__}" in line
+        assert not out.exists()  # refused before anything ran
+    finally:
+        c.stop()
