@@ -15,6 +15,7 @@ Memory stays proportional to the file list: images live on disk between the phas
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing as mp
 import os
@@ -36,6 +37,7 @@ from .outputs import finish_build
 from .progress import bar as progress_bar
 from .scan import Skip, scan
 from .split import empty_split_notes
+from .storage import is_url
 
 __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_splits", "CHUNK"]
 
@@ -67,9 +69,14 @@ class BuildResult:
     empty_splits: list[str] = field(default_factory=list)
 
 
-def _resolve(cfg: BuildConfig):
+def _resolve(cfg: BuildConfig, urls=None):
     """Scan SRC and settle classes and splits; returns (scan, items, classes, ratios, excluded)."""
-    sr = scan(cfg.src, cfg.index, cfg.group)
+    if urls is not None and urls.src_remote:
+        from .remote import scan_url
+
+        sr = scan_url(urls.src, cfg.index, cfg.group)
+    else:
+        sr = scan(cfg.src, cfg.index, cfg.group)
     if not sr.items:
         raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
     _check_class_names(sr)
@@ -175,6 +182,8 @@ class _Run:
     pool: Any = None
     #: a :class:`~shardgen.cluster.DaskPool` (``--scheduler``): the tasks run there instead
     dask: Any = None
+    #: a :class:`~shardgen.remote.Paths` when SRC or OUT is a URL
+    urls: Any = None
     phase: str = "converting images"
     reused: int = 0
     kept: int = 0
@@ -183,7 +192,7 @@ class _Run:
         """Start the worker processes (at least one: images are only ever decoded there, so
         Pillow's process-wide limit is set to ``--max_pixels`` in them, never in the caller)."""
         if self.dask is not None:
-            self.dask.check_reach(self.work, "OUT")
+            self.dask.check_reach(self.work, "OUT", self.urls.work(self.work) if self.urls else None)
             self.dask.out = self.out
             self.pool = self.dask
             return
@@ -202,7 +211,7 @@ class _Run:
             self.pool.join()
             self.pool = None
 
-    def convert(self, jobs, n_items: int) -> list[ImageRecord | None]:
+    def convert(self, jobs, n_items: int, src_root: str) -> list[ImageRecord | None]:
         cfg = self.cfg
         records: list[ImageRecord | None] = [None] * n_items
         bar = progress_bar(n_items, "convert", "img", self.progress)
@@ -213,13 +222,15 @@ class _Run:
             self.reused += reused
             bar.update(len(recs))
 
-        _run_pool(self.pool, ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit), jobs, got)
+        task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit) if self.urls
+                else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit))
+        _run_pool(self.pool, task, jobs, got)
         bar.close()
         return records
 
     def write_shards(self, plan) -> dict[str, dict]:
         self.phase = "writing shards"
-        for sp in plan.splits:
+        for sp in plan.splits if not self.out_remote else ():
             os.makedirs(os.path.join(self.out, sp), exist_ok=True)
         bar = progress_bar(len(plan.jobs), "shards", "shard", self.progress)
         recs: dict[str, dict] = {}
@@ -230,16 +241,28 @@ class _Run:
             self.kept += kept
             bar.update(1)
 
-        _run_pool(self.pool, ShardTask(self.out, self.work), plan.jobs, got)
+        task = self.urls.shard_task(self.work) if self.out_remote else ShardTask(self.out, self.work)
+        _run_pool(self.pool, task, plan.jobs, got)
         bar.close()
         return recs
+
+    @property
+    def out_remote(self) -> bool:
+        return self.urls is not None and self.urls.out_remote
+
+    def clean_temporaries(self) -> None:
+        if self.out_remote:
+            self.urls.store.clean_temporaries()
+        else:
+            clean_temporaries(self.out)
 
     def fail(self, e: BaseException) -> ShardgenError | None:
         """The error to raise for an interruption or a write failure (None: re-raise ``e``)."""
         self.stop_pool(wait=False)
         if isinstance(e, (KeyboardInterrupt, _Terminated)):
             signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
-            clean_temporaries(self.out)
+            with contextlib.suppress(Exception):
+                self.clean_temporaries()
             return BuildInterrupted(f"interrupted while {self.phase}; {self.out} holds a resumable build: "
                                     "run the same command again to resume", int(signum))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
@@ -258,7 +281,8 @@ def _sigterm_raises():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, cluster=None) -> BuildResult:
+def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, cluster=None,
+          storage_options: dict | None = None, endpoint_url: str | None = None) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
 
     Args:
@@ -268,44 +292,58 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, clus
         cluster: a :class:`~shardgen.cluster.Cluster` (``--scheduler``): the conversion and
             the shards run as Dask tasks there; the output is the same bytes. None: worker
             processes on this machine.
+        storage_options, endpoint_url: fsspec options (and the S3 endpoint) of a SRC or OUT
+            given as a URL (:func:`shardgen.storage.storage_options_for`); never recorded.
 
     Raises:
         UsageError: bad inputs or OUT state (exit code 2).
         BuildInterrupted: SIGINT/SIGTERM; the folder can be resumed.
         ShardgenError: OUT cannot be written (disk full, read-only); the Dask scheduler is lost.
     """
+    urls = None
+    if storage_options is not None or endpoint_url is not None or is_url(cfg.src) or is_url(cfg.out):
+        from .remote import paths_of
+
+        urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
     if cluster is None:
-        return _build(cfg, overwrite, progress, None)
+        return _build(cfg, overwrite, progress, None, urls)
     from .cluster import connect
 
     dask = connect(cluster, cfg.pixel_limit)  # before any work: unreachable, or other library versions
     try:
-        return _build(cfg, overwrite, progress, dask)
+        return _build(cfg, overwrite, progress, dask, urls.for_workers() if urls else None)
     finally:
         dask.shutdown()
 
 
-def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask) -> BuildResult:
+def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> BuildResult:
     t0 = time.perf_counter()
-    sr, items, classes, ratios, excluded = _resolve(cfg)
+    sr, items, classes, ratios, excluded = _resolve(cfg, urls)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
-    work_fp = dict(fp, src=os.path.realpath(sr.root), index_path=os.path.realpath(cfg.index) if cfg.index else None)
+    work_fp = dict(fp, src=sr.root if is_url(sr.root) else os.path.realpath(sr.root),
+                   index_path=os.path.realpath(cfg.index) if cfg.index else None)
     if dask is not None:
-        dask.check_source(os.path.join(sr.root, items[0].relpath), f"SRC {cfg.src}")
-    run = _Run(cfg, cfg.out, _start_out(cfg.out, work_fp, overwrite), progress, dask=dask)
+        dask.check_source(f"{sr.root}/{items[0].relpath}", f"SRC {cfg.src}", urls.src if urls else None)
+    work = urls.store.prepare(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
+                                                                                            overwrite)
+    run = _Run(cfg, cfg.out, work, progress, dask=dask, urls=urls)
     keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
     jobs = chunk_jobs(sr.root, [it.relpath for it in items])
     old_handler = _sigterm_raises()
     try:
         run.start_pool(len(jobs))
-        records = run.convert(jobs, len(items))
+        records = run.convert(jobs, len(items), sr.root)
         plan = make_plan(cfg, items, keys, records, classes, ratios, run.work)
         shard_recs = run.write_shards(plan)
         run.stop_pool(wait=True)
         if dask is not None:
-            clean_temporaries(run.out)  # a worker killed while writing a shard leaves its temporary file
+            run.clean_temporaries()  # a worker killed while writing a shard leaves its temporary file
         run.phase = "writing the manifest"
-        manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
+        if run.out_remote:
+            manifest = urls.finish(lambda staging: finish_build(cfg, staging, os.path.join(staging, WORK_DIR), fp,
+                                                                classes, plan, shard_recs, sr, excluded), plan)
+        else:
+            manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
     except (KeyboardInterrupt, _Terminated, OSError) as e:
         err = run.fail(e)
         if err is None:

@@ -101,6 +101,17 @@ def _cluster(scheduler: Any, workers: Any):
     return parse_scheduler(as_str(scheduler, "scheduler"), log=note)
 
 
+def _storage(endpoint_url: Any, storage_options: Any) -> dict[str, Any]:
+    """``--endpoint_url`` and ``--storage_options`` of a build, checked."""
+    from .storage import parse_storage_options
+
+    opts = storage_options
+    if opts is not None and not isinstance(opts, dict):
+        opts = parse_storage_options(as_str(opts, "storage_options"))
+    return {"endpoint_url": None if endpoint_url is None else as_str(endpoint_url, "endpoint_url"),
+            "storage_options": opts}
+
+
 class CLI:
     """shardgen: labelled images -> deterministic WebDataset shards, and tools for them.
 
@@ -110,7 +121,8 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True, scheduler=None):
+              max_pixels=None, overwrite=False, progress=True, scheduler=None, endpoint_url=None,
+              storage_options=None):
         """Build shards from a folder of labelled images.
 
         Args:
@@ -133,6 +145,8 @@ class CLI:
             progress: show a progress bar on stderr (default true).
             scheduler: run the work as Dask tasks: a scheduler ``tcp://host:8786``, or
                 ``local:N`` for a local cluster of N processes (same output bytes).
+            endpoint_url: S3 endpoint when SRC or OUT is an ``s3://`` URL (beats the environment).
+            storage_options: fsspec options as JSON for a SRC or OUT URL, e.g. ``'{"profile": "lab"}'``.
         """
         from .build import BuildConfig, build as run_build
         from .report import format_summary
@@ -154,7 +168,8 @@ class CLI:
             max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
-                           progress=as_bool(progress, "progress"), cluster=_cluster(scheduler, workers))
+                           progress=as_bool(progress, "progress"), cluster=_cluster(scheduler, workers),
+                           **_storage(endpoint_url, storage_options))
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -95,28 +95,40 @@ def _run_task(fn: Callable, job: Any, max_pixels: int, codecs: dict[str, str]) -
     return fn(job)
 
 
-def _probe(path: str, token: str) -> str | None:
-    """None when this worker reads ``token`` from ``path`` and may write next to it, else why not."""
+def _probe(path: str, token: str, loc: Any = None) -> str | None:
+    """None when this worker reads ``token`` from ``path`` and may write next to it, else why not.
+
+    ``loc``: a :class:`~shardgen.remote.Location` whose filesystem holds ``path`` (None: this machine's).
+    """
     try:
+        if loc is not None:
+            from .remote import put_atomic
+
+            fs = loc.fs()
+            if fs.cat_file(path).decode() != token:
+                return f"{path} holds something else"
+            test = f"{path}-{secrets.token_hex(4)}"
+            put_atomic(fs, test, b"")
+            fs.rm(test)
+            return None
         with open(path) as f:
             if f.read() != token:
                 return f"{path} holds something else (another machine's folder of that name?)"
-        folder = os.path.dirname(path)
-        test = os.path.join(folder, f"{TMP_PREFIX}probe-{secrets.token_hex(4)}")
+        test = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}probe-{secrets.token_hex(4)}")
         with open(test, "wb"):
             pass
         os.unlink(test)
-    except OSError as e:
-        return f"{path}: {e.strerror or e}"
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{path}: {getattr(e, 'strerror', None) or _short(e)}"
     return None
 
 
-def _size(path: str) -> int | str:
+def _size(path: str, loc: Any = None) -> int | str:
     """The file's size in bytes as this worker sees it, or why it cannot."""
     try:
-        return os.stat(path).st_size
-    except OSError as e:
-        return f"{path}: {e.strerror or e}"
+        return int(loc.fs().size(path)) if loc is not None else os.stat(path).st_size
+    except Exception as e:  # noqa: BLE001
+        return f"{path}: {getattr(e, 'strerror', None) or _short(e)}"
 
 
 # ---- the client side ---------------------------------------------------------------------------------
@@ -182,36 +194,48 @@ class DaskPool:
                               f"Dask worker {worker} has {{lib}} {{got}}, the client has {{lib}} {{expected}}: "
                               "the same inputs could give other bytes; install the same versions everywhere")
 
-    def check_reach(self, folder: str, what: str) -> None:
+    def check_reach(self, folder: str, what: str, loc: Any = None) -> None:
         """Every worker must read a probe file the client writes in ``folder``, and write there.
+
+        Args:
+            folder: a folder of the build (its scratch folder).
+            what: how messages name it (``"OUT"``).
+            loc: the :class:`~shardgen.remote.Location` of ``folder`` when it is a URL.
 
         Raises:
             UsageError: a worker does not see it (OUT is a local path of the client's machine,
                 or another machine's folder of the same name).
         """
         token = secrets.token_hex(16)
-        path = os.path.join(os.path.abspath(folder), f"{TMP_PREFIX}probe-{token[:8]}")
-        with open(path, "w") as f:
-            f.write(token)
+        name = f"{TMP_PREFIX}probe-{token[:8]}"
+        if loc is not None:
+            from .remote import put_atomic
+
+            fs, path = loc.fs(), loc.join(name)
+            put_atomic(fs, path, token.encode())
+        else:
+            fs, path = None, os.path.join(os.path.abspath(folder), name)
+            with open(path, "w") as f:
+                f.write(token)
         try:
-            got = self.client.run(_probe, path, token, on_error="return")
+            got = self.client.run(_probe, path, token, loc, on_error="return")
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            with contextlib.suppress(Exception):
+                fs.rm(path) if fs is not None else os.unlink(path)
         for worker, why in sorted(got.items()):
             if why is not None:
                 why = _short(why) if isinstance(why, BaseException) else why
                 raise UsageError(f"{what} {folder} is not reachable from Dask worker {worker} ({why}): "
                                  "use a folder every worker shares with this machine, or an s3:// URL")
 
-    def check_source(self, path: str, what: str) -> None:
+    def check_source(self, path: str, what: str, loc: Any = None) -> None:
         """Every worker must see the source file ``path`` with the size the client sees.
 
         Raises:
             UsageError: a worker cannot read it (SRC is a local path of the client's machine).
         """
-        want = os.stat(path).st_size
-        got = self.client.run(_size, os.path.abspath(path), on_error="return")
+        want = int(loc.fs().size(path)) if loc is not None else os.stat(path).st_size
+        got = self.client.run(_size, path if loc is not None else os.path.abspath(path), loc, on_error="return")
         for worker, size in sorted(got.items()):
             if size != want:
                 why = _short(size) if isinstance(size, BaseException) else (

@@ -17,7 +17,7 @@ from .errors import UsageError
 from .format import (CLASSES, CodecVersions, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, wids_index_name)
 
-__all__ = ["prepare_out", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
+__all__ = ["prepare_out", "decide", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 
@@ -97,28 +97,34 @@ def prepare_out(out: str, fingerprint: dict, overwrite: bool) -> str:
             where = "a build"
         except (OSError, ValueError, AttributeError):
             old = None
-    if old is None:
-        # Only scraps (e.g. killed before the config was written): start over.
+    state = decide(out, old, where, fingerprint, overwrite)
+    if state == "fresh":
         remove_build(out)
         return "fresh"
+    return "resume" if os.path.isdir(work) else "rebuild"
+
+
+def decide(out: str, old: dict | None, where: str, fingerprint: dict, overwrite: bool) -> str:
+    """Whether a non-empty OUT holding ``old`` (its recorded config, None: only scraps) is kept
+    (``"keep"``: resume or rebuild in place) or started over (``"fresh"``: the caller removes it).
+
+    Raises:
+        UsageError: other library versions or another config, without ``overwrite``.
+    """
+    if old is None:
+        return "fresh"  # only scraps (e.g. killed before the config was written): start over
     if not overwrite:
         check_same_codecs(CodecVersions.parse(old.get("codecs")), CodecVersions.parse(fingerprint.get("codecs")),
                           f"OUT {out} holds {where} made with {{lib}} {{expected}}, but this machine has "
                           f"{{lib}} {{got}} (other libraries can give other bytes)", overwrite_hint=True)
     diff = _config_diff(old, fingerprint)
-    if diff:
-        if overwrite:
-            remove_build(out)
-            return "fresh"
+    if diff and not overwrite:
         raise UsageError(
             f"OUT {out} holds {where} made with a different config: "
             + "; ".join(_describe(k, old, fingerprint) for k in diff)
             + ". Use --overwrite to replace it"
         )
-    if overwrite:
-        remove_build(out)
-        return "fresh"
-    return "resume" if os.path.isdir(work) else "rebuild"
+    return "fresh" if overwrite else "keep"
 
 
 def clean_temporaries(out: str) -> None:

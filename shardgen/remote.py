@@ -1,0 +1,374 @@
+"""SRC and OUT as fsspec URLs (``s3://bucket/raw``): locations, the scan of a remote SRC, and OUT's state.
+
+A :class:`Location` is a URL and the fsspec options to open it: picklable, so that every
+worker process (local or on a Dask cluster) opens its own filesystem and reads its
+sources and writes its files directly; no image bytes pass through the client.
+
+Writes to object storage are atomic in the same way as on disk: every object is written
+under a temporary name (``.tmp-<random>-<name>``, the format's :data:`TMP_PREFIX`) and
+then moved to its final name (server-side copy and delete), so no object under a final
+name is ever partial; ``manifest.json`` is written last. Credentials stay in the options
+(or the environment) and are never written into the build or into a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UsageError
+from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
+                     WORK_DIR, dump_json, wids_index_name)
+from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
+
+__all__ = ["Location", "Paths", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic", "scan_url",
+           "RemoteOut"]
+
+_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
+_CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder as a path or fsspec URL, with the options that open it (picklable, no open handles).
+
+    Attributes:
+        url: the URL (or local path) as given, without a trailing ``/``.
+        options: fsspec options, the S3 endpoint settled (:func:`~shardgen.storage.storage_options_for`);
+            left out of ``repr`` because it may hold credentials.
+    """
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def fs(self) -> Any:
+        """This process's filesystem for the location (fsspec caches it per process)."""
+        return filesystem(self.url, self.options)[0]
+
+    def join(self, rel: str) -> str:
+        return f"{self.url.rstrip('/')}/{rel}" if rel else self.url
+
+    def with_env_credentials(self) -> "Location":
+        """The same, carrying this process's ``AWS_*`` credentials in its options (for workers
+        elsewhere that have none of their own); unchanged when the options name credentials."""
+        protocol = self.url.split("://", 1)[0]
+        if protocol not in S3_PROTOCOLS or any(k in self.options for k in ("key", "secret", "profile", "anon")):
+            return self
+        creds = {k: os.environ[v] for k, v in _CREDENTIAL_ENV.items() if os.environ.get(v)}
+        return Location(self.url, dict(self.options, **creds)) if "key" in creds else self
+
+
+def location(url: str, storage_options: dict[str, Any] | None = None, endpoint_url: str | None = None) -> Location:
+    """A :class:`Location` for ``url``.
+
+    Raises:
+        UsageError: ``endpoint_url`` for a URL that is not ``s3://``; no bucket in an ``s3://`` URL.
+    """
+    url = str(url).rstrip("/")
+    if url.startswith(("s3://", "s3a://")) and not url.split("://", 1)[1].split("/")[0]:
+        raise UsageError(f"{url}: no bucket in the URL (expected s3://bucket/prefix)")
+    return Location(url, storage_options_for(url, storage_options, endpoint_url))
+
+
+def put_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name, then move it to ``path``."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    if _is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm(tmp)
+        except Exception:  # noqa: BLE001 - the original error matters
+            pass
+        raise
+
+
+def put_file_atomic(fs: Any, local: str, path: str) -> None:
+    """Upload the local file ``local`` to ``path`` under a temporary name, then move it there."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    if _is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        fs.put_file(local, tmp)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm(tmp)
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+
+
+def _is_local(fs: Any) -> bool:
+    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return bool({"file", "local"} & set(protos))
+
+
+def read_or_none(fs: Any, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except (FileNotFoundError, OSError):
+        return None
+
+
+# ---- the scan of a remote SRC ---------------------------------------------------------------------
+
+
+def _remote_tree(loc: Location):
+    """A :class:`~shardgen.scan.Tree` of the objects under ``loc`` (one recursive listing)."""
+    from .scan import Tree, _visible
+
+    fs = loc.fs()
+    root = fs._strip_protocol(loc.url).rstrip("/")
+    try:
+        found = fs.find(root, withdirs=True, detail=True)
+    except FileNotFoundError:
+        found = {}
+    folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
+
+    def folder(rel: str) -> tuple[list[str], list[str]]:
+        if rel not in folders:
+            parent, _, name = rel.rpartition("/")
+            folder(parent)[0].append(name)
+            folders[rel] = ([], [])
+        return folders[rel]
+
+    for path, info in sorted(found.items()):
+        rel = path[len(root) + 1:] if path.startswith(root + "/") else None
+        if not rel or any(not _visible(p) for p in rel.split("/")):
+            continue
+        if info.get("type") == "directory":
+            folder(rel)
+        else:
+            parent, _, name = rel.rpartition("/")
+            folder(parent)[1].append(name)
+    tree = Tree.__new__(Tree)
+    tree.root, tree.notes = loc.url, []
+    tree.folders = {k: (sorted(set(d)), sorted(set(f))) for k, (d, f) in folders.items()}
+    return tree
+
+
+def scan_url(loc: Location, index: str | None, group: str | None):
+    """:func:`shardgen.scan.scan` for a SRC given as a URL (same layouts, same rules).
+
+    Raises:
+        UsageError: nothing under the URL, no class folders, or ``--index`` (not supported with a URL SRC).
+    """
+    from .scan import _compile_group, _rebase, _scan_tree, _unwrap
+
+    if index is not None:
+        raise UsageError("--index is not supported with a SRC URL yet: give a folder, or copy the images locally")
+    regex = _compile_group(group)
+    tree = _remote_tree(loc)
+    if not tree.subdirs("") and not tree.files(""):
+        raise UsageError(f"SRC {loc.url}: nothing found there")
+    notes: list[str] = []
+    base = _unwrap(tree, loc.url, notes)
+    if not tree.subdirs(base):
+        raise UsageError(f"SRC {loc.url}: no class folders found (expected <class>/images/*, <class>/* or "
+                         "<split>/<class>/*)")
+    name = (f"{loc.url}/{base}" if base else loc.url).rstrip("/").rsplit("/", 1)[-1]
+    res = _rebase(_scan_tree(tree, base, regex, name), base)
+    res.root = loc.join(base)
+    res.notes = notes
+    for label, dirs in sorted(res.class_dirs.items()):
+        if res.layout != "split" and len(dirs) > 1:
+            res.notes.append(f"class {label!r} is in {len(dirs)} folders ({', '.join(dirs[:3])}): merged into one class")
+    return res
+
+
+# ---- OUT on object storage -------------------------------------------------------------------------
+
+
+class RemoteOut:
+    """OUT as a URL: its state before the build, temporaries, and the publication of the metadata files.
+
+    Args:
+        loc: OUT.
+    """
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        self.fs = loc.fs()
+        self.root = self.fs._strip_protocol(loc.url).rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def listing(self) -> dict[str, int]:
+        """``{relpath: size}`` of every object under OUT."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(self.root) + 1:]: int(i.get("size") or 0) for p, i in found.items()
+                if p.startswith(self.root + "/") and i.get("type") != "directory"}
+
+    def _foreign(self, names: list[str]) -> list[str]:
+        tops: dict[str, list[str]] = {}
+        for rel in names:
+            top, _, rest = rel.partition("/")
+            tops.setdefault(top, []).append(rest)
+        foreign = []
+        for top, rests in sorted(tops.items()):
+            if top in _OWN_FILES or top.startswith(TMP_PREFIX):
+                continue
+            if SPLIT_RE.match(top) and all(r and _own_split_file(top, r) for r in rests):
+                continue
+            foreign.append(top)
+        return foreign
+
+    def prepare(self, fingerprint: dict, overwrite: bool) -> str:
+        """Check OUT (as :func:`shardgen.outdir.prepare_out`), clean temporaries, record the config.
+
+        Returns:
+            the scratch folder's URL.
+
+        Raises:
+            UsageError: foreign objects in OUT, or a build of another config (without ``overwrite``).
+        """
+        from .outdir import decide
+
+        names = list(self.listing())
+        foreign = self._foreign(names)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise UsageError(f"OUT {self.loc.url} holds objects that are not a shardgen build ({shown}); "
+                             "use an empty or new prefix")
+        old, where = None, ""
+        raw = read_or_none(self.fs, self.path(f"{WORK_DIR}/config.json"))
+        if raw is not None:
+            old, where = _json_or_none(raw), "an interrupted build"
+        if old is None and MANIFEST in names:
+            m = _json_or_none(read_or_none(self.fs, self.path(MANIFEST)) or b"")
+            if isinstance(m, dict):
+                old, where = dict(m.get("config") or {}), "a build"
+                old["src"] = fingerprint.get("src")
+        state = decide(self.loc.url, old, where, fingerprint, overwrite) if names else "fresh"
+        if state == "fresh" and names:
+            self.fs.rm([self.path(n) for n in names])
+        self.clean_temporaries()
+        put_atomic(self.fs, self.path(f"{WORK_DIR}/config.json"), dump_json(fingerprint))
+        if MANIFEST in names and state != "fresh":
+            self.fs.rm(self.path(MANIFEST))  # readers never see a manifest whose shards are being rewritten
+        return self.loc.join(WORK_DIR)
+
+    def clean_temporaries(self) -> None:
+        """Remove the temporary objects of interrupted writes."""
+        tmp = [self.path(n) for n in self.listing() if n.rsplit("/", 1)[-1].startswith(TMP_PREFIX)]
+        if tmp:
+            self.fs.rm(tmp)
+
+    def publish(self, staging: str, planned: set[str], split_names: list[str]) -> None:
+        """Remove stale shards, upload the metadata files written to ``staging``, ``manifest.json`` last,
+        and remove the scratch folder."""
+        existing = self.listing()
+        stale = [n for n in existing if n.split("/")[0] != WORK_DIR and "/" in n
+                 and (n.endswith(".tar") and n not in planned or n.split("/")[0] not in split_names)]
+        if stale:
+            self.fs.rm([self.path(n) for n in stale])
+        files = sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, fs_ in os.walk(staging) for f in fs_)
+        for rel in [f for f in files if f != MANIFEST] + [MANIFEST]:
+            with open(os.path.join(staging, rel), "rb") as f:
+                put_atomic(self.fs, self.path(rel), f.read())
+        work = [self.path(n) for n in self.listing() if n.split("/")[0] == WORK_DIR]
+        if work:
+            self.fs.rm(work)
+
+
+def _own_split_file(split: str, rest: str) -> bool:
+    name = rest.rsplit("/", 1)[-1]
+    return "/" not in rest and (bool(re.match(rf"^{re.escape(split)}-\d{{6}}\.tar$", name))
+                                or name in (DATASET_JSON, wids_index_name(split)) or name.startswith(TMP_PREFIX))
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Paths:
+    """SRC and OUT of a build where at least one is a URL (the build's fsspec side).
+
+    Attributes:
+        src, out: the two locations (a local path is a location too, on the local filesystem).
+    """
+
+    src: Location
+    out: Location
+    _store: Any = field(default=None, repr=False)
+
+    @property
+    def src_remote(self) -> bool:
+        return is_url(self.src.url)
+
+    @property
+    def out_remote(self) -> bool:
+        return is_url(self.out.url)
+
+    @property
+    def store(self) -> RemoteOut:
+        """OUT's state and publication (only when OUT is a URL)."""
+        if self._store is None:
+            self._store = RemoteOut(self.out)
+        return self._store
+
+    def work(self, work_url: str) -> Location:
+        return Location(work_url, self.out.options)
+
+    def for_workers(self) -> "Paths":
+        """The same, carrying this process's ``AWS_*`` credentials to workers on other machines."""
+        return Paths(self.src.with_env_credentials(), self.out.with_env_credentials(), self._store)
+
+    def finish(self, write: Callable[[str], Any], plan) -> Any:
+        """Write the metadata files with ``write(folder)`` into a local staging folder, then publish
+        them to OUT (stale shards removed, ``manifest.json`` last); returns what ``write`` returned."""
+        staging = tempfile.mkdtemp(prefix="shardgen-meta-")
+        try:
+            result = write(staging)
+            self.store.publish(staging, {j.relpath for j in plan.jobs}, list(plan.splits))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+    def chunk_task(self, src_root: str, work_url: str, size: int, fit: str, max_pixels: int):
+        from .remote_tasks import FsChunkTask
+
+        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), size, fit, max_pixels)
+
+    def shard_task(self, work_url: str):
+        from .remote_tasks import FsShardTask
+
+        return FsShardTask(self.out, self.work(work_url))
+
+
+def paths_of(src: str, out: str, storage_options: dict[str, Any] | None = None,
+             endpoint_url: str | None = None) -> Paths | None:
+    """:class:`Paths` when SRC or OUT is a URL, else None (the local build, unchanged).
+
+    Raises:
+        UsageError: ``--endpoint_url`` or ``--storage_options`` with two local paths; a bad URL.
+    """
+    if not is_url(src) and not is_url(out):
+        if endpoint_url or storage_options:
+            raise UsageError("--endpoint_url and --storage_options apply when SRC or OUT is a URL (s3://...)")
+        return None
+    src_loc = location(src, storage_options, endpoint_url if is_url(src) and src.startswith("s3") else None) \
+        if is_url(src) else Location(str(src))
+    out_loc = location(out, storage_options, endpoint_url if is_url(out) and out.startswith("s3") else None) \
+        if is_url(out) else Location(str(out))
+    return Paths(src_loc, out_loc)

@@ -1,0 +1,150 @@
+"""The build's two tasks when SRC or OUT is a URL: the same work, through fsspec.
+
+:class:`FsChunkTask` reads each source file through its :class:`~shardgen.remote.Location`
+and writes the chunk's ``.bin`` and ``.json`` with :func:`~shardgen.remote.put_atomic`;
+:class:`FsShardTask` gathers a shard's PNGs from the chunks with ranged reads, writes the
+shard to a local temporary file with the one :class:`~shardgen.format.ShardWriter`, and
+uploads it under a temporary name before moving it to its final name. The bytes are those
+of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import xxhash
+
+from .assemble import ShardJob, ShardTask
+from .convert import ChunkTask, ImageRecord
+from .errors import ShardgenError
+from .format import ShardWriter, dump_json, sample_members, stream_xxh64
+from .image import ImageSkip, process_bytes
+from .remote import Location, put_atomic, put_file_atomic, read_or_none
+
+__all__ = ["FsChunkTask", "FsShardTask"]
+
+
+class FsChunkTask(ChunkTask):
+    """Convert one chunk of files (picklable): sources through ``src``, scratch files through ``work``.
+
+    Args:
+        src: where the sources are (their paths in the jobs are full URLs or paths).
+        work: the build's scratch folder.
+        size, fit, max_pixels: as :class:`~shardgen.convert.ChunkTask`.
+    """
+
+    def __init__(self, src: Location, work: Location, size: int, fit: str, max_pixels: int) -> None:
+        super().__init__(work.url, size, fit, max_pixels)
+        self.src, self.work_loc = src, work
+
+    def paths(self, cid: int) -> tuple[str, str]:
+        base = self.work_loc.join(f"chunks/c-{cid:06d}")
+        return base + ".bin", base + ".json"
+
+    def _src_hash(self, fs, path: str) -> str | None:
+        try:
+            return xxhash.xxh64_hexdigest(fs.cat_file(path))
+        except OSError:
+            return None
+
+    def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
+        wfs, sfs = self.work_loc.fs(), self.src.fs()
+        bin_path, json_path = self.paths(cid)
+        try:
+            cached = json.loads(read_or_none(wfs, json_path) or b"null")
+        except ValueError:
+            return None
+        if not cached or cached.get("relpaths") != [r for r, _ in entries]:
+            return None
+        data = read_or_none(wfs, bin_path)
+        if data is None or xxhash.xxh64_hexdigest(data) != cached.get("bin_xxh64"):
+            return None
+        recs = [ImageRecord.from_row(r) for r in cached["records"]]
+        if all(self._src_hash(sfs, p) == rec.src_hash for (_, p), rec in zip(entries, recs)):
+            return recs
+        return None
+
+    def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> tuple[int, list[ImageRecord], bool]:
+        cid, entries = job
+        recs = self._reusable(cid, entries)
+        if recs is not None:
+            return cid, recs, True
+        sfs = self.src.fs()
+        # One concurrent batch of reads for the chunk (on S3, many requests in flight).
+        got = sfs.cat([p for _, p in entries], on_error="return")
+        got = {sfs._strip_protocol(k): v for k, v in got.items()}
+        recs, buf = [], bytearray()
+        for _rel, path in entries:
+            data = got.get(sfs._strip_protocol(path), FileNotFoundError(path))
+            if isinstance(data, BaseException):
+                why = getattr(data, "strerror", None) or data
+                recs.append(ImageRecord(False, f"unreadable: {why}", None))
+                continue
+            src_hash = xxhash.xxh64_hexdigest(data)
+            try:
+                pr = process_bytes(data, self.size, self.fit, self.max_pixels)
+            except ImageSkip as e:
+                recs.append(ImageRecord(False, str(e), src_hash))
+                continue
+            recs.append(ImageRecord(True, None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width,
+                                    pr.height, pr.mode, pr.true_color))
+            buf += pr.png
+        wfs = self.work_loc.fs()
+        bin_path, json_path = self.paths(cid)
+        put_atomic(wfs, bin_path, bytes(buf))
+        rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
+                    "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
+        put_atomic(wfs, json_path, json.dumps(rec_json).encode())
+        return cid, recs, False
+
+
+class FsShardTask(ShardTask):
+    """Write one shard to OUT through fsspec, or keep it if it is already right (picklable).
+
+    Args:
+        out: the build folder.
+        work: its scratch folder.
+    """
+
+    def __init__(self, out: Location, work: Location) -> None:
+        super().__init__(out.url, work.url)
+        self.out_loc, self.work_loc = out, work
+
+    def _kept_remote(self, fs, job: ShardJob, final: str, journal: str) -> dict | None:
+        try:
+            rec = json.loads(read_or_none(fs, journal) or b"null")
+            if not rec or rec.get("plan") != job.plan_fp or fs.size(final) != rec["bytes"]:
+                return None
+            with fs.open(final, "rb", block_size=8 << 20) as f:
+                digest, size = stream_xxh64(f)
+            return rec if digest == rec["xxh64"] and size == rec["bytes"] else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def __call__(self, job: ShardJob) -> tuple[str, dict, bool]:
+        fs = self.out_loc.fs()
+        final = self.out_loc.join(job.relpath)
+        journal = self.work_loc.join("shards/" + job.relpath.replace("/", "__") + ".json")
+        rec = self._kept_remote(fs, job, final, journal)
+        if rec is not None:
+            return job.relpath, rec, True
+        pngs = fs.cat_ranges([s.chunk_bin for s in job.samples], [s.offset for s in job.samples],
+                             [s.offset + s.length for s in job.samples])
+        tmpdir = tempfile.mkdtemp(prefix="shardgen-shard-")
+        try:
+            local = os.path.join(tmpdir, job.relpath.rsplit("/", 1)[-1])
+            with ShardWriter(local) as w:
+                for s, png in zip(job.samples, pngs):
+                    if isinstance(png, BaseException) or len(png) != s.length:
+                        raise ShardgenError(f"scratch object {s.chunk_bin} is shorter than recorded; "
+                                            "re-run with --overwrite")
+                    w.add(s.key, sample_members(png, s.cls_index, s.meta_json))
+            put_file_atomic(fs, local, final)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        rec = {"plan": job.plan_fp, "path": job.relpath, "samples": w.samples, "bytes": w.bytes, "xxh64": w.xxh64}
+        put_atomic(fs, journal, dump_json(rec))
+        return job.relpath, rec, False
