@@ -127,7 +127,7 @@ def test_scheduler_build_is_byte_identical_with_bars_and_dashboard_link(cluster,
 
 def test_local_cluster_is_byte_identical(src, ref, tmp_path):
     out = tmp_path / "out"
-    run_cli("build", src, out, *OPTS, "--scheduler", "local:3", check=True)
+    run_cli("build", src, out, *OPTS, "--scheduler", "local:2", check=True)
     assert checksums(out) == ref
 
 

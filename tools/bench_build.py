@@ -7,6 +7,7 @@ are noisy: compare within a run). Prints a table and one JSON line.
     python tools/bench_build.py                      # 21,165 images (the COVID-19 dataset's size)
     python tools/bench_build.py --fraction 0.1       # a 10% subset, same class ratios
     python tools/bench_build.py --no-resume          # skip the kill-and-resume measurement
+    python tools/bench_build.py --dask 2 --s3        # + a Dask column and an s3:// column (issue 12)
 
 Measured:
   * shardgen build (all cores, subprocess, end to end) in images/s, and its parent's peak RSS;
@@ -16,7 +17,12 @@ Measured:
     as the ceiling; target: build >= 0.8 x ceiling x cores and >= 5x the loop;
   * shard size against PNG at zlib level 6 of the same pixels (target <= 1.10x);
   * resume: the build killed (SIGKILL) once 90% of the images are converted, then re-run; target < 20%
-    of a full build.
+    of a full build;
+  * ``--dask N``: the same build with ``--scheduler local:N`` (a Dask LocalCluster of N processes,
+    its start-up included), rounds interleaved with the multiprocessing build's; target >= 0.85 of its
+    throughput, and identical bytes;
+  * ``--s3``: SRC uploaded to a local SeaweedFS (tests/s3server.py) and OUT on it, against the
+    local-disk build; target >= 0.7 of its throughput, and identical shard checksums.
 """
 
 from __future__ import annotations
@@ -71,14 +77,15 @@ class PeakRSS(threading.Thread):
             time.sleep(0.05)
 
 
-def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks: int | None = None):
-    cmd = [sys.executable, "-m", "shardgen", "build", src, out, "--size", str(size), "--progress", "false"]
-    if workers:
+def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks: int | None = None,
+              extra: tuple[str, ...] = (), env: dict | None = None):
+    cmd = [sys.executable, "-m", "shardgen", "build", src, out, "--size", str(size), "--progress", "false", *extra]
+    if workers and not extra:
         cmd += ["--workers", str(workers)]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                         start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(_env(), **(env or {})), start_new_session=True)
     mon = PeakRSS(p.pid)
     mon.start()
     if kill_at_chunks is not None:
@@ -177,6 +184,60 @@ def size_ratio(out: str, files: list[str], size: int) -> float:
     return ours / theirs
 
 
+def shard_sums(manifest: dict) -> list[str]:
+    return [sh["xxh64"] for s in manifest["splits"].values() for sh in s["shards"]]
+
+
+def dask_column(src: str, root: str, size: int, workers: int, rounds: int, t_local: float, n: int,
+                manifest: dict) -> dict:
+    """``--scheduler local:N`` against the multiprocessing build (best of ``rounds`` each, interleaved)."""
+    out, best_dask, best_mp = os.path.join(root, "out-dask"), float("inf"), t_local
+    for r in range(rounds):
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"shardgen build --scheduler local:{workers} (round {r + 1}/{rounds}) ...", file=sys.stderr)
+        best_dask = min(best_dask, run_build(src, out, size, None, extra=("--scheduler", f"local:{workers}"))[0])
+        mp_out = os.path.join(root, "out-mp")
+        shutil.rmtree(mp_out, ignore_errors=True)
+        best_mp = min(best_mp, run_build(src, mp_out, size, workers)[0])
+        shutil.rmtree(mp_out, ignore_errors=True)
+    with open(os.path.join(out, "manifest.json")) as f:
+        same = shard_sums(json.load(f)) == shard_sums(manifest)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"dask_workers": workers, "dask_seconds": round(best_dask, 2), "dask_images_per_s": round(n / best_dask, 1),
+            "mp_seconds_same_run": round(best_mp, 2), "dask_vs_mp": round(best_mp / best_dask, 3),
+            "dask_identical": same}
+
+
+def s3_column(src: str, root: str, size: int, workers: int | None, rounds: int, t_local: float, n: int,
+              manifest: dict) -> dict:
+    """SRC and OUT on a local SeaweedFS against the local-disk build (best of ``rounds``)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import fsspec
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(os.path.join(root, "weed"))
+    server.start()
+    try:
+        server.make_bucket("bench")
+        env = server.env()
+        fs = fsspec.filesystem("s3", key=server.access_key, secret=server.secret_key,
+                               client_kwargs={"endpoint_url": server.endpoint})
+        print("uploading SRC to SeaweedFS ...", file=sys.stderr)
+        fs.put(src, "bench/raw/" + os.path.basename(src), recursive=True)
+        url, best = "s3://bench/raw/" + os.path.basename(src), float("inf")
+        for r in range(rounds):
+            print(f"shardgen build s3:// -> s3:// (round {r + 1}/{rounds}) ...", file=sys.stderr)
+            fs.rm("bench/out", recursive=True) if fs.exists("bench/out") else None
+            best = min(best, run_build(url, "s3://bench/out", size, workers, env=env,
+                                       extra=("--workers", str(workers)) if workers else ())[0])
+        same = shard_sums(json.loads(fs.cat_file("bench/out/manifest.json"))) == shard_sums(manifest)
+    finally:
+        server.stop()
+        shutil.rmtree(os.path.join(root, "weed"), ignore_errors=True)
+    return {"s3_seconds": round(best, 2), "s3_images_per_s": round(n / best, 1),
+            "s3_vs_local": round(t_local / best, 3), "s3_identical": same}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=os.path.join(ROOT, "bench-out"))
@@ -187,6 +248,9 @@ def main(argv=None) -> int:
     ap.add_argument("--core_images", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=2, help="builds to run; the fastest counts (default 2)")
     ap.add_argument("--no-resume", dest="resume", action="store_false")
+    ap.add_argument("--dask", type=int, default=0, help="also build with --scheduler local:N (0: no)")
+    ap.add_argument("--s3", action="store_true", help="also build from and to a local SeaweedFS")
+    ap.add_argument("--no-loop", dest="loop", action="store_false", help="skip the loop and per-core figures")
     a = ap.parse_args(argv)
 
     counts = {k: max(1, round(v * a.fraction)) for k, v in msd.FULL_COUNTS.items()}
@@ -214,6 +278,18 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     shard_bytes = sum(sh["bytes"] for s in manifest["splits"].values() for sh in s["shards"])
+
+    if a.dask:
+        result_extra = dask_column(src, a.root, a.size, a.dask, a.rounds, t_build, n, manifest)
+    else:
+        result_extra = {}
+    if a.s3:
+        result_extra.update(s3_column(src, a.root, a.size, a.workers, a.rounds, t_build, n, manifest))
+    if not a.loop:
+        result = {"images": n, "cores": cores, "size": a.size, "build_seconds": round(t_build, 2),
+                  "build_images_per_s": round(build_rate, 1), **result_extra}
+        print(json.dumps(result))
+        return 0
 
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(files), size=min(a.loop_images, len(files)), replace=False))
@@ -248,6 +324,7 @@ def main(argv=None) -> int:
         "build_cpu_efficiency": round((n / ceiling) / build_cpu, 3),
         "shard_bytes": shard_bytes,
         "png_size_vs_zlib6": round(ratio, 3),
+        **result_extra,
     }
     if a.resume:
         print("kill at 90% and resume ...", file=sys.stderr)
