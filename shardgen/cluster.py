@@ -150,8 +150,6 @@ class DaskPool:
         self.client, self.local, self.max_pixels, self.name, self.timeout_s = client, local, max_pixels, name, timeout_s
         self.codecs = codec_versions().to_json()
         self._futures: list[Any] = []
-        self._run = secrets.token_hex(4)
-        self._batch = 0
         self._checked = 0.0
         self._last_answer = time.monotonic()
         self._lost_since: float | None = None
@@ -251,9 +249,11 @@ class DaskPool:
         """
         from distributed import as_completed
 
-        self._batch += 1
         jobs = list(jobs)
-        prefix = f"shardgen-{type(fn).__name__.lower()}-{self._run}{self._batch}"
+        # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
+        # by the part before the token; the token keeps runs apart on a shared scheduler.
+        phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
+        prefix = f"shardgen-{phase}-{secrets.token_hex(8)}"
         self._futures = self.client.map(_run_task, [fn] * len(jobs), jobs, max_pixels=self.max_pixels,
                                         codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(len(jobs))],
                                         pure=False)
