@@ -72,9 +72,10 @@ class BuildResult:
 def _resolve(cfg: BuildConfig, urls=None):
     """Scan SRC and settle classes and splits; returns (scan, items, classes, ratios, excluded)."""
     if urls is not None and urls.src_remote:
-        from .remote import scan_url
+        from .remote import scan_url, storage_errors
 
-        sr = scan_url(urls.src, cfg.index, cfg.group)
+        with storage_errors(cfg.src, "listing SRC", urls.src.options):
+            sr = scan_url(urls.src, cfg.index, cfg.group)
     else:
         sr = scan(cfg.src, cfg.index, cfg.group)
     if not sr.items:
@@ -169,6 +170,14 @@ def _start_out(out: str, work_fp: dict, overwrite: bool) -> str:
     except OSError as e:
         raise UsageError(f"OUT {out}: cannot write ({e.strerror or e})") from None
     return work
+
+
+def _start_remote_out(urls, work_fp: dict, overwrite: bool) -> str:
+    """Check and prepare an OUT URL; returns the scratch folder's URL."""
+    from .remote import storage_errors
+
+    with storage_errors(urls.out.url, "preparing OUT", urls.out.options):
+        return urls.store.prepare(work_fp, overwrite)
 
 
 @dataclass
@@ -324,8 +333,8 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> Bui
                    index_path=os.path.realpath(cfg.index) if cfg.index else None)
     if dask is not None:
         dask.check_source(f"{sr.root}/{items[0].relpath}", f"SRC {cfg.src}", urls.src if urls else None)
-    work = urls.store.prepare(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
-                                                                                            overwrite)
+    work = _start_remote_out(urls, work_fp, overwrite) if urls and urls.out_remote else _start_out(
+        cfg.out, work_fp, overwrite)
     run = _Run(cfg, cfg.out, work, progress, dask=dask, urls=urls)
     keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
     jobs = chunk_jobs(sr.root, [it.relpath for it in items])

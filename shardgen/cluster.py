@@ -276,6 +276,11 @@ class DaskPool:
         """The task's result; its own exceptions (a full disk on the worker) pass through."""
         from distributed.comm import CommClosedError
 
+        if fut.status == "error":  # the task's own exception (a full disk, a storage error), as raised there
+            try:
+                return fut.result()
+            finally:
+                fut.release()
         try:
             if fut.status == "cancelled":
                 raise self._lost()

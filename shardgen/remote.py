@@ -13,6 +13,7 @@ name is ever partial; ``manifest.json`` is written last. Credentials stay in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,14 +21,14 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .errors import UsageError
+from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, dump_json, wids_index_name)
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
 
-__all__ = ["Location", "Paths", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic", "scan_url",
+__all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic", "scan_url",
            "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
@@ -113,6 +114,38 @@ def put_file_atomic(fs: Any, local: str, path: str) -> None:
 def _is_local(fs: Any) -> bool:
     protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return bool({"file", "local"} & set(protos))
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Turn a storage failure while ``doing`` into one line (exit 2), credentials scrubbed.
+
+    Raises:
+        UsageError: unreachable endpoint, no or wrong credentials, missing bucket, other OSError.
+    """
+    from .retry import error_named, is_unreachable, timed_out
+    from .upload.scrub import Scrubber, display_url, short
+
+    try:
+        yield
+    except ShardgenError:
+        raise
+    except Exception as e:  # noqa: BLE001 - classified below, re-raised when not a storage error
+        where, scrub = display_url(url), Scrubber(storage_options)
+        if is_unreachable(e) or timed_out(e):
+            msg = f"{where}: cannot reach the storage endpoint while {doing} (is the endpoint URL right and the server up?)"
+        elif error_named(e, "NoCredentialsError", "PartialCredentialsError"):
+            msg = (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
+                   "in ~/.aws) or pass --storage_options")
+        elif isinstance(e, PermissionError):
+            msg = f"{where}: access denied while {doing} ({short(e)}); check the credentials and the bucket's permissions"
+        elif isinstance(e, FileNotFoundError) and url.startswith(("s3://", "s3a://")):
+            msg = f"{where}: not found while {doing} (does the bucket {url.split('/')[2]!r} exist?)"
+        elif isinstance(e, OSError):
+            msg = f"{where}: storage error while {doing} ({short(e)})"
+        else:
+            raise
+        raise UsageError(scrub(msg)) from None
 
 
 def read_or_none(fs: Any, path: str) -> bytes | None:
