@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import xxhash
 
@@ -72,13 +74,8 @@ class FsChunkTask(ChunkTask):
         recs = self._reusable(cid, entries)
         if recs is not None:
             return cid, recs, True
-        sfs = self.src.fs()
-        # One concurrent batch of reads for the chunk (on S3, many requests in flight).
-        got = sfs.cat([p for _, p in entries], on_error="return")
-        got = {sfs._strip_protocol(k): v for k, v in got.items()}
         recs, buf = [], bytearray()
-        for _rel, path in entries:
-            data = got.get(sfs._strip_protocol(path), FileNotFoundError(path))
+        for path, data in _prefetched(self.src.fs(), [p for _, p in entries]):
             if isinstance(data, BaseException):
                 why = getattr(data, "strerror", None) or data
                 recs.append(ImageRecord(False, f"unreadable: {why}", None))
@@ -99,6 +96,34 @@ class FsChunkTask(ChunkTask):
                     "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
         put_atomic(wfs, json_path, json.dumps(rec_json).encode())
         return cid, recs, False
+
+
+#: Sources fetched per request batch; the next batch is fetched while this one is converted.
+_BATCH = 16
+
+
+def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
+    """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads, one ahead."""
+
+    def fetch(batch: list[str]) -> dict[str, bytes | BaseException]:
+        got = fs.cat(batch, on_error="return") if len(batch) > 1 else _one(fs, batch[0])
+        return {fs._strip_protocol(k): v for k, v in got.items()}
+
+    batches = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
+    with ThreadPoolExecutor(1) as ex:
+        ahead = ex.submit(fetch, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            got = ahead.result()
+            ahead = ex.submit(fetch, batches[i + 1]) if i + 1 < len(batches) else None
+            for p in batch:
+                yield p, got.get(fs._strip_protocol(p), FileNotFoundError(p))
+
+
+def _one(fs, path: str) -> dict[str, bytes | BaseException]:
+    try:
+        return {path: fs.cat_file(path)}
+    except OSError as e:
+        return {path: e}
 
 
 class FsShardTask(ShardTask):
