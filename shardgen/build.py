@@ -72,7 +72,8 @@ class BuildResult:
 def _resolve(cfg: BuildConfig, urls=None):
     """Scan SRC and settle classes and splits; returns (scan, items, classes, ratios, excluded)."""
     if urls is not None and urls.src_remote:
-        from .remote import scan_url, storage_errors
+        from .remote import storage_errors
+        from .remote_scan import scan_url
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
             sr = scan_url(urls.src, cfg.index, cfg.group)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import __version__
 from .codecs import codec_versions
 from .errors import ShardgenError, UsageError
+from .cluster_tasks import _probe, _run_task, _size, _worker_versions, short_error as _short
 from .format import CodecVersions, TMP_PREFIX
 
 __all__ = ["Cluster", "DaskPool", "parse_scheduler", "connect", "DEFAULT_CONNECT_TIMEOUT_S"]
@@ -75,60 +76,6 @@ def parse_scheduler(value: Any, log: Callable[[str], None] | None = None) -> Clu
     if not _ADDRESS_RE.match(s):
         raise UsageError(f"--scheduler must be a Dask scheduler address like tcp://host:8786, or local:N; got {s!r}")
     return Cluster(address=s.rstrip("/"), log=log)
-
-
-# ---- run on the workers (module-level: pickled by reference) ---------------------------------------
-
-
-def _worker_versions() -> dict[str, Any]:
-    return {"shardgen": __version__, "codecs": codec_versions().to_json()}
-
-
-def _run_task(fn: Callable, job: Any, max_pixels: int, codecs: dict[str, str]) -> Any:
-    """One task on a worker: same libraries as the client (a worker may join late), Pillow's limit, run."""
-    from .codecs import check_same_codecs
-    from .image import configure_worker
-
-    check_same_codecs(CodecVersions.parse(codecs), codec_versions(),
-                      "a Dask worker has {lib} {got}, the client has {lib} {expected}")
-    configure_worker(max_pixels)
-    return fn(job)
-
-
-def _probe(path: str, token: str, loc: Any = None) -> str | None:
-    """None when this worker reads ``token`` from ``path`` and may write next to it, else why not.
-
-    ``loc``: a :class:`~shardgen.remote.Location` whose filesystem holds ``path`` (None: this machine's).
-    """
-    try:
-        if loc is not None:
-            from .remote import put_atomic
-
-            fs = loc.fs()
-            if fs.cat_file(path).decode() != token:
-                return f"{path} holds something else"
-            test = f"{path}-{secrets.token_hex(4)}"
-            put_atomic(fs, test, b"")
-            fs.rm(test)
-            return None
-        with open(path) as f:
-            if f.read() != token:
-                return f"{path} holds something else (another machine's folder of that name?)"
-        test = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}probe-{secrets.token_hex(4)}")
-        with open(test, "wb"):
-            pass
-        os.unlink(test)
-    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
-        return f"{path}: {getattr(e, 'strerror', None) or _short(e)}"
-    return None
-
-
-def _size(path: str, loc: Any = None) -> int | str:
-    """The file's size in bytes as this worker sees it, or why it cannot."""
-    try:
-        return int(loc.fs().size(path)) if loc is not None else os.stat(path).st_size
-    except Exception as e:  # noqa: BLE001
-        return f"{path}: {getattr(e, 'strerror', None) or _short(e)}"
 
 
 # ---- the client side ---------------------------------------------------------------------------------
@@ -371,11 +318,6 @@ class _QuietLogs:
         for n, level in self._saved.items():
             logging.getLogger(n).setLevel(level)
         self._saved = {}
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def connect(spec: Cluster, max_pixels: int) -> DaskPool:

@@ -1,0 +1,72 @@
+"""The scan of a SRC given as a URL: one recursive listing, then the same layout rules as a folder."""
+
+from __future__ import annotations
+
+from .errors import UsageError
+from .remote import Location
+
+__all__ = ["scan_url"]
+
+
+def _remote_tree(loc: Location):
+    """A :class:`~shardgen.scan.Tree` of the objects under ``loc`` (one recursive listing)."""
+    from .scan import Tree, _visible
+
+    fs = loc.fs()
+    root = fs._strip_protocol(loc.url).rstrip("/")
+    try:
+        found = fs.find(root, withdirs=True, detail=True)
+    except FileNotFoundError:
+        found = {}
+    folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
+
+    def folder(rel: str) -> tuple[list[str], list[str]]:
+        if rel not in folders:
+            parent, _, name = rel.rpartition("/")
+            folder(parent)[0].append(name)
+            folders[rel] = ([], [])
+        return folders[rel]
+
+    for path, info in sorted(found.items()):
+        rel = path[len(root) + 1:] if path.startswith(root + "/") else None
+        if not rel or any(not _visible(p) for p in rel.split("/")):
+            continue
+        if info.get("type") == "directory":
+            folder(rel)
+        else:
+            parent, _, name = rel.rpartition("/")
+            folder(parent)[1].append(name)
+    tree = Tree.__new__(Tree)
+    tree.root, tree.notes = loc.url, []
+    tree.folders = {k: (sorted(set(d)), sorted(set(f))) for k, (d, f) in folders.items()}
+    return tree
+
+
+def scan_url(loc: Location, index: str | None, group: str | None):
+    """:func:`shardgen.scan.scan` for a SRC given as a URL (same layouts, same rules).
+
+    Raises:
+        UsageError: nothing under the URL, no class folders, or ``--index`` (not supported with a URL SRC).
+    """
+    from .scan import _compile_group, _rebase, _scan_tree, _unwrap
+
+    if index is not None:
+        raise UsageError("--index is not supported with a SRC URL yet: give a folder, or copy the images locally")
+    regex = _compile_group(group)
+    tree = _remote_tree(loc)
+    if not tree.subdirs("") and not tree.files(""):
+        raise UsageError(f"SRC {loc.url}: nothing found there")
+    notes: list[str] = []
+    base = _unwrap(tree, loc.url, notes)
+    if not tree.subdirs(base):
+        raise UsageError(f"SRC {loc.url}: no class folders found (expected <class>/images/*, <class>/* or "
+                         "<split>/<class>/*)")
+    name = (f"{loc.url}/{base}" if base else loc.url).rstrip("/").rsplit("/", 1)[-1]
+    res = _rebase(_scan_tree(tree, base, regex, name), base)
+    res.root = loc.join(base)
+    res.notes = notes
+    for label, dirs in sorted(res.class_dirs.items()):
+        if res.layout != "split" and len(dirs) > 1:
+            res.notes.append(f"class {label!r} is in {len(dirs)} folders ({', '.join(dirs[:3])}): "
+                             "merged into one class")
+    return res
