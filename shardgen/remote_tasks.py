@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import xxhash
+from fsspec.utils import merge_offset_ranges
 
 from .assemble import ShardJob, ShardTask
 from .convert import ChunkTask, ImageRecord
@@ -126,6 +127,30 @@ def _one(fs, path: str) -> dict[str, bytes | BaseException]:
         return {path: e}
 
 
+#: Ranges of one chunk closer than this are read with one request (bytes).
+_MAX_GAP = 256 << 10
+
+
+def _read_pngs(fs, job: ShardJob) -> list[bytes | BaseException]:
+    """Each sample's PNG, in order: ranged reads of the chunks, neighbouring ranges merged."""
+    paths = [s.chunk_bin for s in job.samples]
+    starts = [s.offset for s in job.samples]
+    ends = [s.offset + s.length for s in job.samples]
+    mpaths, mstarts, mends = merge_offset_ranges(paths, starts, ends, max_gap=_MAX_GAP, max_block=32 << 20)
+    blocks = fs.cat_ranges(mpaths, mstarts, mends, on_error="return")
+    by_path: dict[str, list[tuple[int, int, bytes | BaseException]]] = {}
+    for p, a, b, data in zip(mpaths, mstarts, mends, blocks):
+        by_path.setdefault(p, []).append((a, b, data))
+    out: list[bytes | BaseException] = []
+    for p, a, b in zip(paths, starts, ends):
+        blk = next(((s0, data) for s0, e0, data in by_path[p] if s0 <= a and b <= e0), None)
+        if blk is None or isinstance(blk[1], BaseException):
+            out.append(blk[1] if blk else KeyError(p))
+        else:
+            out.append(blk[1][a - blk[0]:b - blk[0]])
+    return out
+
+
 class FsShardTask(ShardTask):
     """Write one shard to OUT through fsspec, or keep it if it is already right (picklable).
 
@@ -156,8 +181,7 @@ class FsShardTask(ShardTask):
         rec = self._kept_remote(fs, job, final, journal)
         if rec is not None:
             return job.relpath, rec, True
-        pngs = fs.cat_ranges([s.chunk_bin for s in job.samples], [s.offset for s in job.samples],
-                             [s.offset + s.length for s in job.samples])
+        pngs = _read_pngs(fs, job)
         tmpdir = tempfile.mkdtemp(prefix="shardgen-shard-")
         try:
             local = os.path.join(tmpdir, job.relpath.rsplit("/", 1)[-1])
