@@ -320,6 +320,23 @@ class _QuietLogs:
         self._saved = {}
 
 
+def _local_cluster(distributed: Any, n: int) -> Any:
+    """A LocalCluster of ``n`` one-thread worker processes that ignore Ctrl-C (the client handles it
+    and closes them; otherwise each would print a traceback). Started with SIGINT ignored, which
+    the spawned processes inherit; the caller's handler is put back at once."""
+    import signal
+    import threading
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                        silence_logs=50)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
 def connect(spec: Cluster, max_pixels: int) -> DaskPool:
     """Connect to the scheduler (or start the local cluster) and check the workers' versions.
 
@@ -335,8 +352,7 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
     quiet = _QuietLogs()
     try:
         if spec.local_workers is not None:
-            local = distributed.LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=":0", silence_logs=50)
+            local = _local_cluster(distributed, spec.local_workers)
             client = distributed.Client(local, timeout=spec.timeout_s)
         else:
             client = distributed.Client(spec.address, timeout=spec.timeout_s)

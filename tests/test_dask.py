@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from conftest import ROOT, run_cli, sample_tool
+from conftest import ROOT, default_sigint, run_cli, sample_tool
 from s3server import free_ports
 
 distributed = pytest.importorskip("distributed")
@@ -125,10 +125,47 @@ def test_scheduler_build_is_byte_identical_with_bars_and_dashboard_link(cluster,
     assert "Traceback" not in p.stderr
 
 
-def test_local_cluster_is_byte_identical(src, ref, tmp_path):
+def test_local_cluster_ctrl_c_then_resume_is_byte_identical(src, ref, tmp_path):
+    """``local:2``: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-build gives
+    exit 130 and one line (the workers ignore it, the client closes them); the re-run resumes."""
     out = tmp_path / "out"
-    run_cli("build", src, out, *OPTS, "--scheduler", "local:2", check=True)
+    cmd = [sys.executable, "-m", "shardgen", "build", str(src), str(out), *OPTS, "--scheduler", "local:2"]
+
+    def own_group_default_sigint():
+        default_sigint()
+        os.setsid()
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=own_group_default_sigint)
+    chunks = out / ".shardgen-work" / "chunks"
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        if chunks.is_dir() and sum(f.suffix == ".json" for f in chunks.iterdir()) >= 1:
+            break
+        time.sleep(0.005)
+    assert p.poll() is None, "the build ended before Ctrl-C"
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("dask: 2 worker(s) at local:2"), stderr
+    assert lines[1].startswith("shardgen build: error: interrupted while converting images"), stderr
+    assert _group_gone(p.pid, 15), "processes of the local cluster are left behind"
+    r = run_cli("build", src, out, *OPTS, "--scheduler", "local:2", check=True)
+    assert "reused" in r.stdout
     assert checksums(out) == ref
+
+
+def _group_gone(pgid: int, within_s: float) -> bool:
+    """No process is left in the group (exited ones are reaped by init shortly after)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_worker_sigkilled_mid_build_still_gives_the_same_bytes(cluster, src, ref, tmp_path):
