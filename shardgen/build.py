@@ -333,7 +333,8 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> Bui
     work_fp = dict(fp, src=sr.root if is_url(sr.root) else os.path.realpath(sr.root),
                    index_path=os.path.realpath(cfg.index) if cfg.index else None)
     if dask is not None:
-        dask.check_source(f"{sr.root}/{items[0].relpath}", f"SRC {cfg.src}", urls.src if urls else None)
+        dask.check_source([f"{sr.root}/{it.relpath}" for it in items[:20]], f"SRC {cfg.src}",
+                          urls.src if urls else None)
     work = _start_remote_out(urls, work_fp, overwrite) if urls and urls.out_remote else _start_out(
         cfg.out, work_fp, overwrite)
     run = _Run(cfg, cfg.out, work, progress, dask=dask, urls=urls)

@@ -173,13 +173,25 @@ class DaskPool:
                 raise UsageError(f"{what} {folder} is not reachable from Dask worker {worker} ({why}): "
                                  "use a folder every worker shares with this machine, or an s3:// URL")
 
-    def check_source(self, path: str, what: str, loc: Any = None) -> None:
-        """Every worker must see the source file ``path`` with the size the client sees.
+    def check_source(self, paths: list[str], what: str, loc: Any = None) -> None:
+        """Every worker must see a source file with the size the client sees.
+
+        Args:
+            paths: candidate source files; the first one the client can stat is used (none: no check).
+            what: how messages name SRC.
+            loc: the :class:`~shardgen.remote.Location` of SRC when it is a URL.
 
         Raises:
             UsageError: a worker cannot read it (SRC is a local path of the client's machine).
         """
-        want = int(loc.fs().size(path)) if loc is not None else os.stat(path).st_size
+        for path in paths:
+            try:
+                want = int(loc.fs().size(path)) if loc is not None else os.stat(path).st_size
+                break
+            except OSError:
+                continue
+        else:
+            return  # the client reads none of them either: the build reports them as unreadable
         got = self.client.run(_size, path if loc is not None else os.path.abspath(path), loc, on_error="return")
         for worker, size in sorted(got.items()):
             if size != want:
