@@ -111,7 +111,20 @@ class DaskPool:
             services = self.client.scheduler_info().get("services") or {}
         except Exception:
             return None
-        return self.client.dashboard_link if "dashboard" in services else None
+        if "dashboard" not in services:
+            return None
+        link = self.client.dashboard_link
+        # A scheduler started with --no-dashboard still serves /health and /metrics on that port.
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(link, timeout=2).close()
+        except urllib.error.HTTPError as e:
+            return None if e.code == 404 else link
+        except (OSError, ValueError):
+            pass  # not reachable from here (another network): the link is still the scheduler's
+        return link
 
     def workers(self) -> list[str]:
         return sorted(self.client.scheduler_info().get("workers") or {})
