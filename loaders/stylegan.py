@@ -26,7 +26,8 @@ from .dist import world
 from .errors import LoaderError
 from .loader import _as_int, open_split
 from .sources import DEFAULT_CHUNK
-from .stream import SampleReader, decode_into, shuffled, slot_plan, slot_seed
+from .resume import output_order, slot_rng
+from .stream import SampleReader, decode_into, slot_plan, slot_samples, slot_seed
 
 __all__ = ["StyleGANShards"]
 
@@ -135,8 +136,10 @@ class StyleGANShards(IterableDataset):
         epoch = 0
         while True:
             plan = slot_plan(spec, 1, self.rank, self.world_size, worker, workers, "train", self.seed, epoch)
-            rng = random.Random(slot_seed(self.seed, epoch, self.rank, worker, 1))
-            for s in shuffled(reader.read(plan), self.shuffle_buffer, rng):
+            order = output_order(plan.real, self.shuffle_buffer, slot_rng(self.seed, epoch, self.rank, worker, 0))
+            for s in slot_samples(reader, plan, order):
+                if s is None:  # unreadable, skipped (on_error="skip")
+                    continue
                 img = np.empty((1, spec.size, spec.size), np.uint8)
                 try:
                     label = decode_into(img[0], s, spec.size, n_classes)
