@@ -57,6 +57,7 @@ class Spec:
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
+    _split_id: str | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -85,10 +86,12 @@ class Spec:
     def split_xxh64(self) -> str:
         """xxh64 of the split's shard list (path, samples, checksum) from the manifest:
         identifies the split's content, wherever the build is read from."""
-        h = xxhash.xxh64()
-        for s in self.shards:
-            h.update(f"{s.path}\0{s.samples}\0{s.xxh64}\n".encode())
-        return h.hexdigest()
+        if self._split_id is None:
+            h = xxhash.xxh64()
+            for s in self.shards:
+                h.update(f"{s.path}\0{s.samples}\0{s.xxh64}\n".encode())
+            self._split_id = h.hexdigest()
+        return self._split_id
 
     def shard_name(self, shard: ShardInfo) -> str:
         return self.root.rstrip("/") + "/" + shard.path
