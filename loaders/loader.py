@@ -7,13 +7,11 @@ import multiprocessing
 import pickle
 from typing import Any, Callable, Iterator
 
-import fsspec
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from shardgen.format import DATASET_JSON, parse_dataset_json
-from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
+from shardgen.storage import DEFAULT_TIMEOUT_S
 
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
@@ -21,19 +19,12 @@ from .errors import LoaderError, UsageError
 from .plan import MODES
 from .resume import EpochRun, LoaderState, Phase
 from .sequence import check_balance
-from .sources import DEFAULT_CHUNK, parse_size
-from .stream import Spec, check_on_error, slot_seed
+from .sources import DEFAULT_CHUNK
+from .split import as_int as _as_int, open_split, split_labels
+from .stream import slot_seed
 from .worker import ShardStream
 
 __all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split", "split_labels"]
-
-def _as_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise UsageError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
 
 def _check_picklable(transform: Any, ctx: Any, num_workers: int) -> None:
     """A transform must pickle when workers are spawned (fork passes it as it is)."""
@@ -54,58 +45,6 @@ def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     """The DataLoader's own generator: without one it draws its workers' base seed from
     torch's global RNG at every ``iter()``, changing the user's random stream."""
     return torch.Generator().manual_seed(slot_seed(ds.seed, epoch, ds.rank, 2))
-
-
-def split_labels(spec: Spec) -> np.ndarray:
-    """Class index of every sample of ``spec``'s split (``int32``, shard order), from
-    ``<split>/dataset.json``.
-
-    Raises:
-        UsageError: missing, unreadable or not matching the manifest.
-    """
-    name = f"{spec.root.rstrip('/')}/{spec.split}/{DATASET_JSON}"
-    try:
-        fs, base = spec.remote_fs()
-        labels = parse_dataset_json(fs.cat_file(f"{base.rstrip('/')}/{spec.split}/{DATASET_JSON}"))
-    except Exception as e:
-        raise UsageError(f"{name}: cannot read the labels: {type(e).__name__}: {e}") from None
-    if len(labels) != sum(s.samples for s in spec.shards):
-        raise UsageError(f"{name}: lists {len(labels)} samples, the manifest {sum(s.samples for s in spec.shards)}")
-    return np.asarray([c for _, c in labels], dtype=np.int32)
-
-
-def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
-               cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
-               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> Spec:
-    """Read the manifest of ``source`` and describe ``split`` for the workers.
-
-    ``io_timeout``: connect and read timeout of each remote request, in seconds (see
-    :func:`make_loader`).
-
-    Raises:
-        UsageError: no manifest (or no answer within ``io_timeout``), no such split, an
-            empty split, or shards that are not PNG.
-    """
-    io_timeout = check_timeout(io_timeout, "io_timeout")
-    build = open_build(str(source), storage_options, timeout=io_timeout)
-    info = build.split(str(split))
-    image = build.manifest.image
-    if image.ext != "png" or image.mode != "L":
-        raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
-                         f"{image.mode} {image.ext}")
-    shards = list(info.shards)
-    if sum(s.samples for s in shards) == 0:
-        raise UsageError(f"{build.root}: split {split!r} holds no samples")
-    local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
-    return Spec(
-        root=build.root, local_root=build.path if local else None,
-        storage_options=dict(storage_options or {}), split=str(split), shards=shards,
-        classes=build.classes, size=image.size, on_error=check_on_error(on_error),
-        cache_dir=None if cache_dir is None else str(cache_dir),
-        cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
-        retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),
-        timeout=io_timeout,
-    )
 
 
 class ShardLoader:
@@ -370,8 +309,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             shuffling in train mode (default 1000; 0 or 1 = no buffer shuffle).
         on_error: ``raise`` (default): bad data raises :class:`LoaderError` naming the
             shard and key; ``skip``: log a warning, count it in ``loader.skipped`` and put
-            a padding sample (label -100, zero image) at the end of that worker's batches,
-            so batch counts stay equal.
+            a padding sample (label -100, zero image, key "") in its place, so batch
+            counts stay equal and no other sample moves.
         storage_options: fsspec options for remote sources (e.g. ``{"client_kwargs":
             {"endpoint_url": ...}}``); the S3 endpoint also comes from ``AWS_ENDPOINT_URL``.
         cache_dir: for remote sources, a folder keeping a verified copy (size and xxh64
