@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,11 @@ class Phase:
 
     layout: Layout
     batches: int
+
+    def to_dict(self) -> dict[str, int]:
+        lay = self.layout
+        return {"world_size": lay.world_size, "num_workers": lay.num_workers, "batch_size": lay.batch_size,
+                "shuffle_buffer": lay.shuffle_buffer, "batches": self.batches}
 
 
 def _int(d: dict, name: str, minimum: int) -> int:
@@ -85,11 +90,10 @@ class LoaderState:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values: ``torch.save``, ``json.dump`` and ``torch.distributed.checkpoint`` keep it."""
-        last = self.phases[-1]
         d = {"format": STATE_FORMAT, "split": self.split, "split_xxh64": self.split_xxh64, "mode": self.mode,
-             "seed": self.seed, "balance": self.balance, "epoch": self.epoch, "batches": last.batches}
-        d.update(asdict(last.layout))
-        d["earlier"] = [dict(asdict(p.layout), batches=p.batches) for p in self.phases[:-1]]
+             "seed": self.seed, "balance": self.balance, "epoch": self.epoch}
+        d.update(self.phases[-1].to_dict())
+        d["earlier"] = [p.to_dict() for p in self.phases[:-1]]
         return d
 
     @classmethod
