@@ -150,8 +150,12 @@ def _as_int(ds, keyword: str, default: int | None = None) -> int | None:
         raise DicomSkip(f"DICOM {keyword} is not a number: {str(v)[:20]!r}") from None
 
 
-def _read(data: bytes):
-    """The dataset, with a Transfer Syntax UID even when the file has no meta header."""
+def _read(data: bytes, caught: list):
+    """The dataset, with a Transfer Syntax UID even when the file has no meta header.
+
+    ``caught`` is the list of warnings being recorded: pydicom only warns when the file
+    ends inside an element (and drops what it could not read), which is a truncated file.
+    """
     import pydicom
     from pydicom.uid import UID
 
@@ -161,6 +165,9 @@ def _read(data: bytes):
         raise
     except Exception as e:  # pydicom raises many types for a damaged header
         raise DicomSkip(f"not a readable DICOM file: {str(e)[:200] or type(e).__name__}") from None
+    eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if eof:
+        raise DicomSkip(f"truncated DICOM file: {eof[0][:200]}")
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = getattr(ds, "original_encoding", (True, True))
         uid = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
@@ -174,7 +181,12 @@ def _check(ds, max_pixels: int):
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         what = ds.get("SOPClassUID")
-        what = getattr(what, "name", None) or _code(ds, "Modality") or "unknown SOP class"
+        what = str(getattr(what, "name", "") or _code(ds, "Modality") or "")
+        if not what:
+            raise DicomSkip("not a DICOM image: no pixel data and no SOP Class UID")
+        if "Rows" in ds or "image" in what.lower():
+            # An image IOD must have Pixel Data: pydicom drops an element cut off by the end of the file.
+            raise DicomSkip(f"truncated DICOM file: {what} without its pixel data")
         raise DicomSkip(f"DICOM file without pixel data ({what})")
     frames = _as_int(ds, "NumberOfFrames", 1)
     if frames != 1:
@@ -185,12 +197,13 @@ def _check(ds, max_pixels: int):
     if max_pixels and rows * cols > max_pixels:
         raise DicomSkip(f"decompression bomb: {cols}x{rows} = {rows * cols} pixels > limit {max_pixels}")
     ts = ds.file_meta.TransferSyntaxUID
+    named = f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
     try:
         decoder = get_decoder(ts)
     except NotImplementedError:
-        raise DicomSkip(f"unsupported DICOM transfer syntax {ts.name} ({ts}): no decoder exists") from None
+        raise DicomSkip(f"unsupported DICOM transfer syntax {named}: no decoder exists") from None
     if not decoder.is_available:
-        raise DicomSkip(f"unsupported DICOM transfer syntax {ts.name} ({ts}): no decoder installed")
+        raise DicomSkip(f"unsupported DICOM transfer syntax {named}: no decoder installed")
     return ts
 
 
@@ -327,9 +340,9 @@ def decode_dicom(data: bytes, window: str = "auto", max_pixels: int = 0) -> Dico
             transfer syntax, or a photometric interpretation that is not supported.
     """
     # pydicom warns about many harmless quirks of real files; the user sees skips instead.
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        ds = _read(data)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        ds = _read(data, caught)
         ts = _check(ds, max_pixels)
         photometric = str(ds.get("PhotometricInterpretation", "")).strip()
         if photometric not in _MONO and photometric not in ("RGB", "PALETTE COLOR") \
