@@ -350,13 +350,24 @@ def decode_dicom(data: bytes, window: str = "auto", max_pixels: int = 0) -> Dico
             raise DicomSkip(f"DICOM photometric interpretation {photometric or '(none)'!r} is not supported")
         arr = _pixel_array(ds, ts)
         bits = _as_int(ds, "BitsStored", 0) or arr.dtype.itemsize * 8
-        if photometric in _MONO:
-            if arr.ndim != 2:
-                raise DicomSkip(f"DICOM {photometric} image of shape {arr.shape} is not one 2-D image")
-            pixels, win = _gray(ds, arr, window)
-        else:
-            pixels, win = _colour(ds, arr, photometric), None
-        win = win or DicomInfo("", 0)
+        try:
+            pixels, win = _convert(ds, arr, photometric, window)
+        except (DicomSkip, MemoryError):
+            raise
+        except Exception as e:  # a malformed rescale, window or LUT attribute
+            msg = str(e).strip().replace("\n", " ")[:200] or type(e).__name__
+            raise DicomSkip(f"cannot apply the DICOM LUTs of this {photometric} image: {msg}") from None
         info = DicomInfo(photometric, bits, win.window, win.center, win.width, win.function,
                          _code(ds, "Modality"), _code(ds, "ViewPosition"), str(ts))
         return DicomImage(pixels, _mode(ds, arr, photometric), info)
+
+
+def _convert(ds, arr: np.ndarray, photometric: str, window: str) -> tuple[np.ndarray, DicomInfo]:
+    """``(pixels, window fields)`` of a decoded image: :func:`_gray` or :func:`_colour`."""
+    if photometric in _MONO:
+        if arr.ndim != 2:
+            raise DicomSkip(f"DICOM {photometric} image of shape {arr.shape} is not one 2-D image")
+        pixels, win = _gray(ds, arr, window)
+    else:
+        pixels, win = _colour(ds, arr, photometric), None
+    return pixels, win or DicomInfo("", 0)
