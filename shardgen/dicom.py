@@ -276,10 +276,16 @@ def _voi_lut_range(ds) -> tuple[float, float]:
 def to_uint8(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``round((clip(v, lo, hi) - lo) * 255 / (hi - lo))`` as uint8 (float64, ties to even);
     all zeros when ``hi <= lo``."""
+    a = np.asarray(v)
     if not hi > lo:
-        return np.zeros(v.shape, np.uint8)
-    a = np.clip(np.nan_to_num(np.asarray(v, np.float64)), lo, hi)
-    return np.rint((a - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+        return np.zeros(a.shape, np.uint8)
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        a = np.nan_to_num(a)
+    out = np.clip(a, np.float64(lo), np.float64(hi))  # a new float64 array, worked on in place
+    out -= lo
+    out *= 255.0
+    out /= hi - lo
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def _gray(ds, arr: np.ndarray, choice: str) -> tuple[np.ndarray, DicomInfo | None]:
@@ -289,8 +295,7 @@ def _gray(ds, arr: np.ndarray, choice: str) -> tuple[np.ndarray, DicomInfo | Non
     m = apply_modality_lut(arr, ds)
     win = _window(ds, choice)
     if win is None:
-        v = np.nan_to_num(np.asarray(m, np.float64))
-        out = to_uint8(v, float(v.min()), float(v.max()))
+        out = to_uint8(m, float(np.nanmin(m)), float(np.nanmax(m)))
     elif win.window == "voi_lut":
         out = to_uint8(apply_voi_lut(m, ds, index=0, prefer_lut=True), *_voi_lut_range(ds))
     else:

@@ -16,9 +16,8 @@ The rules (documented for users in ``docs/layouts.md``):
 * **The folder above the dataset.** When SRC holds exactly one folder (ignoring hidden
   entries and non-image files) and that folder is a multi-class layout, the build uses it,
   with a note (``using SRC/X, the only folder in SRC``).
-* **Image files** have an image extension (``shardgen.image.IMAGE_EXTENSIONS``, ``.dcm``
-  included); any other file is an image when it starts with the DICOM preamble (``DICM`` at
-  byte 128: extensionless CR exports), which costs one read of its first 132 bytes.
+* **Image files** have an image extension (``.dcm`` included), or start with the DICOM
+  preamble (``DICM`` at byte 128: extensionless CR exports; 132 bytes read to tell).
 * Or ``--index file.csv`` with columns ``path,label[,group][,split]`` (paths relative to
   SRC, normalised; a path listed twice with the same values is used once).
 """
@@ -166,11 +165,9 @@ class Tree:
 
     def is_image(self, rel: str) -> bool:
         """``rel`` has an image extension, or starts with the DICOM preamble (first 132 bytes read once)."""
-        if _is_image(rel):
-            return True
-        if rel not in self._sniffed:
+        if not _is_image(rel) and rel not in self._sniffed:
             self._sniffed[rel] = sniff_dicom(os.path.join(self.root, rel))
-        return self._sniffed[rel]
+        return _is_image(rel) or self._sniffed[rel]
 
     def subdirs(self, rel: str) -> list[str]:
         return self.folders.get(rel, ([], []))[0]

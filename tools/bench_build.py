@@ -183,7 +183,7 @@ def dicom_sources(root: str, n: int, side: int) -> dict[str, list[bytes]]:
             for j, j2k in ((0, False), (1, True)):
                 ds = make_dicom.dicom_dataset(a, f"bench{i}", bits_stored=12, window=(2048, 4096))
                 make_dicom.write(names[kinds[j]][i], ds, j2k=j2k)
-            Image.fromarray(a, "I;16").save(names[kinds[2]][i], compress_level=6)
+            Image.fromarray(a).save(names[kinds[2]][i], compress_level=6)  # uint16: mode I;16
             Image.fromarray((a >> 4).astype(np.uint8), "L").save(names[kinds[3]][i], compress_level=6)
         open(os.path.join(folder, ".complete"), "w").close()
     return {k: [open(f, "rb").read() for f in fs] for k, fs in names.items()}
