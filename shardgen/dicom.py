@@ -288,21 +288,38 @@ def to_uint8(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.rint(out, out=out).astype(np.uint8)
 
 
+#: Integer images spanning at most this many values are converted through a lookup table.
+_LUT_MAX_SPAN = 1 << 17
+
+
 def _gray(ds, arr: np.ndarray, choice: str) -> tuple[np.ndarray, DicomInfo | None]:
-    """Steps 1 to 4 of the module docstring for a monochrome image."""
+    """Steps 1 to 4 of the module docstring for a monochrome image.
+
+    Every step is elementwise, so an integer image is converted by running the steps once
+    over each value from its minimum to its maximum and indexing that 8-bit table with
+    the image: the same numbers, several times faster than over every pixel.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    m = apply_modality_lut(arr, ds)
     win = _window(ds, choice)
+    table, base, present = arr, 0, None
+    if arr.dtype.kind in "iu" and arr.size:
+        base = int(arr.min())
+        span = int(arr.max()) - base + 1
+        if span <= min(_LUT_MAX_SPAN, arr.size):
+            idx = np.subtract(arr, base, dtype=np.int64)
+            table, present = np.arange(base, base + span).astype(arr.dtype), np.bincount(idx.ravel()) > 0
+    m = apply_modality_lut(table, ds)
     if win is None:
-        out = to_uint8(m, float(np.nanmin(m)), float(np.nanmax(m)))
+        seen = m if present is None else m[present]  # the image's own values only
+        out = to_uint8(m, float(np.nanmin(seen)), float(np.nanmax(seen)))
     elif win.window == "voi_lut":
         out = to_uint8(apply_voi_lut(m, ds, index=0, prefer_lut=True), *_voi_lut_range(ds))
     else:
         out = to_uint8(apply_voi_lut(m, ds, index=0, prefer_lut=False), *_window_range(ds))
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
         out = 255 - out
-    return out, win
+    return (out if present is None else out[idx]), win
 
 
 def _colour(ds, arr: np.ndarray, photometric: str) -> np.ndarray:

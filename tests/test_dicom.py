@@ -333,3 +333,18 @@ def test_importing_shardgen_does_not_import_pydicom():
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_lookup_table_path_equals_per_pixel_path(dicom_src, monkeypatch):
+    """Integer images go through an 8-bit table over their value range: the same pixels as
+    running pydicom's LUT functions over every pixel (the table turned off)."""
+    from shardgen import dicom
+
+    files = [dicom_src / rel for rel in sorted(set(CONVERTS) | set(GENERATED))]
+    for window in dicom.DICOM_WINDOWS:
+        fast = [dicom.decode_dicom(f.read_bytes(), window).pixels for f in files]
+        monkeypatch.setattr(dicom, "_LUT_MAX_SPAN", 0)
+        slow = [dicom.decode_dicom(f.read_bytes(), window).pixels for f in files]
+        monkeypatch.undo()
+        for f, a, b in zip(files, fast, slow):
+            assert np.array_equal(a, b), (f.name, window)
