@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cpus import usable_cpus
+from .dicom import DICOM_WINDOWS
 from .errors import UsageError
 from .format import SPLIT_RE
-from .dicom import DICOM_WINDOWS
 from .image import DEFAULT_MAX_PIXELS, FITS, encoder_info
 
 __all__ = ["BuildConfig", "parse_splits", "fingerprint_of", "FORMATS", "DEFAULT_SPLITS"]
