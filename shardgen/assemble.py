@@ -124,7 +124,7 @@ def _shard_job(rel: str, idx: list[int], items, keys, records, cls_index, work: 
     for i in idx:
         it, rec = items[i], records[i]
         ci = cls_index[it.label]
-        meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels).to_bytes()
+        meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels, rec.dicom).to_bytes()
         chunk_bin = os.path.join(work, "chunks", f"c-{i // CHUNK:06d}.bin")
         samples.append(SampleSource(keys[i], chunk_bin, rec.offset, rec.length, ci, meta))
         h.update(f"{keys[i]}\x00{rec.pixels}\x00{rec.length}\x00{ci}\x00".encode() + meta)

@@ -206,7 +206,7 @@ class _Run:
             self.reused += reused
             bar.update(len(recs))
 
-        _run_pool(self.pool, ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit), jobs, got)
+        _run_pool(self.pool, ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window), jobs, got)
         bar.close()
         return records
 

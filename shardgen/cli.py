@@ -97,7 +97,7 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True):
+              max_pixels=None, overwrite=False, progress=True, dicom_window="auto"):
         """Build shards from a folder of labelled images.
 
         Args:
@@ -118,6 +118,8 @@ class CLI:
             max_pixels: skip larger images as decompression bombs (default 89,478,485).
             overwrite: replace an existing build made with a different config.
             progress: show a progress bar on stderr (default true).
+            dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its
+                full range) or ``none`` (always the full range).
         """
         from .build import BuildConfig, build as run_build
         from .report import format_summary
@@ -137,6 +139,7 @@ class CLI:
             index=None if index is None else as_str(index, "index"),
             group=None if group is None else as_str(group, "group"),
             max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
+            dicom_window=as_str(dicom_window, "dicom_window"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"))

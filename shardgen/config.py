@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cpus import usable_cpus
+from .dicom import DICOM_WINDOWS
 from .errors import UsageError
 from .format import SPLIT_RE
 from .image import DEFAULT_MAX_PIXELS, FITS, encoder_info
@@ -68,6 +69,8 @@ class BuildConfig:
         index: optional CSV ``path,label[,group][,split]``.
         group: optional regex giving a group id from each relative path.
         max_pixels: inputs with more pixels are skipped as decompression bombs (default 89,478,485).
+        dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its full
+            range) or ``none`` (always the full range); see ``docs/dicom.md``.
     """
 
     src: str
@@ -83,6 +86,7 @@ class BuildConfig:
     index: str | None = None
     group: str | None = None
     max_pixels: int | None = None
+    dicom_window: str = "auto"
     split_ratios: tuple[tuple[str, float], ...] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +102,8 @@ class BuildConfig:
             raise UsageError(f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.dicom_window not in DICOM_WINDOWS:
+            raise UsageError(f"--dicom_window must be one of {', '.join(DICOM_WINDOWS)}, got {self.dicom_window!r}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"--max_pixels must be positive, got {self.max_pixels!r}")
         if self.classes is not None:
@@ -136,9 +142,10 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
 
     ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
     source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) is
-    part of it so that a build is never resumed with another PNG encoder.
+    part of it so that a build is never resumed with another PNG encoder. ``dicom_window``
+    is there only when it is not ``auto``, so builds that do not use it keep their manifest.
     """
-    return {
+    fp: dict[str, Any] = {
         "size": cfg.size,
         "splits": dict(ratios) if ratios else "as found",
         "seed": cfg.seed,
@@ -152,3 +159,6 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
         "layout": layout,
         "encoder": encoder_info(),
     }
+    if cfg.dicom_window != "auto":
+        fp["dicom_window"] = cfg.dicom_window
+    return fp

@@ -16,7 +16,11 @@ Measured:
     as the ceiling; target: build >= 0.8 x ceiling x cores and >= 5x the loop;
   * shard size against PNG at zlib level 6 of the same pixels (target <= 1.10x);
   * resume: the build killed (SIGKILL) once 90% of the images are converted, then re-run; target < 20%
-    of a full build.
+    of a full build;
+  * DICOM conversion per core (``process_bytes``, bytes in memory): ``--dicom_images`` generated
+    1024x1024 chest X-rays (12 bits stored, with a window) as uncompressed 16-bit DICOM, as JPEG 2000
+    lossless DICOM, and the same pixels as 16-bit and 8-bit PNG, each converted to 256x256.
+    ``--dicom_only`` runs just this part.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+import make_dicom  # noqa: E402
 import make_sample_dataset as msd  # noqa: E402
 from shardgen.cpus import usable_cpus  # noqa: E402
 from shardgen.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
@@ -164,6 +169,57 @@ def per_core(datas: list[bytes], size: int) -> dict[str, float]:
     return res
 
 
+def dicom_sources(root: str, n: int, side: int) -> dict[str, list[bytes]]:
+    """``n`` generated images of each kind (file bytes), cached under ``root``."""
+    folder = os.path.join(root, f"dicom-{n}-{side}")
+    kinds = ("DICOM 16-bit uncompressed", "DICOM JPEG 2000 lossless", "PNG 16-bit", "PNG 8-bit")
+    names = {k: [os.path.join(folder, f"{i}-{j}.{'dcm' if j < 2 else 'png'}") for i in range(n)]
+             for j, k in enumerate(kinds)}
+    if not os.path.exists(os.path.join(folder, ".complete")):
+        print(f"generating {n} x {len(kinds)} {side}x{side} DICOM and PNG files in {folder} ...", file=sys.stderr)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(n):
+            a = make_dicom.xray16(i, side, bits=12)
+            for j, j2k in ((0, False), (1, True)):
+                ds = make_dicom.dicom_dataset(a, f"bench{i}", bits_stored=12, window=(2048, 4096))
+                make_dicom.write(names[kinds[j]][i], ds, j2k=j2k)
+            Image.fromarray(a).save(names[kinds[2]][i], compress_level=6)  # uint16: mode I;16
+            Image.fromarray((a >> 4).astype(np.uint8), "L").save(names[kinds[3]][i], compress_level=6)
+        open(os.path.join(folder, ".complete"), "w").close()
+    return {k: [open(f, "rb").read() for f in fs] for k, fs in names.items()}
+
+
+def dicom_per_core(root: str, n: int, side: int, size: int) -> dict[str, tuple[float, float]]:
+    """``(images per CPU-second, images per wall-second)`` of ``process_bytes`` in this process on
+    each kind of :func:`dicom_sources`, best of 3 rounds. CPU time (all threads of this process)
+    is what a core does, whatever else shares the machine; wall time is only slowed by that."""
+    res = {}
+    for kind, datas in dicom_sources(root, n, side).items():
+        name = "x.dcm" if kind.startswith("DICOM") else "x.png"
+        process_bytes(datas[0], size, "pad", name=name)  # imports pydicom and its plugins once
+        cpu = wall = 0.0
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for d in datas:
+                process_bytes(d, size, "pad", name=name)
+            cpu = max(cpu, len(datas) / (time.process_time() - c0))
+            wall = max(wall, len(datas) / (time.perf_counter() - t0))
+        res[kind] = (cpu, wall)
+    return res
+
+
+def report_dicom(a) -> dict:
+    """The DICOM part of the benchmark: prints its lines, returns its JSON fields."""
+    print("DICOM per-core conversion ...", file=sys.stderr)
+    rates = dicom_per_core(a.root, a.dicom_images, 1024, a.size)
+    print(f"DICOM per core, {a.dicom_images} images of each kind, 1024x1024 -> {a.size}x{a.size}:")
+    for k, (cpu, wall) in rates.items():
+        print(f"  {cpu:8.1f} images per CPU-second ({wall:6.1f} per wall-second)  {k}")
+    return {"dicom_images": a.dicom_images,
+            "dicom_per_core_images_per_cpu_s": {k: round(v[0], 1) for k, v in rates.items()},
+            "dicom_per_core_images_per_wall_s": {k: round(v[1], 1) for k, v in rates.items()}}
+
+
 def size_ratio(out: str, files: list[str], size: int) -> float:
     """Bytes of shardgen PNGs vs PIL PNG at zlib level 6 of the same pixels, over ``files``."""
     ours = theirs = 0
@@ -187,7 +243,12 @@ def main(argv=None) -> int:
     ap.add_argument("--core_images", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=2, help="builds to run; the fastest counts (default 2)")
     ap.add_argument("--no-resume", dest="resume", action="store_false")
+    ap.add_argument("--dicom_images", type=int, default=20, help="images of each kind for the DICOM part (0: none)")
+    ap.add_argument("--dicom_only", action="store_true", help="run only the DICOM part")
     a = ap.parse_args(argv)
+    if a.dicom_only:
+        print(json.dumps(report_dicom(a)))
+        return 0
 
     counts = {k: max(1, round(v * a.fraction)) for k, v in msd.FULL_COUNTS.items()}
     n = sum(counts.values())
@@ -277,6 +338,8 @@ def main(argv=None) -> int:
     if a.resume:
         print(f"resume after SIGKILL at 90% converted: {result['resume_seconds']} s = {result['resume_vs_full']:.1%} of a full build "
               f"(target < 20%), identical output: {result['resume_identical']}")
+    if a.dicom_images:
+        result.update(report_dicom(a))
     print(json.dumps(result))
     return 0
 

@@ -2,7 +2,8 @@
 
 Each sample is three members sharing a key: ``<key>.png`` (8-bit grayscale PNG),
 ``<key>.cls`` (the class index as ASCII decimal digits) and ``<key>.json`` (compact UTF-8
-JSON: ``class``, ``source`` [, ``source_raw``], ``width``, ``height``, ``mode``, ``pixels``).
+JSON: ``class``, ``source`` [, ``source_raw``], ``width``, ``height``, ``mode``, ``pixels``
+[, ``dicom``]).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class SampleMeta:
         width, height: decoded size of the original in pixels, after EXIF orientation.
         mode: PIL mode of the decoded original.
         pixels: :func:`pixels_digest` of the sample's converted pixels.
+        dicom: the audit attributes of a DICOM source (``dicom``, last), else None (field absent).
     """
 
     cls: str
@@ -88,11 +90,14 @@ class SampleMeta:
     height: int
     mode: str
     pixels: str
+    dicom: dict | None = None
 
     def to_bytes(self) -> bytes:
         """The member's bytes: compact JSON, fields in the documented order."""
         d = {"class": self.cls, **path_fields(self.source, "source"), "width": self.width,
              "height": self.height, "mode": self.mode, "pixels": self.pixels}
+        if self.dicom is not None:
+            d["dicom"] = self.dicom
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
 
 
