@@ -82,7 +82,7 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
         cache_dir=None if cache_dir is None else str(cache_dir),
         cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
         retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),
-        timeout=io_timeout,
+        timeout=io_timeout, multilabel=build.manifest.multilabel,
     )
 
 

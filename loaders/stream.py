@@ -21,6 +21,7 @@ from PIL import PngImagePlugin
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
+from .targets import PAD_LABEL, Targets
 from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
@@ -28,8 +29,6 @@ __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_
 
 log = logging.getLogger("loaders")
 
-#: Label of padding samples: PyTorch's default ``ignore_index`` (``cross_entropy`` skips them).
-PAD_LABEL = -100
 ON_ERROR = ("raise", "skip")
 
 
@@ -50,6 +49,7 @@ class Spec:
     retries: int = 5
     chunk_size: int = DEFAULT_CHUNK
     timeout: float | None = 30.0   # connect/read timeout of each remote request, seconds
+    multilabel: bool = False       # multi-hot targets (manifest task "multilabel")
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
@@ -77,6 +77,11 @@ class Spec:
             except Exception as e:  # an optimisation only: read from the start instead
                 log.info("%s: no sample index (%s); shards are read from their start", self.root, e)
         return self._keys[index] if self._keys else None
+
+    @property
+    def targets(self) -> Targets:
+        """What this split's targets are (class indices or multi-hot vectors)."""
+        return Targets(len(self.classes), self.multilabel)
 
     def shard_name(self, shard: ShardInfo) -> str:
         return self.root.rstrip("/") + "/" + shard.path
@@ -187,13 +192,14 @@ class SampleReader:
             src = None
             try:
                 src = self._open(shard)
-                tar = TarReader(src, want=("png", "cls"))
+                member = self.spec.targets.member  # .cls, or .labels.npy of a multi-label build
+                tar = TarReader(src, want=("png", member))
                 if seg.start and isinstance(src, RemoteSource) and src.tee is None:
                     self._jump(tar, src, seg.shard, shard, seg.start)
                 if tar.skip_samples(seg.start - tar.index) < seg.start - tar.index:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
                 for s in tar.samples():
-                    yield RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))
+                    yield RawSample(name, s.key, s.parts.get("png"), s.parts.get(member))
                     got += 1
                     if got == seg.count:
                         break
@@ -233,24 +239,23 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int:
-    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its label.
+def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int):
+    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its target.
+
+    ``targets``: the split's :class:`~loaders.targets.Targets` (an int is the class count
+    of a single-label build). ``s.cls`` holds the target member's bytes (``.cls``, or
+    ``.labels.npy`` of a multi-label build). Returns the class index, or the float32
+    ``[C]`` multi-hot vector.
 
     Raises:
         LoaderError: a member is missing or corrupt, the image is not ``size x size``
-            8-bit grayscale, or the label is not an integer in ``[0, n_classes)``.
+            8-bit grayscale, or the target is not valid (an integer in ``[0, C)``, or a
+            float32 0/1 vector of length C).
     """
     where = f"{s.shard}: sample {s.key}"
     if s.png is None:
         raise LoaderError(f"{where}: no .png member")
-    if s.cls is None:
-        raise LoaderError(f"{where}: no .cls member")
-    try:
-        label = int(s.cls.strip())
-    except ValueError:
-        raise LoaderError(f"{where}: label {s.cls[:20]!r} is not an integer") from None
-    if not 0 <= label < n_classes:
-        raise LoaderError(f"{where}: label {label} out of range (the build has {n_classes} classes)")
+    label = (targets if isinstance(targets, Targets) else Targets(int(targets))).parse(s.cls, where)
     try:
         # The header (IHDR) alone, checked against the manifest before any pixel is
         # decoded: the manifest bounds the size, so Pillow's global decompression-bomb

@@ -14,7 +14,6 @@ import random
 import time
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -22,6 +21,7 @@ from .delivery import Batch, Ring, WorkerFailure
 from .errors import LoaderError
 from .plan import batches_per_rank
 from .stream import PAD_LABEL, SampleReader, Spec, decode_into, shuffled, slot_plan, slot_seed
+from .targets import Targets
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
@@ -89,8 +89,8 @@ class ShardStream(IterableDataset):
         if plan.batches == 0:
             return
         reader, samples = self._samples(plan, worker, epoch)
-        n_classes = len(spec.classes)
-        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys)
+        targets = spec.targets
+        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys, targets)
         tf = None if self.transform is None else SampleTransform(self.transform, self.seed, in_worker)
         produced = 0
         arr, labels, keys = out.start()
@@ -99,7 +99,7 @@ class ShardStream(IterableDataset):
             if produced == plan.batches:
                 raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
             try:
-                labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
+                labels[i] = decode_into(arr[i, 0], s, spec.size, targets)
             except LoaderError as e:
                 if spec.on_error == "raise":
                     raise
@@ -137,15 +137,19 @@ class BatchOut:
         batch_size: samples per batch.
         size: side of the square images in pixels.
         with_keys: send the sample keys along.
+        targets: the split's targets (default: single-label class indices).
     """
 
-    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool):
+    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool,
+                 targets: Targets | None = None):
         self.ring, self.worker, self.B, self.S, self.with_keys = ring, worker, batch_size, size, with_keys
+        self.targets = targets or Targets(0)
         self.k = -1
         self._state = ring.state.numpy() if ring is not None else None
 
     def start(self):
-        """A free batch: ``(images uint8 [B,1,S,S] array, labels int64 [B], keys list)``."""
+        """A free batch: ``(images uint8 [B,1,S,S] array, labels, keys list)``; labels are
+        ``int64 [B]``, or ``float32 [B, C]`` for a multi-label build, all padding at first."""
         if self.ring is None:
             self.images = torch.empty((self.B, 1, self.S, self.S), dtype=torch.uint8)
             arr = self.images.numpy()
@@ -158,7 +162,7 @@ class BatchOut:
                 delay = min(delay * 2, 0.005)
             st[self.worker, self.k] = 1
             arr = self.ring.images[self.worker, self.k].numpy()
-        self.labels = np.full(self.B, PAD_LABEL, dtype=np.int64)
+        self.labels = self.targets.empty(self.B)
         self.keys = [""] * self.B
         return arr, self.labels, self.keys
 
