@@ -38,7 +38,9 @@ class StyleGANShards(IterableDataset):
     worker reads its own share of every epoch (as :func:`loaders.make_loader` in train
     mode does, batch size 1), then moves on to the next epoch with a new shard order:
     the stream never ends. With ``xflip`` each image is mirrored left-right with
-    probability 1/2 (seeded), StyleGAN2-ADA's ``--mirror``.
+    probability 1/2 (seeded), StyleGAN2-ADA's ``--mirror``. For a multi-label build the
+    label is the sample's multi-hot vector (``float32 [C]``), as StyleGAN2-ADA's own
+    dataset gives for vector labels.
 
     Args:
         source: build folder, ``manifest.json`` or URL (as for ``make_loader``).
@@ -104,20 +106,24 @@ class StyleGANShards(IterableDataset):
         return n * 2 if self.xflip else n
 
     def _class_indices(self) -> np.ndarray:
-        """Class index of every sample in shard order, from ``<split>/dataset.json``."""
+        """Class index of every sample in shard order, from ``<split>/dataset.json`` (for a
+        multi-label build, its tuple of class indices)."""
         if self._labels is None:
             from shardgen.storage import open_build
 
             build = open_build(self._source, self._storage_options)
             try:
-                idx = np.asarray([c for _, c in build.labels(self.spec.split)], dtype=np.int64)
+                labels = [c for _, c in build.labels(self.spec.split)]
+                idx = np.empty(len(labels), dtype=object) if self.spec.multilabel else np.asarray(labels, np.int64)
+                if self.spec.multilabel:
+                    idx[:] = [list(c) for c in labels]
             except (OSError, ValueError) as e:
                 raise LoaderError(f"{build.url(self.spec.split + '/dataset.json')}: cannot read labels: {e}") from None
             self._labels = idx
         return self._labels
 
     def get_label(self, idx: int) -> np.ndarray:
-        """One-hot label (``float32 [C]``) of sample ``idx`` (shard order; modulo with xflip)."""
+        """One-hot (multi-hot) label (``float32 [C]``) of sample ``idx`` (shard order; modulo with xflip)."""
         out = np.zeros(self.label_shape, dtype=np.float32)
         if self.has_labels:
             classes = self._class_indices()
@@ -130,7 +136,7 @@ class StyleGANShards(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         spec = self.spec
         reader = SampleReader(spec)
-        n_classes = len(spec.classes)
+        targets = spec.targets
         flip_rng = random.Random(slot_seed(self.seed, self.rank, worker, 2))
         epoch = 0
         while True:
@@ -139,7 +145,7 @@ class StyleGANShards(IterableDataset):
             for s in shuffled(reader.read(plan), self.shuffle_buffer, rng):
                 img = np.empty((1, spec.size, spec.size), np.uint8)
                 try:
-                    label = decode_into(img[0], s, spec.size, n_classes)
+                    label = decode_into(img[0], s, spec.size, targets)
                 except LoaderError:
                     if spec.on_error == "raise":
                         raise
@@ -149,6 +155,9 @@ class StyleGANShards(IterableDataset):
                     img = np.ascontiguousarray(img[:, :, ::-1])
                 onehot = np.zeros(self.label_shape, dtype=np.float32)
                 if self.has_labels:
-                    onehot[label] = 1.0
+                    if targets.multilabel:
+                        onehot[:] = label
+                    else:
+                        onehot[label] = 1.0
                 yield img, onehot
             epoch += 1
