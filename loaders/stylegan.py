@@ -63,7 +63,7 @@ class StyleGANShards(IterableDataset):
         self.seed = _as_int(seed, "seed", 0)
         self.shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
         self.rank, self.world_size = world()
-        self._labels: np.ndarray | None = None
+        self._labels: Any = None
         self._source = str(source)
         self._storage_options = storage_options
 
@@ -105,7 +105,7 @@ class StyleGANShards(IterableDataset):
         n = sum(s.samples for s in self.spec.shards)
         return n * 2 if self.xflip else n
 
-    def _class_indices(self) -> np.ndarray:
+    def _class_indices(self) -> Any:
         """Class index of every sample in shard order, from ``<split>/dataset.json`` (for a
         multi-label build, its tuple of class indices)."""
         if self._labels is None:
@@ -114,9 +114,8 @@ class StyleGANShards(IterableDataset):
             build = open_build(self._source, self._storage_options)
             try:
                 labels = [c for _, c in build.labels(self.spec.split)]
-                idx = np.empty(len(labels), dtype=object) if self.spec.multilabel else np.asarray(labels, np.int64)
-                if self.spec.multilabel:
-                    idx[:] = [list(c) for c in labels]
+                # multi-label: a list of index lists (ragged), used as fancy indices in get_label
+                idx = [list(c) for c in labels] if self.spec.multilabel else np.asarray(labels, np.int64)
             except (OSError, ValueError) as e:
                 raise LoaderError(f"{build.url(self.spec.split + '/dataset.json')}: cannot read labels: {e}") from None
             self._labels = idx

@@ -6,8 +6,10 @@ relative to SRC (``images_001/images/00000001_000.png``, matched against the ind
 resolved paths). Every image of the index that a list names goes in that list's split;
 an image of the index that no list names is skipped with a reason (``skipped.jsonl``).
 Entries that name no image of the index (a subset of the corpus was indexed) are counted
-in a note. An image named twice, in one list or in two, is a usage error naming both
-lines, as is a bare name that two images of the index share.
+in a note, and so are groups (``group`` column or ``--group``) that the lists put in more
+than one split: the lists are official, so they win, but that is patient leakage. An
+image named twice, in one list or in two, is a usage error naming both lines, as is a
+bare name that two images of the index share.
 """
 
 from __future__ import annotations
@@ -101,4 +103,12 @@ def apply_split_lists(items: Sequence[Item], lists: Sequence[tuple[str, str]]
     if skips:
         notes.append(f"--split_lists: {len(skips)} image(s) of the index are in no list: skipped "
                      "(see skipped.jsonl)")
+    spans: dict[str, set[str]] = {}
+    for it in out:
+        if it.group is not None:
+            spans.setdefault(it.group, set()).add(it.split or "")
+    crossing = sorted(g for g, s in spans.items() if len(s) > 1)
+    if crossing:
+        notes.append(f"--split_lists: {len(crossing)} group(s) are in more than one split as the lists give "
+                     f"them (e.g. {crossing[0]!r}): the same patient in two splits leaks between them")
     return out, skips, notes

@@ -293,3 +293,57 @@ def test_ambiguous_bare_name_is_a_usage_error(tmp_path):
     (src / "images_002" / "images" / name).write_bytes((src / "images_001" / "images" / name).read_bytes())
     p = nih_build(src, tmp_path / "out", check=False)
     _one_line_usage_error(p, "ambiguous", f"images_001/images/{name}", f"images_002/images/{name}")
+
+
+def test_iterative_stratification_keeps_rates_and_groups():
+    """The split rule alone, at a size where proportions mean something: rates close to the
+    corpus's in every split, groups whole, totals close to the ratios, same seed same split."""
+    from shardgen.mlsplit import assign_multilabel
+
+    rng = random.Random(5)
+    rates = [0.2, 0.05, 0.1, 0.01]
+    paths, labels, groups, patient = [], [], {}, 0
+    for i in range(3000):
+        if rng.random() < 0.4:
+            patient += 1
+        paths.append(f"{patient:06d}_{i:04d}.png")
+        labels.append(tuple(c for c, r in enumerate(rates) if rng.random() < r))
+        groups.setdefault(patient, []).append(i)
+    together = [g for g in groups.values() if len(g) > 1]
+    ratios = [("train", 0.7), ("val", 0.1), ("test", 0.2)]
+    out = assign_multilabel(paths, labels, len(rates), together, ratios, seed=1)
+    assert out == assign_multilabel(paths, labels, len(rates), together, ratios, seed=1)
+    assert all(len({out[i] for i in g}) == 1 for g in groups.values())
+    for name, r in ratios:
+        members = [i for i, s in enumerate(out) if s == name]
+        assert abs(len(members) / len(out) - r) < 0.01
+        for c in range(len(rates)):
+            overall = sum(c in ls for ls in labels) / len(labels)
+            here = sum(c in labels[i] for i in members) / len(members)
+            assert abs(here - overall) < 0.01 + 0.1 * overall, (name, c, here, overall)
+
+
+def test_no_finding_with_other_labels_is_a_usage_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    make_nih(src, patients=3)
+    csv_path = src / "Data_Entry_2017.csv"
+    rows = csv_path.read_text().splitlines()
+    first = rows[1].split(",")
+    first[1] = "Mass|No Finding"
+    csv_path.write_text("\n".join([rows[0], ",".join(first)] + rows[2:]) + "\n")
+    p = nih_build(src, tmp_path / "out", check=False)
+    _one_line_usage_error(p, "line 2", "'No Finding' together with other labels")
+
+
+def test_stylegan_shards_yield_multihot_labels(nih):
+    from loaders import StyleGANShards
+
+    ds = StyleGANShards(nih["out"], split="test")
+    classes = json.loads((nih["out"] / "classes.json").read_text())["classes"]
+    assert ds.label_dim == len(classes)
+    want = sorted(tuple(_multihot(nih["truth"][n][0], classes)) for n in nih["lists"]["test"])
+    it = iter(ds)
+    got = sorted(tuple(next(it)[1].tolist()) for _ in want)
+    assert got == want
+    assert sorted(tuple(ds.get_label(i).tolist()) for i in range(len(want))) == want
