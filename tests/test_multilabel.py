@@ -347,3 +347,22 @@ def test_stylegan_shards_yield_multihot_labels(nih):
     got = sorted(tuple(next(it)[1].tolist()) for _ in want)
     assert got == want
     assert sorted(tuple(ds.get_label(i).tolist()) for i in range(len(want))) == want
+
+
+def test_hugging_face_datasets_reads_the_multi_hot_target(nih, tmp_path):
+    """The dataset card declares ``labels.npy`` (List(float32), length C): load_dataset gives it."""
+    pytest.importorskip("datasets")
+    from test_readers import run_py
+
+    code = f"""
+import datasets, json
+ds = datasets.load_dataset({str(nih['out'])!r})
+print(json.dumps({{sp: [[r["json"]["source"], r["labels.npy"], r["json"]["labels"]] for r in ds[sp]] for sp in ds}}))
+"""
+    got = run_py(code, tmp_path)
+    classes = json.loads((nih["out"] / "classes.json").read_text())["classes"]
+    for sp in ("train", "test"):
+        assert len(got[sp]) == len(nih["lists"][sp])
+        for source, vec, idx in got[sp]:
+            want = _multihot(nih["truth"][Path(source).name][0], classes)
+            assert vec == want and idx == [i for i, v in enumerate(want) if v]
