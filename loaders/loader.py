@@ -89,7 +89,8 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
 class ShardLoader:
     """Iterable over the batches of one rank; made by :func:`make_loader`.
 
-    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``) or, with
+    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``; for a
+    multi-label build ``float32 [B, C]`` multi-hot targets, padding rows all -100) or, with
     ``with_keys``, ``(images, labels, keys)``; exactly ``len(loader)`` batches per epoch
     on every rank. Bad data raises :class:`loaders.LoaderError` naming the shard and key.
 
@@ -252,7 +253,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     ``mode="eval"``: manifest order, no shuffle; across all ranks every sample is
     yielded exactly once; every rank yields ``ceil(total / (batch_size * world))``
     batches, the last ones padded with label ``-100`` (``cross_entropy``'s default
-    ``ignore_index``) and an all-zero image (and key ``""``).
+    ``ignore_index``) and an all-zero image (and key ``""``). A multi-label build
+    (manifest ``task`` ``"multilabel"``) yields ``float32 [B, C]`` multi-hot targets; a
+    padding row is -100 in every position (mask: ``targets[:, 0] != -100``).
 
     Args:
         source: a build folder, its ``manifest.json``, or a URL of either that fsspec
