@@ -170,8 +170,8 @@ def _card_howto(manifest: Manifest, splits: list[str]) -> list[str]:
     if not manifest.multilabel:
         return lines
     ext = manifest.image.ext
-    swap = {f"row[\"cls\"]: class index (a ClassLabel)": "row[\"labels.npy\"]: multi-hot target (C floats)",
-            f"sample[\".cls\"]: class index": "sample[\".labels.npy\"]: multi-hot target",
+    swap = {"row[\"cls\"]: class index (a ClassLabel)": "row[\"labels.npy\"]: multi-hot target (C floats)",
+            "sample[\".cls\"]: class index": "sample[\".labels.npy\"]: multi-hot target",
             f"to_tuple(\"{ext}\", \"cls\")": f"to_tuple(\"{ext}\", \"labels.npy\")",
             "num_workers=4)": "num_workers=4)   # targets: float32 [B, C]"}
     out = []
