@@ -50,7 +50,8 @@ def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
 class ShardLoader:
     """Iterable over the batches of one rank; made by :func:`make_loader`.
 
-    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``) or, with
+    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``; for a
+    multi-label build ``float32 [B, C]`` multi-hot targets, padding rows all -100) or, with
     ``with_keys``, ``(images, labels, keys)``; exactly ``len(loader)`` batches per epoch
     on every rank. Bad data raises :class:`loaders.LoaderError` naming the shard and key.
 
@@ -176,14 +177,16 @@ class ShardLoader:
     @property
     def class_counts(self) -> dict[str, int]:
         """Samples of each class in the last epoch iterated (or the selected one), across
-        all ranks, from the plan (padding and samples skipped for bad data included)."""
+        all ranks, from the plan (padding and samples skipped for bad data included); in a
+        multi-label build, the positives of each class."""
         ds = self.dataset
         run = self._run if self._run is not None else ds.run(ds.epoch, self.num_workers)
         if ds.spec.labels is None:
             ds.spec.labels = split_labels(ds.spec)
         shard, idx = run.seq.locate(run.yielded_positions())
         starts = np.concatenate([[0], np.cumsum([s.samples for s in ds.spec.shards])])
-        counts = np.bincount(ds.spec.labels[starts[shard] + idx], minlength=len(ds.spec.classes))
+        labels = ds.spec.labels[starts[shard] + idx]
+        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(ds.spec.classes))
         return {c: int(n) for c, n in zip(ds.spec.classes, counts)}
 
     def __len__(self) -> int:
@@ -294,7 +297,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     ``mode="eval"``: manifest order, no shuffle; across all ranks every sample is
     yielded exactly once; every rank yields ``ceil(total / (batch_size * world))``
     batches, the last ones padded with label ``-100`` (``cross_entropy``'s default
-    ``ignore_index``) and an all-zero image (and key ``""``).
+    ``ignore_index``) and an all-zero image (and key ``""``). A multi-label build
+    (manifest ``task`` ``"multilabel"``) yields ``float32 [B, C]`` multi-hot targets; a
+    padding row is -100 in every position (mask: ``targets[:, 0] != -100``).
 
     Args:
         source: a build folder, its ``manifest.json``, or a URL of either that fsspec
@@ -390,6 +395,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     skipped = (ctx or multiprocessing).Value("q", 0)
     _check_picklable(transform, ctx, num_workers)
     balance = check_balance(balance, spec.classes)
+    if balance is not None and spec.multilabel:
+        raise UsageError("balance needs a single-label build; this one is multi-label")
     if balance is not None:
         spec.labels = split_labels(spec)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,

@@ -27,8 +27,8 @@ def as_int(value: Any, name: str, minimum: int) -> int:
 
 
 def split_labels(spec: Spec) -> np.ndarray:
-    """Class index of every sample of ``spec``'s split (``int32``, shard order), from
-    ``<split>/dataset.json``.
+    """Class index of every sample of ``spec``'s split (``int32 [N]``, shard order), or of a
+    multi-label build its multi-hot targets (``uint8 [N, C]``), from ``<split>/dataset.json``.
 
     Raises:
         UsageError: missing, unreadable or not matching the manifest.
@@ -41,7 +41,12 @@ def split_labels(spec: Spec) -> np.ndarray:
         raise UsageError(f"{name}: cannot read the labels: {type(e).__name__}: {e}") from None
     if len(labels) != sum(s.samples for s in spec.shards):
         raise UsageError(f"{name}: lists {len(labels)} samples, the manifest {sum(s.samples for s in spec.shards)}")
-    return np.asarray([c for _, c in labels], dtype=np.int32)
+    if not spec.multilabel:
+        return np.asarray([c for _, c in labels], dtype=np.int32)
+    hot = np.zeros((len(labels), len(spec.classes)), dtype=np.uint8)
+    for i, (_, on) in enumerate(labels):
+        hot[i, list(on)] = 1
+    return hot
 
 
 def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
@@ -74,7 +79,7 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
         cache_dir=None if cache_dir is None else str(cache_dir),
         cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
         retries=as_int(retries, "retries", 0), chunk_size=as_int(chunk_size, "chunk_size", 4096),
-        timeout=io_timeout,
+        timeout=io_timeout, multilabel=build.manifest.multilabel,
     )
 
 

@@ -24,6 +24,7 @@ from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sequence import Segment
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
+from .targets import PAD_LABEL, Targets
 from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot_samples", "PAD_LABEL",
@@ -31,8 +32,6 @@ __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot
 
 log = logging.getLogger("loaders")
 
-#: Label of padding samples: PyTorch's default ``ignore_index`` (``cross_entropy`` skips them).
-PAD_LABEL = -100
 ON_ERROR = ("raise", "skip")
 
 
@@ -54,6 +53,7 @@ class Spec:
     chunk_size: int = DEFAULT_CHUNK
     timeout: float | None = 30.0   # connect/read timeout of each remote request, seconds
     labels: Any = None             # class index per sample (int32, split order); loaded for balance
+    multilabel: bool = False       # multi-hot targets (manifest task "multilabel")
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
@@ -92,6 +92,11 @@ class Spec:
                 h.update(f"{s.path}\0{s.samples}\0{s.xxh64}\n".encode())
             self._split_id = h.hexdigest()
         return self._split_id
+
+    @property
+    def targets(self) -> Targets:
+        """What this split's targets are (class indices or multi-hot vectors)."""
+        return Targets(len(self.classes), self.multilabel)
 
     def shard_name(self, shard: ShardInfo) -> str:
         return self.root.rstrip("/") + "/" + shard.path
@@ -220,7 +225,8 @@ class SampleReader:
         src = None
         try:
             src = self._open(shard)
-            tar = TarReader(src, want=("png", "cls"))
+            member = self.spec.targets.member  # .cls, or .labels.npy of a multi-label build
+            tar = TarReader(src, want=("png", member))
             begin = indices[todo[0]]
             if begin and isinstance(src, RemoteSource) and src.tee is None:
                 self._jump(tar, src, seg.shard, shard, begin)
@@ -231,7 +237,7 @@ class SampleReader:
                 s = next(tar.samples(), None)
                 if s is None:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
-                yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))
+                yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get(member))
                 done += 1
             tee = getattr(src, "tee", None)
             if tee is not None:
@@ -291,24 +297,23 @@ def slot_samples(reader: SampleReader, plan: SlotPlan, order: Iterator[int], ski
         raise LoaderError("internal error: more items than planned")
 
 
-def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int:
-    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its label.
+def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int):
+    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its target.
+
+    ``targets``: the split's :class:`~loaders.targets.Targets` (an int is the class count
+    of a single-label build). ``s.cls`` holds the target member's bytes (``.cls``, or
+    ``.labels.npy`` of a multi-label build). Returns the class index, or the float32
+    ``[C]`` multi-hot vector.
 
     Raises:
         LoaderError: a member is missing or corrupt, the image is not ``size x size``
-            8-bit grayscale, or the label is not an integer in ``[0, n_classes)``.
+            8-bit grayscale, or the target is not valid (an integer in ``[0, C)``, or a
+            float32 0/1 vector of length C).
     """
     where = f"{s.shard}: sample {s.key}"
     if s.png is None:
         raise LoaderError(f"{where}: no .png member")
-    if s.cls is None:
-        raise LoaderError(f"{where}: no .cls member")
-    try:
-        label = int(s.cls.strip())
-    except ValueError:
-        raise LoaderError(f"{where}: label {s.cls[:20]!r} is not an integer") from None
-    if not 0 <= label < n_classes:
-        raise LoaderError(f"{where}: label {label} out of range (the build has {n_classes} classes)")
+    label = (targets if isinstance(targets, Targets) else Targets(int(targets))).parse(s.cls, where)
     try:
         # The header (IHDR) alone, checked against the manifest before any pixel is
         # decoded: the manifest bounds the size, so Pillow's global decompression-bomb

@@ -22,7 +22,8 @@ from .errors import LoaderError
 from .plan import batches_per_rank, shard_sequence
 from .resume import EpochRun, Layout, Phase, output_order
 from .sequence import EpochSequence, balanced_units, class_targets, multiplicities
-from .stream import PAD_LABEL, SampleReader, Spec, decode_into, slot_samples
+from .stream import SampleReader, Spec, decode_into, slot_samples
+from .targets import Targets
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
@@ -121,8 +122,8 @@ class ShardStream(IterableDataset):
         reader = SampleReader(spec, self.skipped)
         order = output_order(plan.real, self.shuffle_buffer, run.rng(self.rank, worker))
         samples = slot_samples(reader, plan, order, min(first * B, plan.real))
-        n_classes = len(spec.classes)
-        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys)
+        targets = spec.targets
+        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys, targets)
         tf = None if self.transform is None else SampleTransform(self.transform, self.seed, in_worker)
         for j in range(first, plan.batches):
             arr, labels, keys = out.start()
@@ -132,7 +133,7 @@ class ShardStream(IterableDataset):
                     arr[i] = 0
                     continue
                 try:
-                    labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
+                    labels[i] = decode_into(arr[i, 0], s, spec.size, targets)
                 except LoaderError as e:
                     if spec.on_error == "raise":
                         raise
@@ -160,15 +161,19 @@ class BatchOut:
         batch_size: samples per batch.
         size: side of the square images in pixels.
         with_keys: send the sample keys along.
+        targets: the split's targets (default: single-label class indices).
     """
 
-    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool):
+    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool,
+                 targets: Targets | None = None):
         self.ring, self.worker, self.B, self.S, self.with_keys = ring, worker, batch_size, size, with_keys
+        self.targets = targets or Targets(0)
         self.k = -1
         self._state = ring.state.numpy() if ring is not None else None
 
     def start(self):
-        """A free batch: ``(images uint8 [B,1,S,S] array, labels int64 [B], keys list)``."""
+        """A free batch: ``(images uint8 [B,1,S,S] array, labels, keys list)``; labels are
+        ``int64 [B]``, or ``float32 [B, C]`` for a multi-label build, all padding at first."""
         if self.ring is None:
             self.images = torch.empty((self.B, 1, self.S, self.S), dtype=torch.uint8)
             arr = self.images.numpy()
@@ -181,7 +186,7 @@ class BatchOut:
                 delay = min(delay * 2, 0.005)
             st[self.worker, self.k] = 1
             arr = self.ring.images[self.worker, self.k].numpy()
-        self.labels = np.full(self.B, PAD_LABEL, dtype=np.int64)
+        self.labels = self.targets.empty(self.B)
         self.keys = [""] * self.B
         return arr, self.labels, self.keys
 

@@ -53,6 +53,8 @@ class Item:
         group: ``--group`` / index group id, else None.
         keypath: the path the sample key is made from (``relpath`` without the Kaggle
             ``images`` component); None means ``relpath``.
+        labels: multi-label builds only: the sample's class names (sorted; empty for the
+            ``--no_finding`` value), and ``label`` is their canonical text; else None.
     """
 
     relpath: str
@@ -60,6 +62,7 @@ class Item:
     split: str | None = None
     group: str | None = None
     keypath: str | None = None
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class ScanResult:
         notes: one-line notes for the user (wrapper folder used, symlink loops, ...).
         class_dirs: label -> the folders it came from (relative to ``root``).
         single_reason: why the source has one class, when it has one.
+        multilabel: the items carry label sets (``--label_sep``); ``labels`` are the findings.
     """
 
     layout: str
@@ -98,6 +102,7 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     class_dirs: dict[str, list[str]] = field(default_factory=dict)
     single_reason: str = ""
+    multilabel: bool = False
 
 
 def _visible(name: str) -> bool:
@@ -362,7 +367,7 @@ def _scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> Sc
                       class_dirs=col.class_dirs, single_reason=single)
 
 
-def scan(src: str, index: str | None = None, group: str | None = None) -> ScanResult:
+def scan(src: str, index: str | None = None, group: str | None = None, options=None) -> ScanResult:
     """Find every input image under ``src`` (see the module docstring for the rules).
 
     Args:
@@ -370,6 +375,8 @@ def scan(src: str, index: str | None = None, group: str | None = None) -> ScanRe
         index: optional CSV (``path,label[,group][,split]``) used instead of folder names.
         group: optional regex; files whose relative path gives the same match (first
             capture group if any) share a split.
+        options: the index's :class:`~shardgen.index.IndexOptions` (columns, multi-label,
+            split lists); None: the defaults.
 
     Raises:
         UsageError: ``src`` is missing or not a folder, or no class folders are found.
@@ -380,7 +387,7 @@ def scan(src: str, index: str | None = None, group: str | None = None) -> ScanRe
     if index is not None:
         from .index import scan_index
 
-        return scan_index(src, index, regex)
+        return scan_index(src, index, regex, options)
     skipped: list[Skip] = []
     tree = Tree(src, skipped)
     notes = list(tree.notes)
