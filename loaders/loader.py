@@ -4,10 +4,8 @@ or many GPUs, with the same number of batches on every rank."""
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,24 +20,10 @@ from .sequence import check_balance
 from .sources import DEFAULT_CHUNK
 from .split import as_int as _as_int, open_split, split_labels
 from .stream import slot_seed
+from .transform import check_picklable
 from .worker import ShardStream
 
 __all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split", "split_labels"]
-
-def _check_picklable(transform: Any, ctx: Any, num_workers: int) -> None:
-    """A transform must pickle when workers are spawned (fork passes it as it is)."""
-    if transform is None or num_workers == 0:
-        return
-    method = (ctx.get_start_method() if ctx is not None
-              else multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0])
-    if method == "fork":
-        return
-    try:
-        pickle.dumps(transform)
-    except Exception as e:
-        raise UsageError(f"transform must be picklable for {method!r} workers (a module-level function or "
-                         f"class, not a lambda or a local function): {type(e).__name__}: {e}") from None
-
 
 def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     """The DataLoader's own generator: without one it draws its workers' base seed from
@@ -183,10 +167,7 @@ class ShardLoader:
         run = self._run if self._run is not None else ds.run(ds.epoch, self.num_workers)
         if ds.spec.labels is None:
             ds.spec.labels = split_labels(ds.spec)
-        shard, idx = run.seq.locate(run.yielded_positions())
-        starts = np.concatenate([[0], np.cumsum([s.samples for s in ds.spec.shards])])
-        labels = ds.spec.labels[starts[shard] + idx]
-        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(ds.spec.classes))
+        counts = run.class_counts(ds.spec.labels, [s.samples for s in ds.spec.shards], len(ds.spec.classes))
         return {c: int(n) for c, n in zip(ds.spec.classes, counts)}
 
     def __len__(self) -> int:
@@ -393,7 +374,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     if isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
-    _check_picklable(transform, ctx, num_workers)
+    check_picklable(transform, ctx, num_workers)
     balance = check_balance(balance, spec.classes)
     if balance is not None and spec.multilabel:
         raise UsageError("balance needs a single-label build; this one is multi-label")

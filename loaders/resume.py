@@ -223,3 +223,17 @@ class EpochRun:
         if self.mode == "eval":
             return self.items
         return self.items[: self.batches * lay.batch_size * lay.world_size]
+
+    def class_counts(self, labels: np.ndarray, shard_samples: list[int], n_classes: int) -> np.ndarray:
+        """Per-class samples (or positives, for multi-hot ``labels [N, C]``) the phase yields.
+
+        Args:
+            labels: class index (``[N]``) or multi-hot target (``[N, C]``) of every sample
+                of the split, in shard order.
+            shard_samples: samples per shard, in manifest order.
+            n_classes: C.
+        """
+        shard, idx = self.seq.locate(self.yielded_positions())
+        starts = np.concatenate([[0], np.cumsum(shard_samples)]).astype(np.int64)
+        picked = labels[starts[shard] + idx]
+        return picked.sum(axis=0) if picked.ndim == 2 else np.bincount(picked, minlength=n_classes)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import run_cli
@@ -366,3 +367,30 @@ print(json.dumps({{sp: [[r["json"]["source"], r["labels.npy"], r["json"]["labels
         for source, vec, idx in got[sp]:
             want = _multihot(nih["truth"][Path(source).name][0], classes)
             assert vec == want and idx == [i for i, v in enumerate(want) if v]
+
+
+def test_loader_state_class_counts_and_balance_on_a_multilabel_build(nih):
+    """A multi-label epoch resumes exactly; class_counts are the positives of the epoch;
+    balance (a single-label notion) is refused with a reason."""
+    from loaders import UsageError, make_loader
+
+    def mk():
+        return make_loader(nih["out"], batch_size=4, num_workers=2, with_keys=True, seed=1)
+
+    want = [(list(k), t.clone()) for _, t, k in mk()]
+    first = mk()
+    part = []
+    for _, t, k in first:
+        part.append((list(k), t.clone()))
+        if len(part) == 2:
+            break
+    again = mk()
+    again.load_state_dict(first.state_dict())
+    first.close()
+    rest = [(list(k), t.clone()) for _, t, k in again]
+    assert [k for k, _ in part + rest] == [k for k, _ in want]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(part + rest, want))
+    positives = sum(t.sum(0) for _, t in want)
+    assert again.class_counts == {c: int(n) for c, n in zip(again.classes, positives.tolist())}
+    with pytest.raises(UsageError, match="multi-label"):
+        make_loader(nih["out"], batch_size=4, num_workers=0, balance="class")
