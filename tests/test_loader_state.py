@@ -288,3 +288,18 @@ def test_balanced_epoch_resumes_exactly(imbalanced):
     again.load_state_dict(first.state_dict())
     first.close()
     assert part + batches(again) == want
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_state_round_trips_through_torch_distributed_checkpoint(five, tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    ld = make_loader(five, batch_size=4, num_workers=0, seed=1)
+    it = iter(ld)
+    for _ in range(3):
+        next(it)
+    saved = {"loader": ld.state_dict()}
+    dcp.save(saved, checkpoint_id=str(tmp_path / "dcp"))
+    target = {"loader": make_loader(five, batch_size=4, num_workers=0, seed=1).state_dict()}
+    dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
+    assert target["loader"] == saved["loader"] and target["loader"]["batches"] == 3
