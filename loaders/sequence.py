@@ -68,7 +68,7 @@ class EpochSequence:
         """``(shard, sample index)`` arrays of ``positions``."""
         k = np.searchsorted(self.cum, positions, side="right") - 1
         off = positions - self.cum[k]
-        shards = np.fromiter((self.units[i].shard for i in k), dtype=np.int64, count=len(k))
+        shards = np.asarray([u.shard for u in self.units], dtype=np.int64)[k]
         idx = off.copy()
         for i in np.unique(k):
             take = self.units[i].take
