@@ -303,3 +303,25 @@ def test_state_round_trips_through_torch_distributed_checkpoint(five, tmp_path):
     target = {"loader": make_loader(five, batch_size=4, num_workers=0, seed=1).state_dict()}
     dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
     assert target["loader"] == saved["loader"] and target["loader"]["batches"] == 3
+
+
+def test_resuming_decodes_only_the_samples_still_due(five, monkeypatch):
+    import loaders.worker as worker
+
+    calls = []
+    real = worker.decode_into
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(worker, "decode_into", counting)
+    first = make_loader(five, batch_size=4, num_workers=0, seed=1, shuffle_buffer=30)
+    n = len(first)
+    batches(make_loader(five, batch_size=4, num_workers=0, seed=1, shuffle_buffer=30, with_keys=True), 15)
+    state = dict(first.state_dict(), batches=15)
+    calls.clear()
+    again = make_loader(five, batch_size=4, num_workers=0, seed=1, shuffle_buffer=30)
+    again.load_state_dict(state)
+    assert sum(1 for _ in again) == n - 15
+    assert len(calls) == (n - 15) * 4  # the 60 samples already yielded were not decoded
