@@ -22,6 +22,7 @@ from .errors import LoaderError
 from .plan import batch_order, extra_shift
 
 if TYPE_CHECKING:
+    from .resume import EpochRun
     from .worker import ShardStream
 
 __all__ = ["Ring", "Batch", "WorkerFailure", "Delivery", "Receiver"]
@@ -100,15 +101,18 @@ class Delivery:
             labels = labels.pin_memory()
         return (images, labels) if b.keys is None else (images, labels, b.keys)
 
-    def ordered(self, it, epoch: int, continuous: bool) -> Iterator[tuple[int, tuple]]:
+    def ordered(self, it, run: "EpochRun", continuous: bool) -> Iterator[tuple[int, tuple]]:
         """``(epoch, batch)`` in each epoch's canonical order (see :func:`batch_order`),
-        epoch after epoch when ``continuous``; else one epoch, then the workers run out."""
+        from ``run`` (the first epoch's plan, maybe resumed) on, epoch after epoch when
+        ``continuous``; else that one epoch, then the workers run out."""
         ds = self.dataset
         workers = max(1, self.num_workers)
         L = len(ds)
+        epoch = run.epoch
+        order = run.order[run.start:]
         stash: dict = {}
         while True:
-            for w, j in batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch)):
+            for w, j in order:
                 want = (epoch, w, j)
                 while want not in stash:
                     try:
@@ -121,6 +125,7 @@ class Delivery:
                     tag, batch = item
                     stash[tuple(tag)] = self.receive(tag[1], batch)
                 yield epoch, stash.pop(want)
+            order = batch_order(L, workers, extra_shift(L, workers, ds.mode, epoch + 1))
             if not continuous:
                 # Let the workers run to their end: a shard read to its last sample
                 # still has to be closed (and a streamed copy verified and cached).
@@ -159,15 +164,15 @@ class Receiver:
     Args:
         delivery: the loader's :class:`Delivery` (not the loader: no reference back).
         it: the DataLoader's iterator.
-        epoch: the first epoch it delivers.
+        run: the plan of the first epoch it delivers (see :class:`~loaders.resume.EpochRun`).
         continuous: go on into the following epochs.
     """
 
-    def __init__(self, delivery: Delivery, it, epoch: int, continuous: bool):
+    def __init__(self, delivery: Delivery, it, run: "EpochRun", continuous: bool):
         self._q: queue.Queue = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._it = it
-        self._gen = delivery.ordered(it, epoch, continuous)
+        self._gen = delivery.ordered(it, run, continuous)
         self._thread = threading.Thread(target=self._run, name="loaders-receiver", daemon=True)
 
     def start(self) -> None:

@@ -76,6 +76,18 @@ class DevicePrefetcher:
         self.kwargs = kwargs
         self.wait_s = 0.0
         self.batches = 0
+        self._state: Any = None
+
+    def state_dict(self) -> Any:
+        """The loader's state as of the batches this prefetcher has handed out (the
+        batch it holds ahead is not counted: resuming yields it again)."""
+        if self._state is not None:
+            return self._state
+        return self.loader.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: Any) -> None:
+        self._state = None
+        self.loader.load_state_dict(state)  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -92,6 +104,7 @@ class DevicePrefetcher:
             return None
         finally:
             self.wait_s += time.perf_counter() - t0
+        self._ahead = self.loader.state_dict() if self._stateful else None
         if stream is None:
             return to_device(batch, self.device, **self.kwargs), None
         with torch.cuda.stream(stream):
@@ -104,10 +117,13 @@ class DevicePrefetcher:
         self.wait_s, self.batches = 0.0, 0
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(device=self.device) if cuda else None
+        self._stateful = hasattr(self.loader, "state_dict")
+        self._state = None
         it = iter(self.loader)
         nxt = self._next(it, stream)
         while nxt is not None:
             out, event = nxt
+            self._state = self._ahead
             if event is not None:
                 current = torch.cuda.current_stream(self.device)
                 current.wait_event(event)
@@ -117,3 +133,4 @@ class DevicePrefetcher:
             nxt = self._next(it, stream)
             self.batches += 1
             yield out
+        self._state = None

@@ -4,47 +4,26 @@ or many GPUs, with the same number of batches on every rank."""
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 from typing import Any, Callable, Iterator
 
-import fsspec
 import torch
 from torch.utils.data import DataLoader
 
-from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
+from shardgen.storage import DEFAULT_TIMEOUT_S
 
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
 from .plan import MODES
-from .sources import DEFAULT_CHUNK, parse_size
-from .stream import Spec, check_on_error, slot_seed
+from .resume import EpochRun, LoaderState, Phase
+from .sequence import check_balance
+from .sources import DEFAULT_CHUNK
+from .split import as_int as _as_int, open_split, split_labels
+from .stream import slot_seed
+from .transform import check_picklable
 from .worker import ShardStream
 
-__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split"]
-
-def _as_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise UsageError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _check_picklable(transform: Any, ctx: Any, num_workers: int) -> None:
-    """A transform must pickle when workers are spawned (fork passes it as it is)."""
-    if transform is None or num_workers == 0:
-        return
-    method = (ctx.get_start_method() if ctx is not None
-              else multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0])
-    if method == "fork":
-        return
-    try:
-        pickle.dumps(transform)
-    except Exception as e:
-        raise UsageError(f"transform must be picklable for {method!r} workers (a module-level function or "
-                         f"class, not a lambda or a local function): {type(e).__name__}: {e}") from None
-
+__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split", "split_labels"]
 
 def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     """The DataLoader's own generator: without one it draws its workers' base seed from
@@ -52,44 +31,11 @@ def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(slot_seed(ds.seed, epoch, ds.rank, 2))
 
 
-def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
-               cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
-               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> Spec:
-    """Read the manifest of ``source`` and describe ``split`` for the workers.
-
-    ``io_timeout``: connect and read timeout of each remote request, in seconds (see
-    :func:`make_loader`).
-
-    Raises:
-        UsageError: no manifest (or no answer within ``io_timeout``), no such split, an
-            empty split, or shards that are not PNG.
-    """
-    io_timeout = check_timeout(io_timeout, "io_timeout")
-    build = open_build(str(source), storage_options, timeout=io_timeout)
-    info = build.split(str(split))
-    image = build.manifest.image
-    if image.ext != "png" or image.mode != "L":
-        raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
-                         f"{image.mode} {image.ext}")
-    shards = list(info.shards)
-    if sum(s.samples for s in shards) == 0:
-        raise UsageError(f"{build.root}: split {split!r} holds no samples")
-    local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
-    return Spec(
-        root=build.root, local_root=build.path if local else None,
-        storage_options=dict(storage_options or {}), split=str(split), shards=shards,
-        classes=build.classes, size=image.size, on_error=check_on_error(on_error),
-        cache_dir=None if cache_dir is None else str(cache_dir),
-        cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
-        retries=_as_int(retries, "retries", 0), chunk_size=_as_int(chunk_size, "chunk_size", 4096),
-        timeout=io_timeout,
-    )
-
-
 class ShardLoader:
     """Iterable over the batches of one rank; made by :func:`make_loader`.
 
-    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``) or, with
+    Iterating yields ``(images, labels)`` (``uint8 [B,1,S,S]``, ``int64 [B]``; for a
+    multi-label build ``float32 [B, C]`` multi-hot targets, padding rows all -100) or, with
     ``with_keys``, ``(images, labels, keys)``; exactly ``len(loader)`` batches per epoch
     on every rank. Bad data raises :class:`loaders.LoaderError` naming the shard and key.
 
@@ -112,6 +58,9 @@ class ShardLoader:
         self._delivery = Delivery(dataset, num_workers, pin_memory)
         self._rx: Receiver | None = None
         self._next_epoch: int | None = None
+        self._run: EpochRun | None = None   # the epoch run being (or last) iterated
+        self._yielded = 0                   # batches of it yielded so far
+        self._pending: LoaderState | None = None
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -149,16 +98,86 @@ class ShardLoader:
         return 0 if v is None else int(v.value)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: reseeds the shard order and the shuffle buffer (train mode)."""
+        """Select the epoch: reseeds the shard order and the shuffle buffer (train mode).
+
+        After :meth:`load_state_dict`, the state's own epoch keeps the loaded position;
+        any other epoch discards it.
+        """
         self.dataset.epoch = _as_int(epoch, "epoch", 0)
+        if self._pending is not None and self._pending.epoch != epoch:
+            self._pending = None
+
+    # -- position ------------------------------------------------------------------------
+    def _state(self) -> LoaderState:
+        ds = self.dataset
+        if self._pending is not None:
+            return self._pending
+        if self._run is not None and self._run.epoch == ds.epoch:
+            epoch, phases = self._run.epoch, self._run.history(self._yielded)
+        else:
+            epoch, phases = ds.epoch, (Phase(ds.layout(self.num_workers), 0),)
+        return LoaderState(ds.spec.split, ds.spec.split_xxh64(), ds.mode, ds.seed, ds.balance, epoch, phases)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position: a dict of plain JSON values, the same on every rank.
+
+        It holds the epoch, the batches every rank has yielded in it, the seed, the
+        balance and the layout (world size, workers, batch size, shuffle buffer) they
+        were yielded with, and identifies the split by its shards' checksums. Taken
+        between batches, it costs microseconds; save it from rank 0 with the model.
+        """
+        return self._state().to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`): call before iterating.
+
+        The next iteration of the state's epoch (``set_epoch`` with another epoch
+        discards the state) yields exactly the batches an uninterrupted run would have
+        yielded from there on the same layout; on another world size, worker count,
+        batch size or shuffle buffer, it yields every sample of the epoch not yet
+        yielded once across the ranks (see :mod:`loaders.resume`). Samples already
+        yielded are neither read nor decoded.
+
+        Raises:
+            UsageError: not a loader state, or one of another split, build, mode,
+                seed or balance.
+        """
+        st = LoaderState.from_dict(state)
+        ds = self.dataset
+        mine = self._state()
+        for name, theirs, ours in (("split", st.split, mine.split), ("split_xxh64", st.split_xxh64, mine.split_xxh64),
+                                   ("mode", st.mode, mine.mode), ("seed", st.seed, mine.seed),
+                                   ("balance", st.balance, mine.balance)):
+            if theirs != ours:
+                what = "another build (its shards differ)" if name == "split_xxh64" else f"{name} {theirs!r}"
+                raise UsageError(f"loader state is for {what}, this loader has {name} {ours!r}"
+                                 if name != "split_xxh64" else f"loader state is for {what}: {theirs} != {ours}")
+        ds.run(st.epoch, self.num_workers, st.phases)  # checks the position against the split
+        self.close()
+        self._run, self._yielded = None, 0
+        ds.epoch = st.epoch
+        self._pending = st
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Samples of each class in the last epoch iterated (or the selected one), across
+        all ranks, from the plan (padding and samples skipped for bad data included); in a
+        multi-label build, the positives of each class."""
+        ds = self.dataset
+        run = self._run if self._run is not None else ds.run(ds.epoch, self.num_workers)
+        if ds.spec.labels is None:
+            ds.spec.labels = split_labels(ds.spec)
+        counts = run.class_counts(ds.spec.labels, [s.samples for s in ds.spec.shards], len(ds.spec.classes))
+        return {c: int(n) for c, n in zip(ds.spec.classes, counts)}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _start(self, epoch: int) -> None:
-        """(Re)start the workers (and the receiving thread) at ``epoch``."""
+    def _start(self, run: EpochRun) -> None:
+        """(Re)start the workers (and the receiving thread) at ``run``."""
         self.close()
         ds = self.dataset
+        epoch = run.epoch
         ds.epoch = epoch
         kw: dict[str, Any] = {}
         if self.num_workers > 0:
@@ -170,7 +189,7 @@ class ShardLoader:
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=False,
                         persistent_workers=False, generator=_own_generator(ds, epoch), **kw)
         it = iter(dl)  # in this (main) thread: the DataLoader sets its signal handlers here
-        self._rx = Receiver(self._delivery, it, epoch, ds.continuous)
+        self._rx = Receiver(self._delivery, it, run, ds.continuous)
         self._rx.start()
         self._next_epoch = epoch
 
@@ -190,23 +209,29 @@ class ShardLoader:
     def __iter__(self) -> Iterator:
         ds = self.dataset
         epoch = ds.epoch
-        L = len(ds)
+        resume, self._pending = self._pending, None
+        ds.resume = (epoch, resume.phases) if resume is not None and resume.epoch == epoch else None
+        run = ds.run(epoch, self.num_workers)
+        self._run, self._yielded = run, 0
         if self.num_workers == 0:  # everything in this thread
             self.close()
             it = iter(DataLoader(ds, batch_size=None, num_workers=0, generator=_own_generator(ds, epoch)))
-            for _, batch in self._delivery.ordered(it, epoch, False):
+            for _, batch in self._delivery.ordered(it, run, False):
+                self._yielded += 1
                 yield batch
             return
         continuous = ds.continuous
-        if not continuous or getattr(self, "_rx", None) is None or self._next_epoch != epoch:
-            self._start(epoch)
+        if (not continuous or getattr(self, "_rx", None) is None or self._next_epoch != epoch
+                or ds.resume is not None):
+            self._start(run)
         rx = self._rx
         finished = False
         try:
-            for _ in range(L):
+            for _ in range(run.batches - run.start):
                 e, batch = rx.get()
                 if e != epoch:
                     raise LoaderError(f"internal error: got a batch of epoch {e} in epoch {epoch}")
+                self._yielded += 1
                 yield batch
             if not continuous:
                 rx.get()  # the end (or an error found while the workers ran out)
@@ -230,7 +255,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 chunk_size: int = DEFAULT_CHUNK, pin_memory: bool | None = None, prefetch_factor: int = 2,
                 multiprocessing_context: Any = None, timeout: float = 0,
                 overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S,
-                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ShardLoader:
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                balance: str | dict[str, float] | None = None) -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -252,7 +278,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     ``mode="eval"``: manifest order, no shuffle; across all ranks every sample is
     yielded exactly once; every rank yields ``ceil(total / (batch_size * world))``
     batches, the last ones padded with label ``-100`` (``cross_entropy``'s default
-    ``ignore_index``) and an all-zero image (and key ``""``).
+    ``ignore_index``) and an all-zero image (and key ``""``). A multi-label build
+    (manifest ``task`` ``"multilabel"``) yields ``float32 [B, C]`` multi-hot targets; a
+    padding row is -100 in every position (mask: ``targets[:, 0] != -100``).
 
     Args:
         source: a build folder, its ``manifest.json``, or a URL of either that fsspec
@@ -267,8 +295,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             shuffling in train mode (default 1000; 0 or 1 = no buffer shuffle).
         on_error: ``raise`` (default): bad data raises :class:`LoaderError` naming the
             shard and key; ``skip``: log a warning, count it in ``loader.skipped`` and put
-            a padding sample (label -100, zero image) at the end of that worker's batches,
-            so batch counts stay equal.
+            a padding sample (label -100, zero image, key "") in its place, so batch
+            counts stay equal and no other sample moves.
         storage_options: fsspec options for remote sources (e.g. ``{"client_kwargs":
             {"endpoint_url": ...}}``); the S3 endpoint also comes from ``AWS_ENDPOINT_URL``.
         cache_dir: for remote sources, a folder keeping a verified copy (size and xxh64
@@ -310,6 +338,17 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             counts. With ``num_workers=0`` the generator's state is restored after each
             call. Must pickle under ``spawn``/``forkserver`` (a module-level function or
             class, not a lambda).
+        balance: class balance of train epochs (default None: every sample once).
+            ``"class"``: every class with samples gets an equal share of the epoch;
+            a dict ``{class name: weight >= 0}`` naming every class: shares in
+            proportion to the weights. The epoch keeps the split's size (so
+            ``len(loader)`` is unchanged); class ``c`` contributes exactly its share
+            ``T_c`` (largest-remainder rounding), each of its ``n_c`` samples ``T_c //
+            n_c`` times plus once more for ``T_c % n_c`` of them chosen by ``(seed,
+            epoch, c)`` (so an over-represented class shows a different subset each
+            epoch). Repeats of a sample go to different passes over the shards, far
+            apart in the epoch. Per-class counts: ``loader.class_counts``. Needs
+            ``<split>/dataset.json``; train mode only.
 
     Returns:
         A :class:`ShardLoader`.
@@ -317,6 +356,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     Raises:
         UsageError: bad arguments, a missing/invalid manifest, an unknown or empty split.
     """
+    if balance is not None and mode != "train":
+        raise UsageError("balance applies to mode='train' only (eval yields every sample once)")
     if transform is not None and not callable(transform):
         raise UsageError(f"transform must be callable or None, got {type(transform).__name__}")
     if mode not in MODES:
@@ -333,9 +374,14 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     if isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
-    _check_picklable(transform, ctx, num_workers)
+    check_picklable(transform, ctx, num_workers)
+    balance = check_balance(balance, spec.classes)
+    if balance is not None and spec.multilabel:
+        raise UsageError("balance needs a single-label build; this one is multi-label")
+    if balance is not None:
+        spec.labels = split_labels(spec)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,
-                     continuous=bool(overlap_epochs) and num_workers > 0, transform=transform)
+                     continuous=bool(overlap_epochs) and num_workers > 0, transform=transform, balance=balance)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return ShardLoader(ds, num_workers, bool(pin_memory), prefetch_factor, ctx, timeout)

@@ -34,30 +34,17 @@ eval:
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import UsageError
+from .sequence import EpochSequence, Segment, Unit
 
-__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "shard_order", "plan_slot", "worker_batches",
-           "extra_shift", "batch_order"]
+__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "phase_batches", "shard_order", "plan_slot",
+           "plan_phase_slot", "worker_batches", "extra_shift", "batch_order", "shard_sequence"]
 
 MODES = ("train", "eval")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Samples ``start .. stop-1`` (stored order) of shard number ``shard`` (manifest index)."""
-
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def count(self) -> int:
-        return self.stop - self.start
 
 
 @dataclass(frozen=True)
@@ -70,12 +57,15 @@ class SlotPlan:
         real: samples read (``sum(s.count for s in segments)``).
         pad: padding samples (label -100, zero image) after them; ``real + pad ==
             batches * batch_size``.
+        positions: the epoch positions (:class:`~loaders.sequence.EpochSequence`) of
+            the samples read, in read order.
     """
 
     batches: int
     segments: tuple[Segment, ...]
     real: int
     pad: int
+    positions: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _check(total: int, batch_size: int, world: int, mode: str) -> None:
@@ -137,28 +127,61 @@ def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int
     return [int(i) for i in rng.permutation(n_shards)]
 
 
-def _segments(counts: list[int], order: list[int], start: int, length: int) -> list[Segment]:
-    """Cut positions ``start .. start+length-1`` of the (cyclic) epoch sequence into segments."""
-    total = sum(counts[i] for i in order)
-    cum = [0]
-    for i in order:
-        cum.append(cum[-1] + counts[i])
-    out: list[Segment] = []
-    pos, left = start % total if total else 0, length
-    while left > 0:
-        k = bisect.bisect_right(cum, pos) - 1
-        while counts[order[k]] == 0:  # empty shards hold no position
-            k += 1
-        off = pos - cum[k]
-        take = min(left, counts[order[k]] - off)
-        seg = Segment(order[k], off, off + take)
-        if out and out[-1].shard == seg.shard and out[-1].stop == seg.start:
-            out[-1] = Segment(seg.shard, out[-1].start, seg.stop)
-        else:
-            out.append(seg)
-        left -= take
-        pos = (pos + take) % total
-    return out
+def shard_sequence(counts: list[int], seed: int, epoch: int, shuffle: bool) -> EpochSequence:
+    """The epoch without balance: whole shards in :func:`shard_order`."""
+    return EpochSequence([Unit(i, counts[i]) for i in shard_order(len(counts), seed, epoch, shuffle)])
+
+
+def phase_batches(n: int, batch_size: int, world: int, mode: str, first: bool = True) -> int:
+    """Batches per rank of a phase of ``n`` positions: :func:`batches_per_rank` for a
+    whole epoch (``first``); for the rest of an epoch resumed on another layout, the
+    full batches in train mode (possibly 0: no wrap-around) and every position once in eval."""
+    if first:
+        return batches_per_rank(n, batch_size, world, mode)
+    _check(max(n, 1), batch_size, world, mode)
+    per_step = batch_size * world
+    return n // per_step if mode == "train" else -(-n // per_step)
+
+
+def _slot_range(n: int, L: int, batch_size: int, rank: int, world: int, worker: int, workers: int,
+                mode: str, epoch: int) -> tuple[int, int, int, int]:
+    """``(start, size, pad, batches)``: the slot reads phase items ``start .. start+size-1``."""
+    if not (0 <= rank < world and 0 <= worker < workers):
+        raise UsageError(f"bad slot: rank {rank} of {world}, worker {worker} of {workers}")
+    shift = extra_shift(L, workers, mode, epoch)
+    per_worker = [worker_batches(L, w, workers, shift) * batch_size for w in range(workers)]
+    if mode == "train":
+        rank_start, sizes, pad = rank * L * batch_size, per_worker, 0
+    else:
+        base, extra = divmod(n, world)
+        rank_start = rank * base + min(rank, extra)
+        rank_real = base + (1 if rank < extra else 0)
+        rank_pad = L * batch_size - rank_real
+        last = (L - 1) % workers
+        sizes = [k - (rank_pad if w == last else 0) for w, k in enumerate(per_worker)]
+        pad = rank_pad if worker == last else 0
+    return rank_start + sum(sizes[:worker]), sizes[worker], pad, per_worker[worker] // batch_size
+
+
+def plan_phase_slot(seq: EpochSequence, items: np.ndarray | None, batch_size: int, rank: int, world: int,
+                    worker: int, workers: int, mode: str, epoch: int) -> SlotPlan:
+    """Plan one slot's share of an epoch phase.
+
+    Args:
+        seq: the epoch's positions.
+        items: the phase's positions (ascending), or None for the whole epoch (then a
+            split smaller than one global batch wraps round, see the module doc).
+        batch_size, rank, world, worker, workers, mode, epoch: as :func:`plan_slot`.
+    """
+    whole = items is None
+    n = seq.total if whole else len(items)
+    L = phase_batches(n, batch_size, world, mode, whole)
+    start, size, pad, batches = _slot_range(n, L, batch_size, rank, world, worker, workers, mode, epoch) \
+        if L else (0, 0, 0, 0)
+    idx = np.arange(start, start + size, dtype=np.int64)
+    positions = idx % seq.total if whole else items[idx]
+    return SlotPlan(batches=batches, segments=tuple(seq.segments(positions)), real=size, pad=pad,
+                    positions=positions)
 
 
 def plan_slot(counts: list[int], batch_size: int, rank: int, world: int, worker: int, workers: int,
@@ -178,25 +201,6 @@ def plan_slot(counts: list[int], batch_size: int, rank: int, world: int, worker:
     Returns:
         The worker's :class:`SlotPlan`.
     """
-    total = sum(counts)
-    L = batches_per_rank(total, batch_size, world, mode)
-    if not (0 <= rank < world and 0 <= worker < workers):
-        raise UsageError(f"bad slot: rank {rank} of {world}, worker {worker} of {workers}")
-    order = shard_order(len(counts), seed, epoch, mode == "train")
-    shift = extra_shift(L, workers, mode, epoch)
-    per_worker = [worker_batches(L, w, workers, shift) * batch_size for w in range(workers)]
-    if mode == "train":
-        rank_start = rank * L * batch_size
-        sizes = per_worker
-        pad = 0
-    else:
-        base, extra = divmod(total, world)
-        rank_start = rank * base + min(rank, extra)
-        rank_real = base + (1 if rank < extra else 0)
-        rank_pad = L * batch_size - rank_real
-        last = (L - 1) % workers
-        sizes = [n - (rank_pad if w == last else 0) for w, n in enumerate(per_worker)]
-        pad = rank_pad if worker == last else 0
-    start = rank_start + sum(sizes[:worker])
-    segs = _segments(counts, order, start, sizes[worker]) if sizes[worker] > 0 else []
-    return SlotPlan(batches=per_worker[worker] // batch_size, segments=tuple(segs), real=sizes[worker], pad=pad)
+    _check(sum(counts), batch_size, world, mode)
+    seq = shard_sequence(list(counts), seed, epoch, mode == "train")
+    return plan_phase_slot(seq, None, batch_size, rank, world, worker, workers, mode, epoch)

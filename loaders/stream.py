@@ -9,6 +9,7 @@ URL and storage options in the :class:`Spec`), never one inherited from its pare
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import random
@@ -16,20 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+import xxhash
 from PIL import PngImagePlugin
 
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
+from .sequence import Segment
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
+from .targets import PAD_LABEL, Targets
 from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
 
-__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "PAD_LABEL",
+__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot_samples", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
 
 log = logging.getLogger("loaders")
 
-#: Label of padding samples: PyTorch's default ``ignore_index`` (``cross_entropy`` skips them).
-PAD_LABEL = -100
 ON_ERROR = ("raise", "skip")
 
 
@@ -50,9 +52,12 @@ class Spec:
     retries: int = 5
     chunk_size: int = DEFAULT_CHUNK
     timeout: float | None = 30.0   # connect/read timeout of each remote request, seconds
+    labels: Any = None             # class index per sample (int32, split order); loaded for balance
+    multilabel: bool = False       # multi-hot targets (manifest task "multilabel")
     _fs: Any = field(default=None, repr=False, compare=False)
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
+    _split_id: str | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -77,6 +82,21 @@ class Spec:
             except Exception as e:  # an optimisation only: read from the start instead
                 log.info("%s: no sample index (%s); shards are read from their start", self.root, e)
         return self._keys[index] if self._keys else None
+
+    def split_xxh64(self) -> str:
+        """xxh64 of the split's shard list (path, samples, checksum) from the manifest:
+        identifies the split's content, wherever the build is read from."""
+        if self._split_id is None:
+            h = xxhash.xxh64()
+            for s in self.shards:
+                h.update(f"{s.path}\0{s.samples}\0{s.xxh64}\n".encode())
+            self._split_id = h.hexdigest()
+        return self._split_id
+
+    @property
+    def targets(self) -> Targets:
+        """What this split's targets are (class indices or multi-hot vectors)."""
+        return Targets(len(self.classes), self.multilabel)
 
     def shard_name(self, shard: ShardInfo) -> str:
         return self.root.rstrip("/") + "/" + shard.path
@@ -178,42 +198,63 @@ class SampleReader:
         log.warning("skipped %d sample(s): %s", missing, msg)
         self.count_skip(missing)
 
-    def read(self, plan: SlotPlan) -> Iterator[RawSample]:
-        """Yield the samples of ``plan.segments`` in order (fewer only with on_error=skip)."""
+    def read(self, plan: SlotPlan, skip: frozenset[int] | set[int] = frozenset()) -> Iterator[tuple[int, RawSample | None]]:
+        """Yield ``(item, sample)`` for the plan's items (numbered in read order) not in ``skip``.
+
+        ``sample`` is None for an item that could not be read (only with
+        ``on_error="skip"``; the failure is logged and counted here). Items in ``skip``
+        are passed over without reading their data; a segment holding only such items
+        is not opened.
+        """
+        item = 0
         for seg in plan.segments:
-            shard = self.spec.shards[seg.shard]
-            name = self.spec.shard_name(shard)
-            got = 0
-            src = None
-            try:
-                src = self._open(shard)
-                tar = TarReader(src, want=("png", "cls"))
-                if seg.start and isinstance(src, RemoteSource) and src.tee is None:
-                    self._jump(tar, src, seg.shard, shard, seg.start)
-                if tar.skip_samples(seg.start - tar.index) < seg.start - tar.index:
+            first, n = item, seg.count
+            item += n
+            wanted = [k for k in range(n) if first + k not in skip] if skip else None
+            if wanted == []:
+                continue
+            yield from self._read_segment(seg, first, wanted)
+
+    def _read_segment(self, seg: Segment, first: int, wanted: list[int] | None) -> Iterator[tuple[int, RawSample | None]]:
+        """Items ``first + k`` for ``k`` in ``wanted`` (None: all) of one segment."""
+        shard = self.spec.shards[seg.shard]
+        name = self.spec.shard_name(shard)
+        indices = seg.indices()
+        todo = list(range(seg.count)) if wanted is None else wanted
+        done = 0
+        src = None
+        try:
+            src = self._open(shard)
+            member = self.spec.targets.member  # .cls, or .labels.npy of a multi-label build
+            tar = TarReader(src, want=("png", member))
+            begin = indices[todo[0]]
+            if begin and isinstance(src, RemoteSource) and src.tee is None:
+                self._jump(tar, src, seg.shard, shard, begin)
+            for k in todo:
+                target = indices[k]
+                if tar.skip_samples(target - tar.index) < target - tar.index:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
-                for s in tar.samples():
-                    yield RawSample(name, s.key, s.parts.get("png"), s.parts.get("cls"))
-                    got += 1
-                    if got == seg.count:
-                        break
-                if got < seg.count:
+                s = next(tar.samples(), None)
+                if s is None:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
+                yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get(member))
+                done += 1
+            tee = getattr(src, "tee", None)
+            if tee is not None:
+                src.finish()
+                tee.commit()
+                src.tee = None
+        except (LoaderError, ShardReadError) as e:
+            msg = str(e) if isinstance(e, LoaderError) else f"{name}: {e}"
+            self._fail(msg, len(todo) - done)
+            for k in todo[done:]:
+                yield first + k, None
+        finally:
+            if src is not None:
                 tee = getattr(src, "tee", None)
                 if tee is not None:
-                    src.finish()
-                    tee.commit()
-                    src.tee = None
-            except LoaderError as e:
-                self._fail(str(e), seg.count - got)
-            except ShardReadError as e:
-                self._fail(f"{name}: {e}", seg.count - got)
-            finally:
-                if src is not None:
-                    tee = getattr(src, "tee", None)
-                    if tee is not None:
-                        tee.discard()
-                    src.close()
+                    tee.discard()
+                src.close()
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -233,24 +274,46 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int:
-    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its label.
+def slot_samples(reader: SampleReader, plan: SlotPlan, order: Iterator[int], skip: int = 0) -> Iterator[RawSample | None]:
+    """A slot's samples in output ``order`` (item numbers, see :func:`loaders.resume.output_order`),
+    without the first ``skip`` outputs, which are neither read nor decoded.
+
+    Items are read in plan order and held until their turn, so at most about a shuffle
+    buffer of samples is held (as with :func:`shuffled` over the samples themselves,
+    whose order this equals). None stands for an item that could not be read
+    (``on_error="skip"``).
+    """
+    consumed = set(itertools.islice(order, skip)) if skip else frozenset()
+    items = reader.read(plan, consumed)
+    pending: dict[int, RawSample | None] = {}
+    for t in order:
+        while t not in pending:
+            got = next(items, None)
+            if got is None:
+                raise LoaderError(f"internal error: item {t} of a plan of {plan.real} never came")
+            pending[got[0]] = got[1]
+        yield pending.pop(t)
+    if next(items, None) is not None:  # runs the reader to its end: the last shard is closed
+        raise LoaderError("internal error: more items than planned")
+
+
+def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int):
+    """Decode ``s`` into ``out`` (``S x S`` uint8) and return its target.
+
+    ``targets``: the split's :class:`~loaders.targets.Targets` (an int is the class count
+    of a single-label build). ``s.cls`` holds the target member's bytes (``.cls``, or
+    ``.labels.npy`` of a multi-label build). Returns the class index, or the float32
+    ``[C]`` multi-hot vector.
 
     Raises:
         LoaderError: a member is missing or corrupt, the image is not ``size x size``
-            8-bit grayscale, or the label is not an integer in ``[0, n_classes)``.
+            8-bit grayscale, or the target is not valid (an integer in ``[0, C)``, or a
+            float32 0/1 vector of length C).
     """
     where = f"{s.shard}: sample {s.key}"
     if s.png is None:
         raise LoaderError(f"{where}: no .png member")
-    if s.cls is None:
-        raise LoaderError(f"{where}: no .cls member")
-    try:
-        label = int(s.cls.strip())
-    except ValueError:
-        raise LoaderError(f"{where}: label {s.cls[:20]!r} is not an integer") from None
-    if not 0 <= label < n_classes:
-        raise LoaderError(f"{where}: label {label} out of range (the build has {n_classes} classes)")
+    label = (targets if isinstance(targets, Targets) else Targets(int(targets))).parse(s.cls, where)
     try:
         # The header (IHDR) alone, checked against the manifest before any pixel is
         # decoded: the manifest bounds the size, so Pillow's global decompression-bomb

@@ -26,7 +26,8 @@ from .dist import world
 from .errors import LoaderError
 from .loader import _as_int, open_split
 from .sources import DEFAULT_CHUNK
-from .stream import SampleReader, decode_into, shuffled, slot_plan, slot_seed
+from .resume import output_order, slot_rng
+from .stream import SampleReader, decode_into, slot_plan, slot_samples, slot_seed
 
 __all__ = ["StyleGANShards"]
 
@@ -38,7 +39,9 @@ class StyleGANShards(IterableDataset):
     worker reads its own share of every epoch (as :func:`loaders.make_loader` in train
     mode does, batch size 1), then moves on to the next epoch with a new shard order:
     the stream never ends. With ``xflip`` each image is mirrored left-right with
-    probability 1/2 (seeded), StyleGAN2-ADA's ``--mirror``.
+    probability 1/2 (seeded), StyleGAN2-ADA's ``--mirror``. For a multi-label build the
+    label is the sample's multi-hot vector (``float32 [C]``), as StyleGAN2-ADA's own
+    dataset gives for vector labels.
 
     Args:
         source: build folder, ``manifest.json`` or URL (as for ``make_loader``).
@@ -61,7 +64,7 @@ class StyleGANShards(IterableDataset):
         self.seed = _as_int(seed, "seed", 0)
         self.shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
         self.rank, self.world_size = world()
-        self._labels: np.ndarray | None = None
+        self._labels: Any = None
         self._source = str(source)
         self._storage_options = storage_options
 
@@ -103,21 +106,24 @@ class StyleGANShards(IterableDataset):
         n = sum(s.samples for s in self.spec.shards)
         return n * 2 if self.xflip else n
 
-    def _class_indices(self) -> np.ndarray:
-        """Class index of every sample in shard order, from ``<split>/dataset.json``."""
+    def _class_indices(self) -> Any:
+        """Class index of every sample in shard order, from ``<split>/dataset.json`` (for a
+        multi-label build, its tuple of class indices)."""
         if self._labels is None:
             from shardgen.storage import open_build
 
             build = open_build(self._source, self._storage_options)
             try:
-                idx = np.asarray([c for _, c in build.labels(self.spec.split)], dtype=np.int64)
+                labels = [c for _, c in build.labels(self.spec.split)]
+                # multi-label: a list of index lists (ragged), used as fancy indices in get_label
+                idx = [list(c) for c in labels] if self.spec.multilabel else np.asarray(labels, np.int64)
             except (OSError, ValueError) as e:
                 raise LoaderError(f"{build.url(self.spec.split + '/dataset.json')}: cannot read labels: {e}") from None
             self._labels = idx
         return self._labels
 
     def get_label(self, idx: int) -> np.ndarray:
-        """One-hot label (``float32 [C]``) of sample ``idx`` (shard order; modulo with xflip)."""
+        """One-hot (multi-hot) label (``float32 [C]``) of sample ``idx`` (shard order; modulo with xflip)."""
         out = np.zeros(self.label_shape, dtype=np.float32)
         if self.has_labels:
             classes = self._class_indices()
@@ -130,16 +136,18 @@ class StyleGANShards(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         spec = self.spec
         reader = SampleReader(spec)
-        n_classes = len(spec.classes)
+        targets = spec.targets
         flip_rng = random.Random(slot_seed(self.seed, self.rank, worker, 2))
         epoch = 0
         while True:
             plan = slot_plan(spec, 1, self.rank, self.world_size, worker, workers, "train", self.seed, epoch)
-            rng = random.Random(slot_seed(self.seed, epoch, self.rank, worker, 1))
-            for s in shuffled(reader.read(plan), self.shuffle_buffer, rng):
+            order = output_order(plan.real, self.shuffle_buffer, slot_rng(self.seed, epoch, self.rank, worker, 0))
+            for s in slot_samples(reader, plan, order):
+                if s is None:  # unreadable, skipped (on_error="skip")
+                    continue
                 img = np.empty((1, spec.size, spec.size), np.uint8)
                 try:
-                    label = decode_into(img[0], s, spec.size, n_classes)
+                    label = decode_into(img[0], s, spec.size, targets)
                 except LoaderError:
                     if spec.on_error == "raise":
                         raise
@@ -149,6 +157,9 @@ class StyleGANShards(IterableDataset):
                     img = np.ascontiguousarray(img[:, :, ::-1])
                 onehot = np.zeros(self.label_shape, dtype=np.float32)
                 if self.has_labels:
-                    onehot[label] = 1.0
+                    if targets.multilabel:
+                        onehot[:] = label
+                    else:
+                        onehot[label] = 1.0
                 yield img, onehot
             epoch += 1

@@ -14,15 +14,17 @@ state is saved before and restored after each call: the user's RNG is left as it
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import xxhash
 
-from .errors import LoaderError
+from .errors import LoaderError, UsageError
 
-__all__ = ["SampleTransform", "transform_seed"]
+__all__ = ["SampleTransform", "transform_seed", "check_picklable"]
 
 _MASK = (1 << 63) - 1
 
@@ -79,3 +81,18 @@ class SampleTransform:
                               f"torch.uint8 {list(out.shape)} (a transform may not change the size or dtype: "
                               f"batches have fixed slots)")
         torch.from_numpy(out).copy_(y)
+
+
+def check_picklable(transform: Any, ctx: Any, num_workers: int) -> None:
+    """A transform must pickle when workers are spawned (fork passes it as it is)."""
+    if transform is None or num_workers == 0:
+        return
+    method = (ctx.get_start_method() if ctx is not None
+              else multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0])
+    if method == "fork":
+        return
+    try:
+        pickle.dumps(transform)
+    except Exception as e:
+        raise UsageError(f"transform must be picklable for {method!r} workers (a module-level function or "
+                         f"class, not a lambda or a local function): {type(e).__name__}: {e}") from None

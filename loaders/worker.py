@@ -10,7 +10,6 @@ worker opens what it reads itself.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Iterator
 
@@ -20,8 +19,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .delivery import Batch, Ring, WorkerFailure
 from .errors import LoaderError
-from .plan import batches_per_rank
-from .stream import PAD_LABEL, SampleReader, Spec, decode_into, shuffled, slot_plan, slot_seed
+from .plan import batches_per_rank, shard_sequence
+from .resume import EpochRun, Layout, Phase, output_order
+from .sequence import EpochSequence, balanced_units, class_targets, multiplicities
+from .stream import SampleReader, Spec, decode_into, slot_samples
+from .targets import Targets
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
@@ -36,11 +38,14 @@ class ShardStream(IterableDataset):
     who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
     ``num_workers`` as ``workers`` here). Any start method works. ``transform``: a
     picklable callable applied to each decoded sample (see :mod:`loaders.transform`).
+    ``balance``: checked by :func:`loaders.sequence.check_balance`; it needs
+    ``spec.labels``. ``resume``: ``(epoch, phases)`` of a loaded state (see
+    :mod:`loaders.resume`), applied to that epoch only.
     """
 
     def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
                  shuffle_buffer: int, with_keys: bool, skipped=None, continuous: bool = False,
-                 transform=None):
+                 transform=None, balance=None):
         self.spec = spec
         self.batch_size = batch_size
         self.mode = mode
@@ -53,10 +58,38 @@ class ShardStream(IterableDataset):
         self.continuous = bool(continuous) and mode == "train"
         self.ring: Ring | None = None
         self.transform = transform
+        self.balance = balance
+        self.resume: tuple[int, tuple[Phase, ...]] | None = None
         self.batches = batches_per_rank(sum(s.samples for s in spec.shards), batch_size, world_size, mode)
 
     def __len__(self) -> int:
         return self.batches
+
+    def layout(self, workers: int) -> Layout:
+        return Layout(self.world_size, max(1, workers), self.batch_size, self.shuffle_buffer)
+
+    def sequence(self, epoch: int, first: Layout) -> EpochSequence:
+        """The positions of ``epoch`` (see :mod:`loaders.sequence`); ``first``: the layout
+        of the epoch's first phase. Balanced epochs hold exactly the samples that phase
+        yields (``batches * batch_size * world_size``), so no class loses a dropped tail."""
+        counts = [s.samples for s in self.spec.shards]
+        if self.balance is None:
+            return shard_sequence(counts, self.seed, epoch, self.mode == "train")
+        labels = self.spec.labels
+        size = batches_per_rank(sum(counts), first.batch_size, first.world_size, self.mode)
+        targets = class_targets(np.bincount(labels, minlength=len(self.spec.classes)), self.balance,
+                                size * first.batch_size * first.world_size)
+        m = multiplicities(labels, targets, self.seed, epoch)
+        return EpochSequence(balanced_units(counts, m, self.seed, epoch))
+
+    def run(self, epoch: int, workers: int, history: tuple[Phase, ...] | None = None) -> EpochRun:
+        """The plan of ``epoch`` on ``workers`` workers after the phases in ``history``
+        (default: those of the loaded state when it is for ``epoch``, else none)."""
+        if history is None:
+            history = self.resume[1] if self.resume is not None and self.resume[0] == epoch else ()
+        layout = self.layout(workers)
+        seq = self.sequence(epoch, history[0].layout if history else layout)
+        return EpochRun(seq, layout, self.mode, self.seed, epoch, history)
 
     def __iter__(self) -> Iterator:
         """Yield ``((epoch, worker, index), batch)``; with ``continuous``, epoch after epoch."""
@@ -65,67 +98,58 @@ class ShardStream(IterableDataset):
         epoch = self.epoch
         try:
             while True:
-                for j, batch in enumerate(self._batches(worker, workers, info is not None, epoch)):
-                    yield (epoch, worker, j), batch
+                yield from self._batches(worker, workers, info is not None, epoch)
                 if not self.continuous:
                     return
                 epoch += 1
         except LoaderError as e:
             yield WorkerFailure(str(e))
 
-    def _samples(self, plan, worker: int, epoch: int):
-        """``(reader, samples)`` of a worker's ``plan`` for ``epoch`` (shuffled in train mode)."""
-        reader = SampleReader(self.spec, self.skipped)
-        samples = reader.read(plan)
-        if self.mode == "train":
-            rng = random.Random(slot_seed(self.seed, epoch, self.rank, worker, 1))
-            samples = shuffled(samples, self.shuffle_buffer, rng)
-        return reader, samples
+    def _batches(self, worker: int, workers: int, in_worker: bool, epoch: int) -> Iterator:
+        """This worker's batches of ``epoch`` not yet yielded, tagged ``(epoch, worker, index)``.
 
-    def _batches(self, worker: int, workers: int, in_worker: bool, epoch: int) -> Iterator[Batch]:
-        """This worker's batches of ``epoch``: exactly the planned number, padded at the end."""
+        Output ``t`` of the slot always goes to place ``t % B`` of batch ``t // B``: a
+        sample that cannot be read or decoded (``on_error="skip"``) and the eval padding
+        leave label -100 and a zero image in its place, so the batches never depend on
+        which samples failed and a resumed run lines up with an uninterrupted one.
+        """
         spec, B = self.spec, self.batch_size
-        plan = slot_plan(spec, B, self.rank, self.world_size, worker, workers, self.mode, self.seed, epoch)
-        if plan.batches == 0:
+        run = self.run(epoch, workers)
+        plan = run.slot(self.rank, worker)
+        first = run.skip_batches(worker)
+        if plan.batches <= first:
             return
-        reader, samples = self._samples(plan, worker, epoch)
-        n_classes = len(spec.classes)
-        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys)
+        reader = SampleReader(spec, self.skipped)
+        order = output_order(plan.real, self.shuffle_buffer, run.rng(self.rank, worker))
+        samples = slot_samples(reader, plan, order, min(first * B, plan.real))
+        targets = spec.targets
+        out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys, targets)
         tf = None if self.transform is None else SampleTransform(self.transform, self.seed, in_worker)
-        produced = 0
-        arr, labels, keys = out.start()
-        i = 0
-        for s in samples:  # the plan makes these fit exactly in plan.batches batches
-            if produced == plan.batches:
-                raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
-            try:
-                labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
-            except LoaderError as e:
-                if spec.on_error == "raise":
-                    raise
-                log.warning("skipped: %s", e)
-                reader.count_skip()
-                continue
-            if tf is not None:  # a bug in the transform, not bad data: raised even with on_error="skip"
-                tf(arr[i], s.shard, s.key, epoch)
-            keys[i] = s.key
-            i += 1
-            if i == B:
-                yield out.finish()
-                produced += 1
-                i = 0
-                if produced < plan.batches:
-                    arr, labels, keys = out.start()
-        # Padding (eval's last batch, or samples skipped with on_error="skip").
-        while produced < plan.batches:
-            arr[i:] = 0
-            labels[i:] = PAD_LABEL
-            keys[i:] = [""] * (B - i)
-            yield out.finish()
-            produced += 1
-            i = 0
-            if produced < plan.batches:
-                arr, labels, keys = out.start()
+        for j in range(first, plan.batches):
+            arr, labels, keys = out.start()
+            for i in range(B):
+                s = next(samples, _END)
+                if s is _END or s is None:
+                    arr[i] = 0
+                    continue
+                try:
+                    labels[i] = decode_into(arr[i, 0], s, spec.size, targets)
+                except LoaderError as e:
+                    if spec.on_error == "raise":
+                        raise
+                    log.warning("skipped: %s", e)
+                    reader.count_skip()
+                    arr[i] = 0
+                    continue
+                if tf is not None:  # a bug in the transform, not bad data: raised even with on_error="skip"
+                    tf(arr[i], s.shard, s.key, epoch)
+                keys[i] = s.key
+            yield (epoch, worker, j), out.finish()
+        if next(samples, _END) is not _END:
+            raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
+
+
+_END = object()
 
 
 class BatchOut:
@@ -137,15 +161,19 @@ class BatchOut:
         batch_size: samples per batch.
         size: side of the square images in pixels.
         with_keys: send the sample keys along.
+        targets: the split's targets (default: single-label class indices).
     """
 
-    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool):
+    def __init__(self, ring: Ring | None, worker: int, batch_size: int, size: int, with_keys: bool,
+                 targets: Targets | None = None):
         self.ring, self.worker, self.B, self.S, self.with_keys = ring, worker, batch_size, size, with_keys
+        self.targets = targets or Targets(0)
         self.k = -1
         self._state = ring.state.numpy() if ring is not None else None
 
     def start(self):
-        """A free batch: ``(images uint8 [B,1,S,S] array, labels int64 [B], keys list)``."""
+        """A free batch: ``(images uint8 [B,1,S,S] array, labels, keys list)``; labels are
+        ``int64 [B]``, or ``float32 [B, C]`` for a multi-label build, all padding at first."""
         if self.ring is None:
             self.images = torch.empty((self.B, 1, self.S, self.S), dtype=torch.uint8)
             arr = self.images.numpy()
@@ -158,7 +186,7 @@ class BatchOut:
                 delay = min(delay * 2, 0.005)
             st[self.worker, self.k] = 1
             arr = self.ring.images[self.worker, self.k].numpy()
-        self.labels = np.full(self.B, PAD_LABEL, dtype=np.int64)
+        self.labels = self.targets.empty(self.B)
         self.keys = [""] * self.B
         return arr, self.labels, self.keys
 

@@ -20,8 +20,9 @@ import xxhash
 
 from .convert import CHUNK, ImageRecord
 from .errors import ShardgenError
-from .format import (SampleMeta, ShardWriter, atomic_write_json, file_xxh64, path_fields,
+from .format import (SampleMeta, ShardWriter, atomic_write_json, file_xxh64, multilabel_members, path_fields,
                      sample_members, shard_pixels_xxh64, shard_relpath)
+from .mlsplit import assign_multilabel, positive_rates
 from .scan import Item, Skip
 from .split import assign_splits, shuffle_order
 
@@ -30,7 +31,11 @@ __all__ = ["SampleSource", "ShardJob", "SplitPlan", "Plan", "make_plan", "ShardT
 
 @dataclass(frozen=True)
 class SampleSource:
-    """Where one sample's members come from: its PNG in a chunk's ``.bin``, its label and ``.json``."""
+    """Where one sample's members come from: its PNG in a chunk's ``.bin``, its label and ``.json``.
+
+    ``labels`` (multi-label builds) holds the class indices of the multi-hot target of
+    ``n_classes`` values, and ``cls_index`` is unused.
+    """
 
     key: str
     chunk_bin: str
@@ -38,6 +43,14 @@ class SampleSource:
     length: int
     cls_index: int
     meta_json: bytes
+    labels: tuple[int, ...] | None = None
+    n_classes: int = 0
+
+    def members(self, png: bytes) -> dict[str, bytes]:
+        """The sample's tar members, in order."""
+        if self.labels is None:
+            return sample_members(png, self.cls_index, self.meta_json)
+        return multilabel_members(png, self.labels, self.n_classes, self.meta_json)
 
 
 @dataclass(frozen=True)
@@ -95,11 +108,20 @@ def _groups(items: Sequence[Item], records: Sequence[ImageRecord], ok: list[int]
     return dups, [g for g in by_group.values() if len(g) > 1]
 
 
+def _label_indices(it: Item, cls_index: dict[str, int]) -> tuple[int, ...]:
+    """A multi-label item's class indices, ascending."""
+    return tuple(sorted(cls_index[c] for c in it.labels or ()))
+
+
 def _assign(items, ok, together, ratios, seed: int, cls_index: dict[str, int]) -> tuple[list[str], list[str]]:
     """``(split of each usable sample, split names)``: the source's own, or assigned by ratio."""
     if ratios is None:
         split_of = [items[i].split for i in ok]
         return split_of, sorted(set(split_of))
+    if ok and items[ok[0]].labels is not None:
+        split_of = assign_multilabel([items[i].relpath for i in ok], [_label_indices(items[i], cls_index) for i in ok],
+                                     len(cls_index), together, ratios, seed)
+        return split_of, [s for s, _ in ratios]
     split_of = assign_splits([items[i].relpath for i in ok], [cls_index[items[i].label] for i in ok],
                              together, ratios, seed)
     return split_of, [s for s, _ in ratios]
@@ -123,10 +145,20 @@ def _shard_job(rel: str, idx: list[int], items, keys, records, cls_index, work: 
     h = xxhash.xxh64()
     for i in idx:
         it, rec = items[i], records[i]
-        ci = cls_index[it.label]
-        meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels).to_bytes()
         chunk_bin = os.path.join(work, "chunks", f"c-{i // CHUNK:06d}.bin")
-        samples.append(SampleSource(keys[i], chunk_bin, rec.offset, rec.length, ci, meta))
+        if it.labels is None:
+            ci = cls_index[it.label]
+            meta = SampleMeta(it.label, it.relpath, rec.width, rec.height, rec.mode, rec.pixels,
+                              rec.dicom).to_bytes()
+            samples.append(SampleSource(keys[i], chunk_bin, rec.offset, rec.length, ci, meta))
+        else:
+            labels = _label_indices(it, cls_index)
+            classes = list(cls_index)
+            ci = ",".join(map(str, labels)) + f"/{len(cls_index)}"
+            meta = SampleMeta(None, it.relpath, rec.width, rec.height, rec.mode, rec.pixels, rec.dicom,
+                              labels, tuple(classes[j] for j in labels)).to_bytes()
+            samples.append(SampleSource(keys[i], chunk_bin, rec.offset, rec.length, -1, meta, labels,
+                                        len(cls_index)))
         h.update(f"{keys[i]}\x00{rec.pixels}\x00{rec.length}\x00{ci}\x00".encode() + meta)
         pix.append((keys[i], rec.pixels))
     return ShardJob(rel, h.hexdigest(), tuple(samples), shard_pixels_xxh64(pix))
@@ -142,9 +174,25 @@ def _split_plan(name: str, idx: list[int], ctx: dict, shard_size: int, seed: int
         sp.shards.append(_shard_job(shard_relpath(name, n), part, items, keys, ctx["records"],
                                     ctx["cls_index"], ctx["work"]))
         for i in part:
-            sp.counts[items[i].label] += 1
-            sp.labels.append([f"{keys[i]}.png", ctx["cls_index"][items[i].label]])
+            sp.labels.append([f"{keys[i]}.png", _count(sp.counts, items[i], ctx["cls_index"])])
     return sp
+
+
+def _count(counts: dict[str, int], it: Item, cls_index: dict[str, int]):
+    """Count ``it`` in ``counts`` (positives per class, for multi-label); its ``dataset.json`` label."""
+    if it.labels is None:
+        counts[it.label] += 1
+        return cls_index[it.label]
+    for c in it.labels:
+        counts[c] += 1
+    on = set(it.labels)
+    return [1.0 if c in on else 0.0 for c in cls_index]
+
+
+def _multilabel_report(splits: dict[str, SplitPlan], items, by_split: dict[str, list[int]]) -> dict[str, Any]:
+    """Per split: positive rate of each class and the samples without any positive."""
+    return {"positive_rates": {n: positive_rates(sp.counts, len(by_split.get(n, []))) for n, sp in splits.items()},
+            "no_finding": {n: sum(1 for i in by_split.get(n, []) if not items[i].labels) for n in splits}}
 
 
 def make_plan(cfg, items: Sequence[Item], keys: Sequence[str], records: Sequence[ImageRecord],
@@ -169,6 +217,8 @@ def make_plan(cfg, items: Sequence[Item], keys: Sequence[str], records: Sequence
               "true_color": sum(1 for i in ok if records[i].true_color),
               "duplicate_groups": len(dup_groups), "duplicate_images": sum(len(g) for g in dup_groups),
               "label_conflicts": conflicts, "duplicates_across_splits": cross}
+    if items and items[0].labels is not None:
+        report.update(_multilabel_report(splits, items, by_split))
     return Plan(splits, skips, duplicates, report)
 
 
@@ -212,7 +262,7 @@ class ShardTask:
                     if len(png) != s.length:
                         raise ShardgenError(f"scratch file {s.chunk_bin} is shorter than recorded; "
                                             "re-run with --overwrite")
-                    w.add(s.key, sample_members(png, s.cls_index, s.meta_json))
+                    w.add(s.key, s.members(png))
         finally:
             for f in handles.values():
                 f.close()

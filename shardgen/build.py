@@ -32,6 +32,7 @@ from .convert import CHUNK, ChunkTask, ImageRecord, chunk_jobs
 from .errors import ShardgenError, UsageError
 from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
 from .image import configure_worker
+from .index import IndexOptions
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
 from .progress import bar as progress_bar
@@ -78,10 +79,13 @@ def _resolve(cfg: BuildConfig, urls=None):
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
             sr = scan_url(urls.src, cfg.index, cfg.group)
     else:
-        sr = scan(cfg.src, cfg.index, cfg.group)
+        sr = scan(cfg.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
     if not sr.items:
         raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
     _check_class_names(sr)
+    if sr.multilabel:
+        classes, items, excluded = _multilabel_classes(cfg, sr), list(sr.items), 0
+        return sr, items, classes, _ratios(cfg, sr), excluded
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if c not in sr.labels]
         if unknown:
@@ -99,13 +103,29 @@ def _resolve(cfg: BuildConfig, urls=None):
     excluded = len(sr.items) - len(items)
     if not items:
         raise UsageError(f"SRC {cfg.src}: no images in the selected classes")
+    return sr, items, classes, _ratios(cfg, sr), excluded
+
+
+def _ratios(cfg: BuildConfig, sr):
+    """The split ratios (None: the source or the split lists give the splits)."""
     if sr.splits is not None:
         if cfg.split_ratios is not None:
             raise UsageError(f"SRC {cfg.src} is already split ({', '.join(sr.splits)}); --splits does not apply")
-        ratios = None
-    else:
-        ratios = cfg.split_ratios or parse_splits(DEFAULT_SPLITS)
-    return sr, items, classes, ratios, excluded
+        return None
+    return cfg.split_ratios or parse_splits(DEFAULT_SPLITS)
+
+
+def _multilabel_classes(cfg: BuildConfig, sr) -> list[str]:
+    """The classes of a multi-label build: every finding (``--classes`` may reorder them)."""
+    if not sr.labels:
+        raise UsageError(f"--index {cfg.index}: no finding in any row (every image is {cfg.no_finding!r})")
+    if cfg.classes is None:
+        return list(sr.labels)
+    if sorted(cfg.classes) != sorted(sr.labels):
+        missing = sorted(set(sr.labels) - set(cfg.classes)) or sorted(set(cfg.classes) - set(sr.labels))
+        raise UsageError(f"--classes: a multi-label build needs every finding, in any order; "
+                         f"{missing[0]!r} differs (found: {', '.join(sr.labels)})")
+    return list(cfg.classes)
 
 
 def _check_class_names(sr) -> None:
@@ -232,8 +252,8 @@ class _Run:
             self.reused += reused
             bar.update(len(recs))
 
-        task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit) if self.urls
-                else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit))
+        task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window)
+                if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window))
         _run_pool(self.pool, task, jobs, got)
         bar.close()
         return records

@@ -121,7 +121,8 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True, scheduler=None, endpoint_url=None,
+              max_pixels=None, overwrite=False, progress=True, dicom_window="auto", columns=None,
+              label_sep=None, no_finding=None, split_lists=None, scheduler=None, endpoint_url=None,
               storage_options=None):
         """Build shards from a folder of labelled images.
 
@@ -143,6 +144,13 @@ class CLI:
             max_pixels: skip larger images as decompression bombs (default 89,478,485).
             overwrite: replace an existing build made with a different config.
             progress: show a progress bar on stderr (default true).
+            dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its
+                full range) or ``none`` (always the full range).
+            columns: the index's columns per role, e.g. ``path=Image Index,label=Finding Labels,group=Patient ID``
+                (default: columns named path, label, group, split).
+            label_sep: separator of several labels in one label cell (``|``): a multi-label build.
+            no_finding: the label meaning no positive class (``No Finding``): an all-zero target.
+            split_lists: official split files, e.g. ``train=train_val_list.txt,test=test_list.txt``.
             scheduler: run the work as Dask tasks: a scheduler ``tcp://host:8786``, or
                 ``local:N`` for a local cluster of N processes (same output bytes).
             endpoint_url: S3 endpoint when SRC or OUT is an ``s3://`` URL (beats the environment).
@@ -166,6 +174,11 @@ class CLI:
             index=None if index is None else as_str(index, "index"),
             group=None if group is None else as_str(group, "group"),
             max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
+            dicom_window=as_str(dicom_window, "dicom_window"),
+            columns=None if columns is None else as_str(columns, "columns"),
+            label_sep=None if label_sep is None else as_str(label_sep, "label_sep"),
+            no_finding=None if no_finding is None else as_str(no_finding, "no_finding"),
+            split_lists=None if split_lists is None else as_str(split_lists, "split_lists"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"), cluster=_cluster(scheduler, workers),

@@ -37,6 +37,7 @@ class ImageRecord:
         pixels: xxh64 of the converted pixels (finds exact duplicates; the sample's ``pixels``).
         width, height, mode: the decoded original (after EXIF orientation).
         true_color: the original had colour channels that differ somewhere.
+        dicom: a DICOM source's audit attributes (``DicomInfo.to_json()``), else None.
     """
 
     ok: bool
@@ -49,6 +50,7 @@ class ImageRecord:
     height: int = 0
     mode: str | None = None
     true_color: bool = False
+    dicom: dict | None = None
 
     def to_row(self) -> list:
         """Positional form for the scratch ``.json`` (compact; internal to a build)."""
@@ -87,10 +89,12 @@ class ChunkTask:
         size: output side in pixels.
         fit: ``pad``, ``crop`` or ``stretch``.
         max_pixels: larger inputs are skipped as decompression bombs.
+        dicom_window: ``auto`` (default) or ``none``, the VOI step of DICOM sources.
     """
 
-    def __init__(self, work: str, size: int, fit: str, max_pixels: int) -> None:
+    def __init__(self, work: str, size: int, fit: str, max_pixels: int, dicom_window: str = "auto") -> None:
         self.work, self.size, self.fit, self.max_pixels = work, size, fit, max_pixels
+        self.dicom_window = dicom_window
 
     def paths(self, cid: int) -> tuple[str, str]:
         """The chunk's ``.bin`` and ``.json`` paths."""
@@ -123,12 +127,12 @@ class ChunkTask:
         buf = bytearray()
         for _rel, path in entries:
             try:
-                pr, src_hash = process_file(path, self.size, self.fit, self.max_pixels)
+                pr, src_hash = process_file(path, self.size, self.fit, self.max_pixels, self.dicom_window)
             except ImageSkip as e:
                 recs.append(ImageRecord(False, str(e), _src_hash(path)))
                 continue
             recs.append(ImageRecord(True, None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width,
-                                    pr.height, pr.mode, pr.true_color))
+                                    pr.height, pr.mode, pr.true_color, pr.dicom and pr.dicom.to_json()))
             buf += pr.png
         bin_path, json_path = self.paths(cid)
         # Scratch files are not fsync'ed: the record file holds the bin's checksum, checked on reuse.

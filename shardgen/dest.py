@@ -16,9 +16,9 @@ import zipfile
 from typing import Any, Iterator
 
 from .errors import ShardgenError
-from .format import CLS_EXT, TMP_PREFIX, ShardReadError, TarReader, atomic_write, decode_cls
+from .format import CLS_EXT, LABELS_EXT, TMP_PREFIX, ShardReadError, TarReader, atomic_write, decode_cls, decode_multihot
 
-__all__ = ["ZIP_DATE", "ZipOut", "FolderOut", "ReplacingFolderOut", "samples_of", "label_of"]
+__all__ = ["ZIP_DATE", "ZipOut", "FolderOut", "ReplacingFolderOut", "samples_of", "label_of", "labels_of"]
 
 #: Timestamp of every zip member (the zip epoch): fixed so archives are byte-identical.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -149,3 +149,17 @@ def label_of(rel: str, smp: Any, n_classes: int) -> int:
     if not 0 <= label < n_classes:
         raise ShardgenError(f"{rel}: {smp.key}: label {label} out of range (0..{n_classes - 1})")
     return label
+
+
+def labels_of(rel: str, smp: Any, n_classes: int) -> tuple[int, ...]:
+    """A multi-label sample's class indices from its ``.labels.npy`` member.
+
+    Raises:
+        ShardgenError: missing, or not a 0/1 float32 vector of ``n_classes`` values.
+    """
+    if LABELS_EXT not in smp.parts:
+        raise ShardgenError(f"{rel}: {smp.key}: sample lacks .{LABELS_EXT}; run shardgen verify")
+    try:
+        return decode_multihot(smp.parts[LABELS_EXT], n_classes)
+    except ValueError as e:
+        raise ShardgenError(f"{rel}: {smp.key}: .{LABELS_EXT}: {e}; run shardgen verify") from None

@@ -142,10 +142,15 @@ def _listing(build: Build, split: str) -> tuple[list[tuple[str, str]] | None, st
     except ValueError as e:
         return None, f"is not valid ({e})"
     classes = build.classes
-    bad = next((c for _, c in labels if c >= len(classes)), None)
+    bad = next((c for _, c in labels if max(c if isinstance(c, tuple) else (c,), default=0) >= len(classes)), None)
     if bad is not None:
         return None, f"has label {bad}, the build has {len(classes)} classes"
-    return [(k, classes[c]) for k, c in labels], ""
+    return [(k, _label_name(classes, c)) for k, c in labels], ""
+
+
+def _label_name(classes, c) -> str:
+    """A class name; a multi-label sample's class names joined with ``|`` (none: ``""``)."""
+    return "|".join(classes[i] for i in c) if isinstance(c, tuple) else classes[c]
 
 
 def _load(build: Build) -> tuple[_Side, list[int], list[str]]:
@@ -206,7 +211,9 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
                     meta = {}
                 meta = meta if isinstance(meta, dict) else {}
                 cls = meta.get("class")
-                if not isinstance(cls, str):
+                if isinstance(meta.get("label_names"), list):  # a multi-label sample
+                    cls = "|".join(map(str, meta["label_names"]))
+                elif not isinstance(cls, str):
                     raw = s.parts.get("cls", b"").strip()
                     cls = classes[int(raw)] if raw.isdigit() and int(raw) < len(classes) else "?"
                 pixels = meta.get("pixels")

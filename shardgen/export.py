@@ -129,6 +129,9 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
     for sp in splits:
         build.split(sp)  # unknown names fail here, before anything is written
     classes = build.classes
+    if build.manifest.multilabel:
+        raise UsageError(f"{build.root} is a multi-label build: an image has several classes, so there are no "
+                         "class folders to export; read the shards, or use shardgen stylegan (vector labels)")
     _check_class_names(classes)
     folder = _check_dest(dest, build, overwrite)
     ext = build.manifest.image.ext

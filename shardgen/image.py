@@ -27,6 +27,7 @@ import numpy as np
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .dicom import DICOM_EXTENSIONS, DicomInfo, DicomSkip, decode_dicom, is_dicom
 from .format.sample import pixels_digest
 
 __all__ = [
@@ -45,10 +46,11 @@ __all__ = [
     "configure_worker",
 ]
 
-#: File extensions treated as images (lower case).
+#: File extensions treated as images (lower case), DICOM's included; other files are images
+#: when they start with the DICOM preamble (:func:`shardgen.dicom.sniff_dicom`).
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm", ".jp2"}
-)
+) | DICOM_EXTENSIONS
 FITS = ("pad", "crop", "stretch")
 #: Largest accepted input, in pixels (width x height); larger files are skipped as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -87,6 +89,7 @@ class Processed:
             (as a viewer shows it; a 300x200 JPEG with orientation 6 gives 200x300).
         mode: the PIL mode of the decoded original.
         true_color: the original had colour channels that differ somewhere.
+        dicom: the audit attributes of a DICOM source (:mod:`shardgen.dicom`), else None.
     """
 
     png: bytes
@@ -95,6 +98,7 @@ class Processed:
     height: int
     mode: str
     true_color: bool
+    dicom: DicomInfo | None = None
 
 
 def _scale_high_bit_depth(a: np.ndarray) -> np.ndarray:
@@ -270,8 +274,39 @@ def _open(fp, max_pixels: int) -> Image.Image:
     return im
 
 
-def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Processed:
+def _finish(gray: np.ndarray, true_color: bool, width: int, height: int, mode: str, size: int, fit: str,
+            dicom: DicomInfo | None = None) -> Processed:
+    """Fit, resize and encode a converted grayscale image."""
+    if gray.size == 0:
+        raise ImageSkip(f"empty image ({width}x{height})")
+    out = fit_square(gray, size, fit)
+    return Processed(png=encode_png(out), pixel_hash=pixels_digest(out.tobytes()), width=width, height=height,
+                     mode=mode, true_color=true_color, dicom=dicom)
+
+
+def _process_dicom(data: bytes, size: int, fit: str, max_pixels: int, window: str) -> Processed:
+    """A DICOM file: :func:`shardgen.dicom.decode_dicom`, then colour through :func:`to_gray`."""
+    try:
+        d = decode_dicom(data, window, max_pixels)
+    except DicomSkip as e:
+        raise ImageSkip(str(e)) from None
+    height, width = d.pixels.shape[:2]
+    gray, true_color = d.pixels, False
+    if d.pixels.ndim == 3:
+        gray, true_color = to_gray(Image.fromarray(d.pixels, "RGB"))
+    return _finish(gray, true_color, width, height, d.mode, size, fit, d.info)
+
+
+def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                  name: str = "", dicom_window: str = "auto") -> Processed:
     """Convert one encoded image (file contents) to the build's PNG.
+
+    Args:
+        data: the file's bytes.
+        size, fit: see :func:`fit_square`.
+        max_pixels: larger images are skipped as decompression bombs.
+        name: the file's name; ``.dcm`` / ``.dicom`` (or the ``DICM`` preamble) selects DICOM.
+        dicom_window: ``auto`` (default) or ``none``: the VOI step of DICOM images (``--dicom_window``).
 
     Raises:
         ImageSkip: the data is empty, not an image, truncated, too large or undecodable.
@@ -280,6 +315,8 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
 
     if not data:
         raise ImageSkip("zero-byte file")
+    if is_dicom(name, data):
+        return _process_dicom(data, size, fit, max_pixels, dicom_window)
     im = _open(io.BytesIO(data), max_pixels)
     width, height, mode = im.width, im.height, im.mode
     try:
@@ -293,20 +330,11 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
         gray, true_color = to_gray(im)
     except (OSError, ValueError) as e:
         raise ImageSkip(f"cannot convert mode {mode}: {e}") from None
-    if gray.size == 0:
-        raise ImageSkip(f"empty image ({width}x{height})")
-    out = fit_square(gray, size, fit)
-    return Processed(
-        png=encode_png(out),
-        pixel_hash=pixels_digest(out.tobytes()),
-        width=width,
-        height=height,
-        mode=mode,
-        true_color=true_color,
-    )
+    return _finish(gray, true_color, width, height, mode, size, fit)
 
 
-def process_file(path: str, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Processed, str]:
+def process_file(path: str, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 dicom_window: str = "auto") -> tuple[Processed, str]:
     """Read and convert one file; returns ``(processed, xxh64 of the file bytes)``.
 
     Raises:
@@ -317,4 +345,5 @@ def process_file(path: str, size: int, fit: str, max_pixels: int = DEFAULT_MAX_P
             data = f.read()
     except OSError as e:
         raise ImageSkip(f"unreadable: {e.strerror or e}") from None
-    return process_bytes(data, size, fit, max_pixels), xxhash.xxh64_hexdigest(data)
+    pr = process_bytes(data, size, fit, max_pixels, name=path, dicom_window=dicom_window)
+    return pr, xxhash.xxh64_hexdigest(data)

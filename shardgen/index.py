@@ -1,9 +1,19 @@
 """``--index file.csv``: labelled images listed in a CSV instead of found by folder names.
 
-Columns ``path,label[,group][,split]`` (header required, UTF-8, a BOM is fine). Paths are
-relative to SRC (or absolute, inside SRC) and normalised (``./a//b.png`` is ``a/b.png``).
-A path listed twice with the same label, group and split is used once (with a note); listed
-twice with different values, or pointing outside SRC, is a usage error naming the line.
+Columns ``path,label[,group][,split]`` (header required, UTF-8, a BOM is fine); ``--columns
+path=COL,label=COL,group=COL,split=COL`` names other columns for these roles (NIH:
+``path=Image Index,label=Finding Labels,group=Patient ID``). Paths are relative to SRC (or
+absolute, inside SRC) and normalised (``./a//b.png`` is ``a/b.png``). A bare file name
+that is not directly in SRC is looked up anywhere under SRC (one walk, on first need): NIH
+ships ``images_001/images/...`` to ``images_012/``; a name found in two places is a usage
+error naming both. A path listed twice with the same label, group and split is used once
+(with a note); listed twice with different values, or pointing outside SRC, is a usage
+error naming the line.
+
+With ``--label_sep`` the label cell holds a set of labels (``Cardiomegaly|Effusion``) and
+the build is multi-label; ``--no_finding`` names the value meaning "no positive class"
+(an all-zero target, not a class). ``--split_lists`` (:mod:`shardgen.splitlists`) puts
+the listed images in the named splits.
 """
 
 from __future__ import annotations
@@ -12,11 +22,36 @@ import csv
 import os
 import posixpath
 import re
+from dataclasses import dataclass
 
 from .errors import UsageError
 from .scan import Item, ScanResult, _group_of
 
-__all__ = ["scan_index"]
+__all__ = ["IndexOptions", "scan_index"]
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How to read the CSV index (from :class:`~shardgen.config.BuildConfig`).
+
+    Attributes:
+        columns: ``(role, column)`` pairs overriding the default column of a role.
+        label_sep: separator of the labels in a label cell (multi-label), or None.
+        no_finding: the label value meaning no positive class, or None.
+        split_lists: ``(split, file)`` pairs of official split files, or None.
+    """
+
+    columns: tuple[tuple[str, str], ...] = ()
+    label_sep: str | None = None
+    no_finding: str | None = None
+    split_lists: tuple[tuple[str, str], ...] | None = None
+
+    @classmethod
+    def of(cls, cfg) -> "IndexOptions":
+        return cls(cfg.column_map, cfg.label_sep, cfg.no_finding, cfg.split_list_files)
+
+    def column(self, role: str) -> str:
+        return dict(self.columns).get(role, role)
 
 
 def _normalise(src: str, path: str, where: str) -> str:
@@ -27,40 +62,103 @@ def _normalise(src: str, path: str, where: str) -> str:
     return rel
 
 
-def scan_index(src: str, index: str, regex: re.Pattern | None) -> ScanResult:
-    """Read the CSV index; see the module docstring.
+class _BareNames:
+    """Finds a bare file name anywhere under SRC; SRC is walked once, on first need."""
 
-    Raises:
-        UsageError: unreadable CSV, missing columns, empty cells, conflicting duplicates,
-            paths outside SRC, or a split column filled for some rows only.
-    """
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self._where: dict[str, list[str]] | None = None
+
+    def _walk(self) -> dict[str, list[str]]:
+        where: dict[str, list[str]] = {}
+        for top, dirs, files in os.walk(self.src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel_top = os.path.relpath(top, self.src).replace(os.sep, "/")
+            for f in files:
+                where.setdefault(f, []).append(f if rel_top == "." else f"{rel_top}/{f}")
+        return where
+
+    def resolve(self, rel: str, where: str) -> str:
+        """``rel``, or where its bare name lies under SRC when it is not directly in SRC."""
+        if "/" in rel or os.path.lexists(os.path.join(self.src, rel)):
+            return rel
+        if self._where is None:
+            self._where = self._walk()
+        found = self._where.get(rel, [])
+        if len(found) > 1:
+            raise UsageError(f"{where}: file name {rel} is ambiguous: found at {found[0]} and {found[1]} under SRC")
+        return found[0] if found else rel
+
+
+def _label_set(cell: str, opts: IndexOptions, where: str) -> tuple[str, tuple[str, ...] | None]:
+    """``(label, labels)`` of a label cell: multi-label cells give their sorted set of names."""
+    if opts.label_sep is None:
+        return cell, None
+    parts = sorted({p.strip() for p in cell.split(opts.label_sep)} - {""})
+    if opts.no_finding is not None and opts.no_finding in parts:
+        if len(parts) > 1:
+            raise UsageError(f"{where}: {opts.no_finding!r} together with other labels in {cell!r}")
+        return opts.no_finding, ()
+    if not parts:
+        raise UsageError(f"{where}: no label in {cell!r}")
+    return opts.label_sep.join(parts), tuple(parts)
+
+
+def _read_rows(index: str, opts: IndexOptions) -> tuple[list[tuple[int, dict]], dict[str, str]]:
+    """The CSV's rows (with line numbers) and role -> column of the roles it has."""
     try:
         f = open(index, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise UsageError(f"--index {index}: cannot open ({e.strerror or e})") from None
-    items: dict[str, Item] = {}
-    repeats = 0
     with f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols or "label" not in cols:
-            raise UsageError(f"--index {index}: needs a header with columns path,label[,group][,split]; got {cols}")
+        named = dict(opts.columns)
+        for role in ("path", "label"):
+            if opts.column(role) not in cols:
+                how = f"--columns names {named[role]!r} for {role}" if role in named else f"needs a {role!r} column"
+                raise UsageError(f"--index {index}: {how}, but the header has {cols}")
+        for role, col in named.items():
+            if col not in cols:
+                raise UsageError(f"--index {index}: --columns names {col!r} for {role}, but the header has {cols}")
         reader.fieldnames = cols
         try:
             rows = list(enumerate(reader, start=2))
         except (UnicodeDecodeError, csv.Error) as e:
             raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
+    roles = {r: opts.column(r) for r in ("path", "label", "group", "split") if opts.column(r) in cols}
+    return rows, roles
+
+
+def _cell(row: dict, roles: dict[str, str], role: str) -> str:
+    col = roles.get(role)
+    return (row.get(col) or "").strip() if col is not None else ""
+
+
+def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None) -> ScanResult:
+    """Read the CSV index; see the module docstring.
+
+    Raises:
+        UsageError: unreadable CSV, missing columns, empty cells, conflicting duplicates,
+            paths outside SRC, an ambiguous bare file name, a split column filled for some
+            rows only, or bad split lists.
+    """
+    opts = options or IndexOptions()
+    rows, roles = _read_rows(index, opts)
+    bare = _BareNames(src)
+    items: dict[str, Item] = {}
+    repeats = 0
     first_line: dict[str, int] = {}
     for n, row in rows:
-        path = (row.get("path") or "").strip()
-        label = (row.get("label") or "").strip()
+        path, cell = _cell(row, roles, "path"), _cell(row, roles, "label")
         where = f"--index {index}: line {n}"
-        if not path or not label:
+        if not path or not cell:
             raise UsageError(f"{where}: empty path or label")
-        rel = _normalise(src, path, where)
-        group = (row.get("group") or "").strip() or _group_of(regex, rel)
-        split = (row.get("split") or "").strip() or None
-        item = Item(rel, label, split, group)
+        rel = bare.resolve(_normalise(src, path, where), where)
+        label, labels = _label_set(cell, opts, where)
+        group = _cell(row, roles, "group") or _group_of(regex, rel)
+        split = _cell(row, roles, "split") or None
+        item = Item(rel, label, split, group, None, labels)
         if rel in items:
             if items[rel] != item:
                 raise UsageError(f"{where}: {path} is listed again with other values than on line {first_line[rel]}")
@@ -71,10 +169,23 @@ def scan_index(src: str, index: str, regex: re.Pattern | None) -> ScanResult:
     splits_given = {i.split for i in items.values()}
     if None in splits_given and len(splits_given) > 1:
         raise UsageError(f"--index {index}: the split column is filled for some rows but not all")
-    splits = sorted(s for s in splits_given if s) or None
     out = sorted(items.values(), key=lambda i: i.relpath)
     notes = [f"--index lists {repeats} path(s) more than once with the same values: each used once"] if repeats else []
-    labels = sorted({i.label for i in out})
-    res = ScanResult("index", out, [], labels, splits, root=src, notes=notes,
-                     single_reason="the index names one label")
-    return res
+    skipped = []
+    if opts.split_lists is not None:
+        if splits_given - {None}:
+            raise UsageError(f"--index {index}: has a split column, and --split_lists also gives the splits; "
+                             "use one of them")
+        from .splitlists import apply_split_lists
+
+        out, skipped, list_notes = apply_split_lists(out, opts.split_lists)
+        notes += list_notes
+        splits = [name for name, _ in opts.split_lists]
+    else:
+        splits = sorted(s for s in splits_given if s) or None
+    if opts.label_sep is not None:
+        labels = sorted({c for i in out for c in i.labels or ()})
+    else:
+        labels = sorted({i.label for i in out})
+    return ScanResult("index", out, skipped, labels, splits, root=src, notes=notes,
+                      single_reason="the index names one label", multilabel=opts.label_sep is not None)

@@ -47,6 +47,11 @@ def build_info(source: str, storage_options: dict[str, Any] | None = None,
     splits = {name: {"samples": s.samples, "class_counts": {c: int(s.class_counts.get(c, 0)) for c in m.classes},
                      "shards": len(s.shards), "bytes": sum(sh.bytes for sh in s.shards)}
               for name, s in m.splits.items()}
+    extra: dict[str, Any] = {}
+    if m.multilabel:  # class_counts are positives; cardinality = mean positives per sample
+        extra = {"task": m.task, "label_cardinality": {
+            n: round(sum(s["class_counts"].values()) / s["samples"], 4) if s["samples"] else 0.0
+            for n, s in splits.items()}, "no_finding": dict(m.report.get("no_finding") or {})}
     return {
         "root": build.root,
         "format": m.format,
@@ -59,6 +64,7 @@ def build_info(source: str, storage_options: dict[str, Any] | None = None,
         "report": m.report,
         "config": m.config,
         "codecs": m.codecs.to_json() if m.codecs else None,
+        **extra,
     }
 
 
@@ -70,6 +76,10 @@ def format_info(info: dict[str, Any]) -> str:
     for c in info["classes"]:
         vals = [splits[s]["class_counts"][c] for s in names]
         rows.append([c] + vals + [sum(vals)])
+    multi = info.get("task") == "multilabel"
+    if multi:
+        none = [int(info.get("no_finding", {}).get(s, 0)) for s in names]
+        rows.append(["no finding"] + none + [sum(none)])
     tot = [splits[s]["samples"] for s in names]
     rows.append(["total"] + tot + [sum(tot)])
     sh = [splits[s]["shards"] for s in names]
@@ -84,9 +94,14 @@ def format_info(info: dict[str, Any]) -> str:
         f"classes: {len(info['classes'])} (label = position: "
         + ", ".join(f"{i} {c}" for i, c in enumerate(info["classes"])) + ")",
         "",
-        format_table(rows, ["samples"] + names + ["all"]),
+        format_table(rows, ["positives" if multi else "samples"] + names + ["all"]),
         "",
     ]
+    if multi:
+        card = info.get("label_cardinality", {})
+        lines[2] = lines[2].replace("(label = position:", "multi-label (target position:")
+        lines.append("label cardinality (mean findings per sample): "
+                     + ", ".join(f"{s} {card.get(s, 0):.2f}" for s in names))
     skipped = info.get("skipped")
     reasons = info.get("skip_reasons") or {}
     why = f" ({', '.join(f'{n} {r}' for r, n in reasons.items())}; see skipped.jsonl)" if reasons else ""

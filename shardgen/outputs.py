@@ -14,8 +14,8 @@ import shutil
 
 from . import __version__
 from .assemble import Plan
-from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, ImageSpec, Manifest, ShardEntry,
-                     SplitEntry, atomic_write_bytes, atomic_write_json, dump_json)
+from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, MULTILABEL, SINGLE, SKIPPED, ImageSpec, Manifest,
+                     ShardEntry, SplitEntry, atomic_write_bytes, atomic_write_json, dump_json)
 from .image import encoder_info
 from .outdir import remove_stale
 from .readers import write_reader_files
@@ -32,7 +32,8 @@ def _manifest(cfg, fp: dict, classes: list[str], plan: Plan, shard_recs: dict[st
         splits[name] = SplitEntry(sum(s.samples for s in shards), dict(sp.counts), shards)
     image = ImageSpec(cfg.size, "L", cfg.format, {"encoder": encoder_info()})
     return Manifest(classes=tuple(classes), image=image, splits=splits,
-                    skipped=skipped, report=report, config=fp, shardgen_version=__version__)
+                    skipped=skipped, report=report, config=fp, shardgen_version=__version__,
+                    task=MULTILABEL if cfg.multilabel else SINGLE)
 
 
 def finish_build(cfg, out: str, work: str, fp: dict, classes: list[str], plan: Plan,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .dest import label_of, samples_of
+from .dest import label_of, labels_of, samples_of
 from .errors import ShardgenError, UsageError
 from .format import atomic_write_bytes
 from .storage import is_url, open_build
@@ -82,13 +82,21 @@ def _collect_tiles(build, split: str, per_class: int, thumb: int) -> list[list[I
     """The first ``per_class`` images of each class in shard order, as thumbnails; stops reading
     once every row is full."""
     classes, ext, counts = build.classes, build.manifest.image.ext, build.split(split).class_counts
-    tiles: list[list[Image.Image]] = [[] for _ in classes]
-    missing = sum(min(per_class, int(counts.get(c, per_class))) for c in classes)
+    multi = build.manifest.multilabel
+    want = [int(counts.get(c, per_class)) for c in classes]
+    if multi:  # one row per finding (its positives), then the samples without any
+        want.append(int((build.manifest.report.get("no_finding") or {}).get(split, per_class)))
+    tiles: list[list[Image.Image]] = [[] for _ in want]
+    missing = sum(min(per_class, n) for n in want)
     if missing <= 0:
         return tiles
     for rel, smp in samples_of(build, [split]):
-        ci = label_of(rel, smp, len(classes))
-        if len(tiles[ci]) >= per_class:
+        if multi:
+            rows = labels_of(rel, smp, len(classes)) or (len(classes),)
+        else:
+            rows = (label_of(rel, smp, len(classes)),)
+        rows = tuple(r for r in rows if len(tiles[r]) < per_class)
+        if not rows:
             continue
         try:
             with Image.open(io.BytesIO(smp.parts[ext])) as im:
@@ -96,8 +104,9 @@ def _collect_tiles(build, split: str, per_class: int, thumb: int) -> list[list[I
         except Exception as e:  # any broken member: name it
             raise ShardgenError(f"{rel}: {smp.key}: cannot use sample ({type(e).__name__}: {e}); "
                                 f"run shardgen verify") from None
-        tiles[ci].append(_thumbnail(a, thumb))
-        missing -= 1
+        for r in rows:
+            tiles[r].append(_thumbnail(a, thumb))
+        missing -= len(rows)
         if missing <= 0:
             break
     return tiles
@@ -161,7 +170,12 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
         raise UsageError(f"--out: folder {folder} does not exist")
 
     tiles = _collect_tiles(build, split, per_class, thumb)
-    sheet, label_width = _draw(classes, _labels(classes, s.class_counts, split), tiles, per_class, thumb)
+    texts = _labels(classes, s.class_counts, split)
+    if build.manifest.multilabel:  # rows of positives, then a row of samples without any finding
+        texts = [t.replace("\nlabel ", "\nposition ") for t in texts]
+        none = int((build.manifest.report.get("no_finding") or {}).get(split, 0))
+        texts.append(f"no finding\n\n{none:,} in {split}")
+    sheet, label_width = _draw(texts, texts, tiles, per_class, thumb)
     width, height = sheet.size
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=False, compress_level=6)

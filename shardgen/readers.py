@@ -39,6 +39,9 @@ _HF_SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
 #: The ``.json`` fields of a sample (docs/format.md), with an example value of each type.
 #: ``source_raw`` is present only for non-UTF-8 file names (null elsewhere in ``datasets``).
 SAMPLE_JSON = {"class": "", "source": "", "source_raw": "", "width": 0, "height": 0, "mode": "", "pixels": ""}
+#: The same for a multi-label build (``labels``: class indices, ``label_names``: their names).
+SAMPLE_JSON_MULTILABEL = {"labels": [0], "label_names": [""], "source": "", "source_raw": "", "width": 0,
+                          "height": 0, "mode": "", "pixels": ""}
 # YAML double-quoted scalars must not hold these raw (PyYAML's printable set, inverted).
 _YAML_UNPRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -63,11 +66,14 @@ def json_fields(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """``(field, datasets dtype)`` for each scalar field of a sample's ``.json``, in order.
 
     Strings and nulls are ``string``, integers ``int64``, floats ``float64``, booleans
-    ``bool``; fields holding lists or objects are left out (``datasets`` then drops them).
+    ``bool``; a list of integers or strings is ``list:int64`` / ``list:string``; other
+    lists and objects are left out (``datasets`` then drops them).
     """
     out = []
     for k, v in meta.items():
-        if isinstance(v, bool):
+        if isinstance(v, list) and v and isinstance(v[0], (int, str)) and not isinstance(v[0], bool):
+            out.append((k, "list:int64" if isinstance(v[0], int) else "list:string"))
+        elif isinstance(v, bool):
             out.append((k, "bool"))
         elif isinstance(v, int):
             out.append((k, "int64"))
@@ -86,12 +92,16 @@ def _card_yaml(manifest: Manifest, fields: list[tuple[str, str]], splits: list[s
         y += [f"  - split: {_yq(sp)}", f"    path: {_yq(sp + '/*.tar')}"]
     y += ["dataset_info:", "  config_name: default", "  features:",
           "  - name: __key__", "    dtype: string",
-          "  - name: png", "    dtype: image",
-          "  - name: cls", "    dtype:", "      class_label:", "        names:"]
-    y += [f"          '{i}': {_yq(c)}" for i, c in enumerate(classes)]
+          "  - name: png", "    dtype: image"]
+    if manifest.multilabel:  # the multi-hot target, decoded from .npy by datasets' webdataset builder
+        y += ["  - name: labels.npy", "    list: float32", f"    length: {len(classes)}"]
+    else:
+        y += ["  - name: cls", "    dtype:", "      class_label:", "        names:"]
+        y += [f"          '{i}': {_yq(c)}" for i, c in enumerate(classes)]
     y += ["  - name: json", "    struct:"]
     for k, t in fields:
-        y += [f"    - name: {_yq(k)}", f"      dtype: {t}"]
+        kind = f"list: {t[5:]}" if t.startswith("list:") else f"dtype: {t}"
+        y += [f"    - name: {_yq(k)}", f"      {kind}"]
     y += ["  - name: __url__", "    dtype: string", "  splits:"]
     total = 0
     for sp in splits:
@@ -124,12 +134,15 @@ def _card_body(manifest: Manifest, left_out: list[str]) -> list[str]:
         b.append(f"| {i} | {_md(c)} | " + " | ".join(f"{n:,}" for n in per) + f" | {sum(per):,} |")
     b.append("| | **total** | " + " | ".join(f"{splits[sp].samples:,}" for sp in names)
              + f" | {total:,} |")
-    b += ["", "## Files", "",
-          f"- `<split>/<split>-NNNNNN.tar`: the shards. Each sample is three members sharing a key: "
-          f"`<key>.{ext}` (the image), `<key>.cls` (the class index as ASCII digits) and `<key>.json` "
-          "(class name, source path, and the source image's width, height and mode).",
+    if manifest.multilabel:  # class counts are positives; each image has any number of classes
+        swap = {"# Image classification": "# Multi-label image classification", "| class |": "| class (positives) |",
+                "| **total** |": "| **samples** |", " classes, ": " classes (multi-label), "}
+        for a, z in swap.items():
+            b = [line.replace(a, z, 1) for line in b]
+    b += ["", "## Files", "", _members_line(manifest),
           "- `<split>/<split>.wids.json`: wids shard index (shard URLs relative to it, sample counts).",
-          "- `<split>/dataset.json`: StyleGAN2-ADA labels `{\"labels\": [[\"<key>.png\", index], ...]}`.",
+          "- `<split>/dataset.json`: StyleGAN2-ADA labels `{\"labels\": [[\"<key>.png\", "
+          + ("[0.0, 1.0, ...]" if manifest.multilabel else "index") + "], ...]}`.",
           "- `manifest.json` (written last: its presence means the build is complete), `classes.json`, "
           "`skipped.jsonl` (inputs left out, with the reason), `duplicates.jsonl`.", ""]
     if left_out:
@@ -141,7 +154,40 @@ def _card_body(manifest: Manifest, left_out: list[str]) -> list[str]:
     return b
 
 
+def _members_line(manifest: Manifest) -> str:
+    ext = manifest.image.ext
+    if manifest.multilabel:
+        return (f"- `<split>/<split>-NNNNNN.tar`: the shards. Each sample is three members sharing a key: "
+                f"`<key>.{ext}` (the image), `<key>.labels.npy` (the multi-hot target: float32 [C], 1.0 for "
+                "each class the image has; all 0.0 for no finding) and `<key>.json` (class indices and names, "
+                "source path, and the source image's width, height and mode).")
+    return (f"- `<split>/<split>-NNNNNN.tar`: the shards. Each sample is three members sharing a key: "
+            f"`<key>.{ext}` (the image), `<key>.cls` (the class index as ASCII digits) and `<key>.json` "
+            "(class name, source path, and the source image's width, height and mode).")
+
+
 def _card_howto(manifest: Manifest, splits: list[str]) -> list[str]:
+    lines = _card_howto_single(manifest, splits)
+    if not manifest.multilabel:
+        return lines
+    ext = manifest.image.ext
+    swap = {"row[\"cls\"]: class index (a ClassLabel)": "row[\"labels.npy\"]: multi-hot target (C floats)",
+            "sample[\".cls\"]: class index": "sample[\".labels.npy\"]: multi-hot target",
+            f"to_tuple(\"{ext}\", \"cls\")": f"to_tuple(\"{ext}\", \"labels.npy\")",
+            "num_workers=4)": "num_workers=4)   # targets: float32 [B, C]"}
+    out = []
+    for line in lines:
+        if "features[\"cls\"]" in line:
+            line = "names = json.load(open(\"path/to/this/folder/classes.json\"))[\"classes\"]   # target positions"
+        elif "ImageFolder" in line:
+            line = "A multi-label build has no class folders (`shardgen export` refuses it)."
+        for a, b in swap.items():
+            line = line.replace(a, b)
+        out.append(line)
+    return out
+
+
+def _card_howto_single(manifest: Manifest, splits: list[str]) -> list[str]:
     ext = manifest.image.ext
     sp = splits[0] if splits else next(iter(manifest.splits))
     n = len(manifest.splits[sp].shards)
@@ -219,7 +265,7 @@ def write_reader_files(out: str, manifest: Manifest) -> None:
                 os.unlink(path)
             continue
         atomic_write_bytes(path, dump_json(index))
-    fields = json_fields(SAMPLE_JSON)
+    fields = json_fields(SAMPLE_JSON_MULTILABEL if manifest.multilabel else SAMPLE_JSON)
     atomic_write_bytes(os.path.join(out, DATASET_CARD), dataset_card(manifest, fields))
 
 

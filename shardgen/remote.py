@@ -314,10 +314,12 @@ class Paths:
             shutil.rmtree(staging, ignore_errors=True)
         return result
 
-    def chunk_task(self, src_root: str, work_url: str, size: int, fit: str, max_pixels: int):
+    def chunk_task(self, src_root: str, work_url: str, size: int, fit: str, max_pixels: int,
+                   dicom_window: str = "auto"):
         from .remote_tasks import FsChunkTask
 
-        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), size, fit, max_pixels)
+        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), size, fit, max_pixels,
+                           dicom_window)
 
     def shard_task(self, work_url: str):
         from .remote_tasks import FsShardTask

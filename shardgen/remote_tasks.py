@@ -23,7 +23,7 @@ from fsspec.utils import merge_offset_ranges
 from .assemble import ShardJob, ShardTask
 from .convert import ChunkTask, ImageRecord
 from .errors import ShardgenError
-from .format import ShardWriter, dump_json, sample_members, stream_xxh64
+from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
 from .remote import Location, put_atomic, put_file_atomic, read_or_none
 
@@ -36,11 +36,12 @@ class FsChunkTask(ChunkTask):
     Args:
         src: where the sources are (their paths in the jobs are full URLs or paths).
         work: the build's scratch folder.
-        size, fit, max_pixels: as :class:`~shardgen.convert.ChunkTask`.
+        size, fit, max_pixels, dicom_window: as :class:`~shardgen.convert.ChunkTask`.
     """
 
-    def __init__(self, src: Location, work: Location, size: int, fit: str, max_pixels: int) -> None:
-        super().__init__(work.url, size, fit, max_pixels)
+    def __init__(self, src: Location, work: Location, size: int, fit: str, max_pixels: int,
+                 dicom_window: str = "auto") -> None:
+        super().__init__(work.url, size, fit, max_pixels, dicom_window)
         self.src, self.work_loc = src, work
 
     def paths(self, cid: int) -> tuple[str, str]:
@@ -83,12 +84,13 @@ class FsChunkTask(ChunkTask):
                 continue
             src_hash = xxhash.xxh64_hexdigest(data)
             try:
-                pr = process_bytes(data, self.size, self.fit, self.max_pixels)
+                pr = process_bytes(data, self.size, self.fit, self.max_pixels, name=path,
+                                   dicom_window=self.dicom_window)
             except ImageSkip as e:
                 recs.append(ImageRecord(False, str(e), src_hash))
                 continue
             recs.append(ImageRecord(True, None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width,
-                                    pr.height, pr.mode, pr.true_color))
+                                    pr.height, pr.mode, pr.true_color, pr.dicom and pr.dicom.to_json()))
             buf += pr.png
         wfs = self.work_loc.fs()
         bin_path, json_path = self.paths(cid)
@@ -190,7 +192,7 @@ class FsShardTask(ShardTask):
                     if isinstance(png, BaseException) or len(png) != s.length:
                         raise ShardgenError(f"scratch object {s.chunk_bin} is shorter than recorded; "
                                             "re-run with --overwrite")
-                    w.add(s.key, sample_members(png, s.cls_index, s.meta_json))
+                    w.add(s.key, s.members(png))
             put_file_atomic(fs, local, final)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -34,8 +34,27 @@ def format_table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def multilabel_table(manifest: Manifest) -> str:
+    """Positive samples and positive rate per class (rows) x split (columns) of a multi-label
+    build, then the samples without any positive, then the samples per split."""
+    splits = list(manifest.splits)
+    rates = manifest.report.get("positive_rates", {})
+    rows = []
+    for c in manifest.classes:
+        vals = [manifest.splits[s].class_counts.get(c, 0) for s in splits]
+        rows.append([c] + [f"{v:,} ({100 * rates.get(s, {}).get(c, 0):.1f}%)" for s, v in zip(splits, vals)]
+                    + [sum(vals)])
+    none = manifest.report.get("no_finding", {})
+    rows.append(["no finding"] + [none.get(s, 0) for s in splits] + [sum(none.get(s, 0) for s in splits)])
+    tot = [manifest.splits[s].samples for s in splits]
+    rows.append(["samples"] + tot + [sum(tot)])
+    return format_table(rows, ["class (positives, rate)"] + splits + ["all"])
+
+
 def split_class_table(manifest: Manifest) -> str:
     """Samples per class (rows) x split (columns), with totals."""
+    if manifest.multilabel:
+        return multilabel_table(manifest)
     splits = list(manifest.splits)
     classes = manifest.classes
     rows = []

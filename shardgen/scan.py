@@ -16,6 +16,8 @@ The rules (documented for users in ``docs/layouts.md``):
 * **The folder above the dataset.** When SRC holds exactly one folder (ignoring hidden
   entries and non-image files) and that folder is a multi-class layout, the build uses it,
   with a note (``using SRC/X, the only folder in SRC``).
+* **Image files** have an image extension (``.dcm`` included), or start with the DICOM
+  preamble (``DICM`` at byte 128: extensionless CR exports; 132 bytes read to tell).
 * Or ``--index file.csv`` with columns ``path,label[,group][,split]`` (paths relative to
   SRC, normalised; a path listed twice with the same values is used once).
 """
@@ -26,6 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .dicom import sniff_dicom
 from .errors import UsageError
 from .format import path_fields
 from .image import IMAGE_EXTENSIONS
@@ -50,6 +53,8 @@ class Item:
         group: ``--group`` / index group id, else None.
         keypath: the path the sample key is made from (``relpath`` without the Kaggle
             ``images`` component); None means ``relpath``.
+        labels: multi-label builds only: the sample's class names (sorted; empty for the
+            ``--no_finding`` value), and ``label`` is their canonical text; else None.
     """
 
     relpath: str
@@ -57,6 +62,7 @@ class Item:
     split: str | None = None
     group: str | None = None
     keypath: str | None = None
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class ScanResult:
         notes: one-line notes for the user (wrapper folder used, symlink loops, ...).
         class_dirs: label -> the folders it came from (relative to ``root``).
         single_reason: why the source has one class, when it has one.
+        multilabel: the items carry label sets (``--label_sep``); ``labels`` are the findings.
     """
 
     layout: str
@@ -95,6 +102,7 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     class_dirs: dict[str, list[str]] = field(default_factory=dict)
     single_reason: str = ""
+    multilabel: bool = False
 
 
 def _visible(name: str) -> bool:
@@ -121,6 +129,7 @@ class Tree:
         self.root = root
         self.folders: dict[str, tuple[list[str], list[str]]] = {}
         self.notes: list[str] = []
+        self._sniffed: dict[str, bool] = {}
         self._walk(skipped)
 
     def _walk(self, skipped: list[Skip]) -> None:
@@ -158,6 +167,12 @@ class Tree:
         if loops:
             more = f" (and {len(loops) - _MAX_NOTES} more)" if len(loops) > _MAX_NOTES else ""
             self.notes.append("listed each real folder once, not following: " + "; ".join(loops[:_MAX_NOTES]) + more)
+
+    def is_image(self, rel: str) -> bool:
+        """``rel`` has an image extension, or starts with the DICOM preamble (first 132 bytes read once)."""
+        if not _is_image(rel) and rel not in self._sniffed:
+            self._sniffed[rel] = sniff_dicom(os.path.join(self.root, rel))
+        return _is_image(rel) or self._sniffed[rel]
 
     def subdirs(self, rel: str) -> list[str]:
         return self.folders.get(rel, ([], []))[0]
@@ -245,7 +260,7 @@ class _Collector:
         self.class_dirs.setdefault(label, []).append(cdir)
         for f in _class_files(self.tree, cdir):
             self.used.add(f)
-            if _is_image(f):
+            if self.tree.is_image(f):
                 self.items.append(Item(f, label, split, _group_of(self.regex, f), _keypath(f, cdir, self.tree)))
             else:
                 ext = os.path.splitext(f)[1].lower()
@@ -254,7 +269,7 @@ class _Collector:
     def stray_images(self, base: str, where: str) -> None:
         """Report image files under ``base`` that no class folder took."""
         for f in self.tree.all_files(base):
-            if f not in self.used and _is_image(f) and not _in_kaggle_sibling(f, self.tree):
+            if f not in self.used and self.tree.is_image(f) and not _in_kaggle_sibling(f, self.tree):
                 self.skipped.append(Skip(f, f"image outside any class folder ({where})"))
 
 
@@ -292,7 +307,7 @@ def _sole_folder(tree: Tree, base: str) -> str | None:
     """The one folder inside ``base`` when ``base`` holds nothing else that counts (no image
     files, not a Kaggle class itself); else None."""
     dirs = [d for d in tree.subdirs(base) if tree.has(_join(base, d))]
-    if len(dirs) != 1 or any(_is_image(f) for f in tree.files(base)) or tree.is_kaggle_class(base):
+    if len(dirs) != 1 or any(tree.is_image(_join(base, f)) for f in tree.files(base)) or tree.is_kaggle_class(base):
         return None
     return _join(base, dirs[0])
 
@@ -352,7 +367,7 @@ def _scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> Sc
                       class_dirs=col.class_dirs, single_reason=single)
 
 
-def scan(src: str, index: str | None = None, group: str | None = None) -> ScanResult:
+def scan(src: str, index: str | None = None, group: str | None = None, options=None) -> ScanResult:
     """Find every input image under ``src`` (see the module docstring for the rules).
 
     Args:
@@ -360,6 +375,8 @@ def scan(src: str, index: str | None = None, group: str | None = None) -> ScanRe
         index: optional CSV (``path,label[,group][,split]``) used instead of folder names.
         group: optional regex; files whose relative path gives the same match (first
             capture group if any) share a split.
+        options: the index's :class:`~shardgen.index.IndexOptions` (columns, multi-label,
+            split lists); None: the defaults.
 
     Raises:
         UsageError: ``src`` is missing or not a folder, or no class folders are found.
@@ -370,7 +387,7 @@ def scan(src: str, index: str | None = None, group: str | None = None) -> ScanRe
     if index is not None:
         from .index import scan_index
 
-        return scan_index(src, index, regex)
+        return scan_index(src, index, regex, options)
     skipped: list[Skip] = []
     tree = Tree(src, skipped)
     notes = list(tree.notes)

@@ -10,7 +10,9 @@ zip or folder, and what this export therefore guarantees:
 - It reads ``dataset.json`` ``{"labels": [[name, label], ...]}``, turns it into a dict and
   looks every image name up in it (a missing name is a KeyError at start-up); labels here
   are the build's class indices (integers, so it one-hot encodes them with
-  ``max(label) + 1`` classes), one for every image.
+  ``max(label) + 1`` classes), one for every image. For a multi-label build each label
+  is the multi-hot list of C floats (``0.0``/``1.0``), which it reads as ``float32``
+  vectors with ``label_dim = C``.
 - It takes the shape of the first image and asserts every image has it; the networks need
   a square power-of-two resolution of at least 4. The export refuses other sizes before
   writing anything.
@@ -35,7 +37,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
-from .dest import FolderOut, ZipOut, label_of, samples_of
+from .dest import FolderOut, ZipOut, label_of, labels_of, samples_of
 from .progress import bar as progress_bar
 from .storage import is_url, open_build
 
@@ -148,6 +150,7 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
         raise UsageError(f"StyleGAN export needs 1-channel grayscale (mode L) images; this build has "
                          f"mode {image.mode}")
     classes = build.classes
+    multi = build.manifest.multilabel
     kind, out_cls = _open_dest(dest, overwrite)
     total = sum(build.split(sp).samples for sp in splits)
     labels: list[list[Any]] = []
@@ -156,11 +159,13 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
         for rel, smp in samples_of(build, splits):
             if "png" not in smp.parts:
                 raise ShardgenError(f"{rel}: {smp.key}: sample lacks .png; run shardgen verify")
-            label = label_of(rel, smp, len(classes))
+            found = labels_of(rel, smp, len(classes)) if multi else (label_of(rel, smp, len(classes)),)
             name = archive_name(len(labels))
             out.write(name, _image(rel, smp.key, smp.parts["png"], size, uncompressed))
-            labels.append([name, label])
-            counts[label] += 1
+            # multi-label: a list of floats per image, which StyleGAN2-ADA reads as label_dim = C
+            labels.append([name, [1.0 if c in found else 0.0 for c in range(len(classes))] if multi else found[0]])
+            for c in found:
+                counts[c] += 1
             bar.update(1)
         if not labels:
             raise UsageError(f"split {split!r} has no samples; nothing to export")
@@ -168,4 +173,5 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
         nbytes = out.commit()
     return ExportResult(dest=dest, kind=kind, images=len(labels), splits=splits, size=size,
                         class_counts={c: n for c, n in zip(classes, counts)},
-                        label_dim=max(lbl for _, lbl in labels) + 1, classes=len(classes), bytes=nbytes)
+                        label_dim=len(classes) if multi else max(lbl for _, lbl in labels) + 1,
+                        classes=len(classes), bytes=nbytes)

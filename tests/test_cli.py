@@ -93,7 +93,7 @@ def test_extra_missing_and_malformed_arguments(src, tmp_path):
             "shardgen build: error: flag --nosize: only true/false flags can be negated, and --size is not one")
     refused(run_cli("build", src, out, "-s", 1),
             "shardgen build: error: flag -s is ambiguous: --src, --size, --splits, --seed, --shard_size, --strict, "
-            "--scheduler, --storage_options")
+            "--split_lists, --scheduler, --storage_options")
     refused(run_cli("build", src, out, "-", "x"), "shardgen build: error: unexpected argument -")
     line = run_cli("build", src, out, "--", "--sed", 5)
     assert line.returncode == 2 and "unknown flag --sed after --" in line.stderr

@@ -293,3 +293,33 @@ def test_a_reader_starting_inside_a_remote_shard_does_not_download_its_beginning
     (served.root / "xray" / "train" / "dataset.json").unlink()
     again = eval_epoch(url, num_workers=0, chunk_size=4096)
     assert again[0] == local[0] and torch.equal(again[2], local[2])
+
+
+def test_resume_over_http_skips_consumed_shards_and_equals_the_local_run(build, served, tmp_path):
+    """A state taken after 6 eval batches (shards 0 and 1 and 8 samples of shard 2) resumes
+    over HTTP: the rest equals the local run, shards 0 and 1 are never requested, shard 2
+    is entered past its start; with a cache_dir and workers the rest is the same too."""
+    url = served.url + "/xray"
+    shards = [s["path"] for s in manifest(build)["splits"]["train"]["shards"]]
+
+    def rest(source, state, **kw):
+        ld = make_loader(source, batch_size=8, mode="eval", with_keys=True, **kw)
+        ld.load_state_dict(state)
+        return [(list(k), x.clone()) for x, _, k in ld]
+
+    local = make_loader(build, batch_size=8, mode="eval", with_keys=True, num_workers=0)
+    want = []
+    for i, (x, _, k) in enumerate(local):
+        want.append((list(k), x.clone()))
+        if i == 5:
+            state = local.state_dict()
+    want = want[6:]
+    got = rest(url, state, num_workers=0, chunk_size=4096)
+    assert [k for k, _ in got] == [k for k, _ in want] and all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want))
+    asked = {g["path"] for g in served.shard_gets()}
+    assert f"xray/{shards[0]}" not in asked and f"xray/{shards[1]}" not in asked
+    starts = [int(g["range"].split("=")[1].split("-")[0]) for g in served.shard_gets() if g["path"] == f"xray/{shards[2]}"]
+    assert starts and min(starts) > 0
+    # On 2 workers (another layout: the remaining samples, each once), through the cache.
+    cached = rest(url, state, num_workers=2, cache_dir=str(tmp_path / "cache"))
+    assert sorted(k for ks, _ in cached for k in ks if k) == sorted(k for ks, _ in want for k in ks if k)

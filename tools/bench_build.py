@@ -23,6 +23,10 @@ Measured:
     throughput, and identical bytes;
   * ``--s3``: SRC uploaded to a local SeaweedFS (tests/s3server.py) and OUT on it, against the
     local-disk build; target >= 0.7 of its throughput, and identical shard checksums.
+  * DICOM conversion per core (``process_bytes``, bytes in memory): ``--dicom_images`` generated
+    1024x1024 chest X-rays (12 bits stored, with a window) as uncompressed 16-bit DICOM, as JPEG 2000
+    lossless DICOM, and the same pixels as 16-bit and 8-bit PNG, each converted to 256x256.
+    ``--dicom_only`` runs just this part.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import glob
 import io
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -48,7 +51,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+import make_dicom  # noqa: E402
 import make_sample_dataset as msd  # noqa: E402
+from bench_dask_s3 import dask_column, s3_column  # noqa: E402
 from shardgen.cpus import usable_cpus  # noqa: E402
 from shardgen.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
 
@@ -172,6 +177,57 @@ def per_core(datas: list[bytes], size: int) -> dict[str, float]:
     return res
 
 
+def dicom_sources(root: str, n: int, side: int) -> dict[str, list[bytes]]:
+    """``n`` generated images of each kind (file bytes), cached under ``root``."""
+    folder = os.path.join(root, f"dicom-{n}-{side}")
+    kinds = ("DICOM 16-bit uncompressed", "DICOM JPEG 2000 lossless", "PNG 16-bit", "PNG 8-bit")
+    names = {k: [os.path.join(folder, f"{i}-{j}.{'dcm' if j < 2 else 'png'}") for i in range(n)]
+             for j, k in enumerate(kinds)}
+    if not os.path.exists(os.path.join(folder, ".complete")):
+        print(f"generating {n} x {len(kinds)} {side}x{side} DICOM and PNG files in {folder} ...", file=sys.stderr)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(n):
+            a = make_dicom.xray16(i, side, bits=12)
+            for j, j2k in ((0, False), (1, True)):
+                ds = make_dicom.dicom_dataset(a, f"bench{i}", bits_stored=12, window=(2048, 4096))
+                make_dicom.write(names[kinds[j]][i], ds, j2k=j2k)
+            Image.fromarray(a).save(names[kinds[2]][i], compress_level=6)  # uint16: mode I;16
+            Image.fromarray((a >> 4).astype(np.uint8), "L").save(names[kinds[3]][i], compress_level=6)
+        open(os.path.join(folder, ".complete"), "w").close()
+    return {k: [open(f, "rb").read() for f in fs] for k, fs in names.items()}
+
+
+def dicom_per_core(root: str, n: int, side: int, size: int) -> dict[str, tuple[float, float]]:
+    """``(images per CPU-second, images per wall-second)`` of ``process_bytes`` in this process on
+    each kind of :func:`dicom_sources`, best of 3 rounds. CPU time (all threads of this process)
+    is what a core does, whatever else shares the machine; wall time is only slowed by that."""
+    res = {}
+    for kind, datas in dicom_sources(root, n, side).items():
+        name = "x.dcm" if kind.startswith("DICOM") else "x.png"
+        process_bytes(datas[0], size, "pad", name=name)  # imports pydicom and its plugins once
+        cpu = wall = 0.0
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for d in datas:
+                process_bytes(d, size, "pad", name=name)
+            cpu = max(cpu, len(datas) / (time.process_time() - c0))
+            wall = max(wall, len(datas) / (time.perf_counter() - t0))
+        res[kind] = (cpu, wall)
+    return res
+
+
+def report_dicom(a) -> dict:
+    """The DICOM part of the benchmark: prints its lines, returns its JSON fields."""
+    print("DICOM per-core conversion ...", file=sys.stderr)
+    rates = dicom_per_core(a.root, a.dicom_images, 1024, a.size)
+    print(f"DICOM per core, {a.dicom_images} images of each kind, 1024x1024 -> {a.size}x{a.size}:")
+    for k, (cpu, wall) in rates.items():
+        print(f"  {cpu:8.1f} images per CPU-second ({wall:6.1f} per wall-second)  {k}")
+    return {"dicom_images": a.dicom_images,
+            "dicom_per_core_images_per_cpu_s": {k: round(v[0], 1) for k, v in rates.items()},
+            "dicom_per_core_images_per_wall_s": {k: round(v[1], 1) for k, v in rates.items()}}
+
+
 def size_ratio(out: str, files: list[str], size: int) -> float:
     """Bytes of shardgen PNGs vs PIL PNG at zlib level 6 of the same pixels, over ``files``."""
     ours = theirs = 0
@@ -183,67 +239,6 @@ def size_ratio(out: str, files: list[str], size: int) -> float:
         Image.open(io.BytesIO(p.png)).save(b, "PNG", compress_level=6)
         theirs += len(b.getvalue())
     return ours / theirs
-
-
-def shard_sums(manifest: dict) -> list[str]:
-    return [sh["xxh64"] for s in manifest["splits"].values() for sh in s["shards"]]
-
-
-def dask_column(src: str, root: str, size: int, workers: int, rounds: int, t_local: float, n: int,
-                manifest: dict) -> dict:
-    """``--scheduler local:N`` against the multiprocessing build (best of ``rounds`` each, interleaved)."""
-    out, best_dask, best_mp = os.path.join(root, "out-dask"), float("inf"), t_local
-    best_inner = float("inf")
-    for r in range(rounds):
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"shardgen build --scheduler local:{workers} (round {r + 1}/{rounds}) ...", file=sys.stderr)
-        t, _, _, stdout = run_build(src, out, size, None, extra=("--scheduler", f"local:{workers}"))
-        best_dask = min(best_dask, t)
-        # The build's own timing ("N images in X s") starts once the cluster is up.
-        m = re.search(r"images in ([0-9.]+) s", stdout)
-        best_inner = min(best_inner, float(m.group(1)) if m else t)
-        mp_out = os.path.join(root, "out-mp")
-        shutil.rmtree(mp_out, ignore_errors=True)
-        best_mp = min(best_mp, run_build(src, mp_out, size, workers)[0])
-        shutil.rmtree(mp_out, ignore_errors=True)
-    with open(os.path.join(out, "manifest.json")) as f:
-        same = shard_sums(json.load(f)) == shard_sums(manifest)
-    shutil.rmtree(out, ignore_errors=True)
-    return {"dask_workers": workers, "dask_seconds": round(best_dask, 2), "dask_images_per_s": round(n / best_dask, 1),
-            "dask_seconds_after_cluster_start": round(best_inner, 2),
-            "mp_seconds_same_run": round(best_mp, 2), "dask_vs_mp": round(best_mp / best_dask, 3),
-            "dask_vs_mp_after_cluster_start": round(best_mp / best_inner, 3),
-            "dask_identical": same}
-
-
-def s3_column(src: str, root: str, size: int, workers: int | None, rounds: int, t_local: float, n: int,
-              manifest: dict) -> dict:
-    """SRC and OUT on a local SeaweedFS against the local-disk build (best of ``rounds``)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import fsspec
-    from s3server import SeaweedS3
-
-    server = SeaweedS3(os.path.join(root, "weed"))
-    server.start()
-    try:
-        server.make_bucket("bench")
-        env = server.env()
-        fs = fsspec.filesystem("s3", key=server.access_key, secret=server.secret_key,
-                               client_kwargs={"endpoint_url": server.endpoint})
-        print("uploading SRC to SeaweedFS ...", file=sys.stderr)
-        fs.put(src, "bench/raw/" + os.path.basename(src), recursive=True)
-        url, best = "s3://bench/raw/" + os.path.basename(src), float("inf")
-        for r in range(rounds):
-            print(f"shardgen build s3:// -> s3:// (round {r + 1}/{rounds}) ...", file=sys.stderr)
-            fs.rm("bench/out", recursive=True) if fs.exists("bench/out") else None
-            best = min(best, run_build(url, "s3://bench/out", size, workers, env=env,
-                                       extra=("--workers", str(workers)) if workers else ())[0])
-        same = shard_sums(json.loads(fs.cat_file("bench/out/manifest.json"))) == shard_sums(manifest)
-    finally:
-        server.stop()
-        shutil.rmtree(os.path.join(root, "weed"), ignore_errors=True)
-    return {"s3_seconds": round(best, 2), "s3_images_per_s": round(n / best, 1),
-            "s3_vs_local": round(t_local / best, 3), "s3_identical": same}
 
 
 def main(argv=None) -> int:
@@ -259,7 +254,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dask", type=int, default=0, help="also build with --scheduler local:N (0: no)")
     ap.add_argument("--s3", action="store_true", help="also build from and to a local SeaweedFS")
     ap.add_argument("--no-loop", dest="loop", action="store_false", help="skip the loop and per-core figures")
+    ap.add_argument("--dicom_images", type=int, default=20, help="images of each kind for the DICOM part (0: none)")
+    ap.add_argument("--dicom_only", action="store_true", help="run only the DICOM part")
     a = ap.parse_args(argv)
+    if a.dicom_only:
+        print(json.dumps(report_dicom(a)))
+        return 0
 
     counts = {k: max(1, round(v * a.fraction)) for k, v in msd.FULL_COUNTS.items()}
     n = sum(counts.values())
@@ -288,11 +288,11 @@ def main(argv=None) -> int:
     shard_bytes = sum(sh["bytes"] for s in manifest["splits"].values() for sh in s["shards"])
 
     if a.dask:
-        result_extra = dask_column(src, a.root, a.size, a.dask, a.rounds, t_build, n, manifest)
+        result_extra = dask_column(run_build, src, a.root, a.size, a.dask, a.rounds, t_build, n, manifest)
     else:
         result_extra = {}
     if a.s3:
-        result_extra.update(s3_column(src, a.root, a.size, a.workers, a.rounds, t_build, n, manifest))
+        result_extra.update(s3_column(run_build, src, a.root, a.size, a.workers, a.rounds, t_build, n, manifest))
     if not a.loop:
         result = {"images": n, "cores": cores, "size": a.size, "build_seconds": round(t_build, 2),
                   "build_images_per_s": round(build_rate, 1), **result_extra}
@@ -362,6 +362,8 @@ def main(argv=None) -> int:
     if a.resume:
         print(f"resume after SIGKILL at 90% converted: {result['resume_seconds']} s = {result['resume_vs_full']:.1%} of a full build "
               f"(target < 20%), identical output: {result['resume_identical']}")
+    if a.dicom_images:
+        result.update(report_dicom(a))
     print(json.dumps(result))
     return 0
 

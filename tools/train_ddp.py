@@ -6,6 +6,7 @@ One process per GPU (or per CPU slot with gloo):
     torchrun --nproc_per_node=8 tools/train_ddp.py OUT --epochs 10 --model resnet18
     torchrun --nproc_per_node=2 tools/train_ddp.py OUT --epochs 2 --workers 2 --batch_size 8   # CPU, gloo
     python tools/train_ddp.py s3://bucket/xray --epochs 1                                     # one process
+    torchrun --nproc_per_node=8 tools/train_ddp.py OUT --checkpoint ck.pt --save_every 500 --resume  # preemptible
 
 Each rank prints, per epoch, its number of batches, loss, samples/s and the share of
 the epoch it spent waiting for data (with ``--sync``, time the GPU sat idle waiting
@@ -14,12 +15,21 @@ work). ``--synthetic`` trains on one batch kept on the GPU: the model's own spee
 the rate the loader has to sustain. Rank 0 then checks that all ranks ran the same
 number of batches (exit 1 if not), runs an eval pass (``mode="eval"``) and checks
 that every sample of the eval split was seen exactly once across ranks.
+
+With ``--checkpoint`` rank 0 saves model, optimizer and loader state (atomically) every
+``--save_every`` steps and at each epoch end; ``--resume`` continues from it, mid-epoch,
+on any number of ranks (the loader yields exactly the batches not yet seen). ``--trace``
+writes, per rank and step, the sample keys, an image checksum and the loss (JSON lines),
+``--kill_at N`` makes rank 0 SIGKILL itself after global step N (a preemption drill),
+``--augment`` trains with a seeded random flip/shift transform in the workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,6 +98,24 @@ class ResNet18(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
 
 
+class ShiftFlip:
+    """Random horizontal flip and shift by up to ``pad`` pixels (zero fill), drawing from
+    torch's default generator, which the loader seeds per sample: reproducible."""
+
+    def __init__(self, pad: int = 4):
+        self.pad = pad
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        dy, dx = (int(v) for v in torch.randint(-self.pad, self.pad + 1, (2,)))
+        out = torch.zeros_like(x)
+        S = x.shape[-1]
+        out[..., max(dy, 0):S + min(dy, 0), max(dx, 0):S + min(dx, 0)] = \
+            x[..., max(-dy, 0):S + min(-dy, 0), max(-dx, 0):S + min(-dx, 0)]
+        return out
+
+
 class Synthetic:
     """``len(loader)`` copies of one random batch on the device: what the model alone can consume."""
 
@@ -100,13 +129,19 @@ class Synthetic:
     def set_epoch(self, epoch):
         pass
 
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
     def __iter__(self):
         for _ in range(self.n):
             yield self.x, self.y
 
 
 # -- training -------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="shardgen build folder, manifest.json or URL")
     ap.add_argument("--split", default="train")
@@ -124,8 +159,18 @@ def main(argv=None) -> int:
                          "time (measurement mode; slightly slower)")
     ap.add_argument("--synthetic", action="store_true",
                     help="train on one fixed random batch already on the device (the model's own speed, no data)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--augment", action="store_true", help="random flip and shift (seeded per sample)")
+    ap.add_argument("--balance", default=None, help="'class' for class-balanced epochs")
+    ap.add_argument("--checkpoint", default="", help="checkpoint file (model, optimizer, loader state)")
+    ap.add_argument("--save_every", type=int, default=0, help="also save every N steps (0: epoch ends only)")
+    ap.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    ap.add_argument("--trace", default="", help="write per-step keys, image checksum and loss to TRACE.rank<r>")
+    ap.add_argument("--kill_at", type=int, default=0, help="rank 0 SIGKILLs itself after this global step")
+    return ap.parse_args(argv)
 
+
+def setup(args) -> tuple[torch.device, bool, int, int]:
+    """Device, whether distributed, rank and world size (initialises the process group)."""
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if cuda:
@@ -138,31 +183,54 @@ def main(argv=None) -> int:
         dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
-    torch.manual_seed(args.seed)
+    return device, distributed, rank, world
 
-    loader = make_loader(args.source, split=args.split, batch_size=args.batch_size, mode="train",
-                         num_workers=args.workers, seed=args.seed)
-    classes = loader.classes
-    model = (ResNet18 if args.model == "resnet18" else SmallCNN)(len(classes)).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    dtype = torch.bfloat16 if cuda else torch.float32
-    feed = (Synthetic(loader, device, dtype, cuda) if args.synthetic
-            else DevicePrefetcher(loader, device, dtype=dtype, channels_last=cuda))
-    print(f"rank {rank}/{world}: {loader.samples} samples in split {args.split!r}, {len(loader)} batches of "
-          f"{args.batch_size} per epoch, {args.workers} workers, model {args.model} on {device}", flush=True)
 
+def save_checkpoint(path: str, model, opt, feed, step: int) -> None:
+    """Model, optimizer and loader position, written atomically (temporary file, rename)."""
+    state = {"model": (model.module if hasattr(model, "module") else model).state_dict(),
+             "optimizer": opt.state_dict(), "loader": feed.state_dict(), "step": step}
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, model, opt, feed) -> tuple[int, int]:
+    """Restore a checkpoint; returns ``(first epoch, global step)``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    feed.load_state_dict(state["loader"])
+    return int(state["loader"].get("epoch", 0)), int(state["step"])
+
+
+class Trace:
+    """Per-step records of one rank (JSON lines, flushed at once: they survive a SIGKILL)."""
+
+    def __init__(self, path: str, rank: int):
+        self.f = open(f"{path}.rank{rank}", "a", encoding="utf-8") if path else None
+
+    def step(self, epoch: int, step: int, x, keys, loss) -> None:
+        if self.f is not None:
+            rec = {"epoch": epoch, "step": step, "keys": list(keys),
+                   "images": xxhash.xxh64(x.float().cpu().numpy().tobytes()).hexdigest(), "loss": float(loss.detach()).hex()}
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+
+def train(args, loader, feed, model, opt, device, rank: int, start_epoch: int, step: int) -> list[int]:
+    """The training epochs; returns the batches run per epoch."""
+    cuda = device.type == "cuda"
+    trace = Trace(args.trace, rank)
     per_epoch = []
-    for epoch in range(args.epochs):
+    for epoch in range(start_epoch, args.epochs):
         feed.set_epoch(epoch)
         model.train()
         n = seen = 0
         loss_sum = torch.zeros((), device=device)
         t0 = time.perf_counter()
-        for x, y in feed:
+        for batch in feed:
+            x, y = batch[0], batch[1]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -171,18 +239,86 @@ def main(argv=None) -> int:
             loss_sum += loss.detach()
             if args.sync and cuda:
                 torch.cuda.synchronize()
-            n += 1
+            n, step = n + 1, step + 1
             seen += int(y.shape[0])
+            trace.step(epoch, step, x, batch[2] if len(batch) > 2 else [], loss)
+            if args.checkpoint and args.save_every and step % args.save_every == 0 and rank == 0:
+                save_checkpoint(args.checkpoint, model, opt, feed, step)
+            if args.kill_at and step == args.kill_at and rank == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
             if args.steps and n >= args.steps:
                 break
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         per_epoch.append(n)
+        if args.checkpoint and rank == 0:
+            save_checkpoint(args.checkpoint, model, opt, feed, step)
         print(f"rank {rank}: epoch {epoch}: {n} batches (len {len(loader)}), loss {float(loss_sum) / max(n, 1):.4f}, "
               f"{seen / dt:.0f} samples/s, waiting for data {feed.wait_s / dt:.1%} of {dt:.2f} s", flush=True)
-    loader.close()
+    return per_epoch
 
+
+def evaluate(args, model, device, distributed: bool, rank: int, world: int) -> bool:
+    """The eval pass: every sample of the eval split exactly once across ranks."""
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    ev = make_loader(args.source, split=args.eval_split, batch_size=args.batch_size, mode="eval",
+                     num_workers=args.workers, with_keys=True)
+    model.eval()
+    keys: list[str] = []
+    correct = total = batches = 0
+    with torch.no_grad():
+        for x, y, k in DevicePrefetcher(ev, device, dtype=dtype, channels_last=cuda):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                pred = model(x).argmax(1)
+            real = y != -100
+            correct += int((pred[real] == y[real]).sum())
+            total += int(real.sum())
+            keys += [kk for kk in k if kk]
+            batches += 1
+    if distributed:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (keys, correct, total, batches))
+    else:
+        gathered = [(keys, correct, total, batches)]
+    if rank != 0:
+        return True
+    all_keys = [kk for g in gathered for kk in g[0]]
+    once = len(all_keys) == len(set(all_keys)) == ev.samples
+    same = len({g[3] for g in gathered}) == 1
+    acc = sum(g[1] for g in gathered) / max(1, sum(g[2] for g in gathered))
+    print(f"eval {args.eval_split!r}: {len(all_keys)} of {ev.samples} samples, "
+          f"{'each exactly once' if once else 'NOT exactly once'} across {world} rank(s); "
+          f"batches per rank {[g[3] for g in gathered]}; accuracy {acc:.3f}", flush=True)
+    return once and same
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device, distributed, rank, world = setup(args)
+    cuda = device.type == "cuda"
+    torch.manual_seed(args.seed)
+    loader = make_loader(args.source, split=args.split, batch_size=args.batch_size, mode="train",
+                         num_workers=args.workers, seed=args.seed, with_keys=bool(args.trace),
+                         transform=ShiftFlip() if args.augment else None, balance=args.balance)
+    model = (ResNet18 if args.model == "resnet18" else SmallCNN)(len(loader.classes)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    feed = (Synthetic(loader, device, dtype, cuda) if args.synthetic
+            else DevicePrefetcher(loader, device, dtype=dtype, channels_last=cuda))
+    start_epoch = step = 0
+    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
+        start_epoch, step = load_checkpoint(args.checkpoint, model, opt, feed)
+        print(f"rank {rank}: resumed from {args.checkpoint} at epoch {start_epoch}, step {step}", flush=True)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    print(f"rank {rank}/{world}: {loader.samples} samples in split {args.split!r}, {len(loader)} batches of "
+          f"{args.batch_size} per epoch, {args.workers} workers, model {args.model} on {device}", flush=True)
+    per_epoch = train(args, loader, feed, model, opt, device, rank, start_epoch, step)
+    loader.close()
     ok = True
     if distributed:
         counts: list = [None] * world
@@ -193,36 +329,8 @@ def main(argv=None) -> int:
         equal = all(c == counts[0] for c in counts)
         ok &= equal
         print(f"batches per epoch on each rank: {counts} -> {'equal' if equal else 'NOT EQUAL'}", flush=True)
-
     if args.eval_split:
-        ev = make_loader(args.source, split=args.eval_split, batch_size=args.batch_size, mode="eval",
-                         num_workers=args.workers, with_keys=True)
-        model.eval()
-        keys: list[str] = []
-        correct = total = batches = 0
-        with torch.no_grad():
-            for x, y, k in DevicePrefetcher(ev, device, dtype=dtype, channels_last=cuda):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    pred = model(x).argmax(1)
-                real = y != -100
-                correct += int((pred[real] == y[real]).sum())
-                total += int(real.sum())
-                keys += [kk for kk in k if kk]
-                batches += 1
-        if distributed:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, (keys, correct, total, batches))
-        else:
-            gathered = [(keys, correct, total, batches)]
-        if rank == 0:
-            all_keys = [kk for g in gathered for kk in g[0]]
-            once = len(all_keys) == len(set(all_keys)) == ev.samples
-            same = len({g[3] for g in gathered}) == 1
-            ok &= once and same
-            acc = sum(g[1] for g in gathered) / max(1, sum(g[2] for g in gathered))
-            print(f"eval {args.eval_split!r}: {len(all_keys)} of {ev.samples} samples, "
-                  f"{'each exactly once' if once else 'NOT exactly once'} across {world} rank(s); "
-                  f"batches per rank {[g[3] for g in gathered]}; accuracy {acc:.3f}", flush=True)
+        ok &= evaluate(args, model, device, distributed, rank, world)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()

@@ -17,12 +17,13 @@ reads and writes builds through it:
 from .atomic import TMP_PREFIX, atomic_write, atomic_write_bytes, atomic_write_json, dump_json
 from .checksum import HashingReader, file_xxh64, stream_xxh64
 from .keys import MAX_KEY, make_keys
-from .manifest import (CodecVersions, ImageSpec, Manifest, ManifestError, ShardEntry, SplitEntry,
-                       parse_dataset_json, validate_manifest)
+from .manifest import (MULTILABEL, SINGLE, TASKS, CodecVersions, ImageSpec, Manifest, ManifestError, ShardEntry,
+                       SplitEntry, parse_dataset_json, validate_manifest)
 from .names import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, KEY_RE, MANIFEST, SKIPPED,
                     SPLIT_RE, WIDS_SUFFIX, WORK_DIR, shard_name, shard_relpath, wids_index_name)
-from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, MEMBERS, SampleMeta, decode_cls, encode_cls, path_fields,
-                     pixels_digest, sample_members, shard_pixels_xxh64)
+from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, LABELS_EXT, MEMBERS, MULTILABEL_MEMBERS, SampleMeta, decode_cls,
+                     decode_multihot, encode_cls, encode_multihot, multilabel_members, path_fields, pixels_digest,
+                     sample_members, shard_pixels_xxh64)
 from .reader import Member, Sample, ShardReadError, TarReader, find_sample_headers, split_member_name
 from .writer import TAR_MTIME, ShardWriter, tar_header
 
@@ -30,12 +31,13 @@ __all__ = [
     "TMP_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_json", "dump_json",
     "HashingReader", "file_xxh64", "stream_xxh64",
     "MAX_KEY", "make_keys",
-    "CodecVersions", "ImageSpec", "Manifest", "ManifestError", "ShardEntry", "SplitEntry", "parse_dataset_json",
-    "validate_manifest",
+    "MULTILABEL", "SINGLE", "TASKS", "CodecVersions", "ImageSpec", "Manifest", "ManifestError", "ShardEntry",
+    "SplitEntry", "parse_dataset_json", "validate_manifest",
     "CLASSES", "DATASET_CARD", "DATASET_JSON", "DUPLICATES", "FORMAT", "KEY_RE", "MANIFEST", "SKIPPED",
     "SPLIT_RE", "WIDS_SUFFIX", "WORK_DIR", "shard_name", "shard_relpath", "wids_index_name",
-    "CLS_EXT", "IMAGE_EXT", "JSON_EXT", "MEMBERS", "SampleMeta", "decode_cls", "encode_cls", "path_fields",
-    "pixels_digest", "sample_members", "shard_pixels_xxh64",
+    "CLS_EXT", "IMAGE_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta", "decode_cls",
+    "decode_multihot", "encode_cls", "encode_multihot", "multilabel_members", "path_fields", "pixels_digest",
+    "sample_members", "shard_pixels_xxh64",
     "TAR_MTIME", "Member", "Sample", "ShardReadError", "ShardWriter", "TarReader", "find_sample_headers",
     "split_member_name", "tar_header",
 ]

@@ -15,8 +15,14 @@ from typing import Any
 from .names import FORMAT, SPLIT_RE
 from .sample import IMAGE_EXT
 
-__all__ = ["ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "CodecVersions", "Manifest",
-           "validate_manifest", "parse_dataset_json"]
+__all__ = ["SINGLE", "MULTILABEL", "TASKS", "ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "CodecVersions",
+           "Manifest", "validate_manifest", "parse_dataset_json"]
+
+
+#: The manifest's ``task``: one class per sample (absent from the manifest), or a set of classes.
+SINGLE = "single"
+MULTILABEL = "multilabel"
+TASKS = (SINGLE, MULTILABEL)
 
 
 class ManifestError(ValueError):
@@ -123,12 +129,16 @@ class CodecVersions:
         return ", ".join(f"{k} {v}" for k, v in self.to_json().items())
 
 
-_KNOWN = ("format", "classes", "image", "splits", "skipped", "report", "config", "shardgen_version")
+_KNOWN = ("format", "classes", "task", "image", "splits", "skipped", "report", "config", "shardgen_version")
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A build's ``manifest.json``."""
+    """A build's ``manifest.json``.
+
+    ``task`` is ``"single"`` (written as no field at all, so single-label manifests are as
+    they always were) or ``"multilabel"`` (written right after ``classes``).
+    """
 
     classes: tuple[str, ...]
     image: ImageSpec
@@ -139,6 +149,12 @@ class Manifest:
     shardgen_version: str | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = SINGLE
+
+    @property
+    def multilabel(self) -> bool:
+        """Each sample has a set of classes (a multi-hot target), not one class."""
+        return self.task == MULTILABEL
 
     @property
     def samples(self) -> int:
@@ -176,13 +192,15 @@ class Manifest:
         return cls(classes=tuple(obj["classes"]), image=image, splits=splits, skipped=obj.get("skipped", 0),
                    report=dict(obj.get("report") or {}), config=dict(obj.get("config") or {}),
                    shardgen_version=obj.get("shardgen_version"), format=obj["format"],
-                   extra={k: v for k, v in obj.items() if k not in _KNOWN})
+                   extra={k: v for k, v in obj.items() if k not in _KNOWN}, task=obj.get("task", SINGLE))
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object, in the order the build writes it."""
-        d = {"format": self.format, "classes": list(self.classes), "image": self.image.to_json(),
-             "splits": {k: v.to_json() for k, v in self.splits.items()}, "skipped": self.skipped,
-             "report": dict(self.report), "config": dict(self.config)}
+        d: dict[str, Any] = {"format": self.format, "classes": list(self.classes)}
+        if self.task != SINGLE:
+            d["task"] = self.task
+        d.update({"image": self.image.to_json(), "splits": {k: v.to_json() for k, v in self.splits.items()},
+                  "skipped": self.skipped, "report": dict(self.report), "config": dict(self.config)})
         if self.shardgen_version is not None:
             d["shardgen_version"] = self.shardgen_version
         d.update(self.extra)
@@ -217,6 +235,8 @@ def validate_manifest(m: Any) -> list[str]:
     classes = m.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         problems.append("'classes' must be a non-empty list of names")
+    if m.get("task", SINGLE) not in TASKS:
+        problems.append(f"unknown task {m.get('task')!r} (expected one of {', '.join(TASKS)})")
     image = m.get("image")
     if not isinstance(image, dict) or not _is_count(image.get("size")):
         problems.append("'image' must hold an integer 'size'")
@@ -236,11 +256,22 @@ def validate_manifest(m: Any) -> list[str]:
     return problems
 
 
-def parse_dataset_json(raw: bytes) -> list[tuple[str, int]]:
-    """``<split>/dataset.json`` (StyleGAN2-ADA labels) -> ``[(key, class index), ...]`` in shard order.
+def _vector(v: Any) -> tuple[int, ...] | None:
+    """The class indices of a multi-hot list of 0/1 numbers, or None when it is not one."""
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                          and x in (0, 1) for x in v):
+        return None
+    return tuple(i for i, x in enumerate(v) if x == 1)
+
+
+def parse_dataset_json(raw: bytes) -> list[tuple[str, Any]]:
+    """``<split>/dataset.json`` (StyleGAN2-ADA labels) -> ``[(key, label), ...]`` in shard order.
+
+    The label is the class index (an int) of a single-label build, or the tuple of class
+    indices set in the multi-hot vector (a list of 0.0/1.0) of a multi-label build.
 
     Raises:
-        ValueError: not ``{"labels": [["<key>.<ext>", int], ...]}``.
+        ValueError: not ``{"labels": [["<key>.<ext>", int or [0.0|1.0, ...]], ...]}``.
     """
     d = json.loads(raw)
     labels = d.get("labels") if isinstance(d, dict) else None
@@ -248,7 +279,10 @@ def parse_dataset_json(raw: bytes) -> list[tuple[str, int]]:
         raise ValueError("no 'labels' list")
     out = []
     for e in labels:
-        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _is_count(e[1])):
+        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)):
             raise ValueError(f"bad label entry {json.dumps(e)[:80]}")
-        out.append((e[0].split(".", 1)[0], e[1]))
+        label = e[1] if _is_count(e[1]) else _vector(e[1])
+        if label is None:
+            raise ValueError(f"bad label entry {json.dumps(e)[:80]}")
+        out.append((e[0].split(".", 1)[0], label))
     return out

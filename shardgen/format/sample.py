@@ -2,7 +2,13 @@
 
 Each sample is three members sharing a key: ``<key>.png`` (8-bit grayscale PNG),
 ``<key>.cls`` (the class index as ASCII decimal digits) and ``<key>.json`` (compact UTF-8
-JSON: ``class``, ``source`` [, ``source_raw``], ``width``, ``height``, ``mode``, ``pixels``).
+JSON: ``class``, ``source`` [, ``source_raw``], ``width``, ``height``, ``mode``, ``pixels``
+[, ``dicom``]).
+
+In a multi-label build (manifest ``task`` ``"multilabel"``) the ``.cls`` member is replaced
+by ``<key>.labels.npy``, the multi-hot target (a float32 ``.npy`` vector of length C, which
+stock webdataset decodes with ``numpy.load``), and the ``.json`` holds ``labels`` (class
+indices) and ``label_names`` instead of ``class``.
 """
 
 from __future__ import annotations
@@ -14,14 +20,19 @@ from urllib.parse import quote_from_bytes
 
 import xxhash
 
-__all__ = ["IMAGE_EXT", "CLS_EXT", "JSON_EXT", "MEMBERS", "SampleMeta", "encode_cls", "decode_cls",
-           "path_fields", "pixels_digest", "shard_pixels_xxh64", "sample_members"]
+__all__ = ["IMAGE_EXT", "CLS_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta",
+           "encode_cls", "decode_cls", "encode_multihot", "decode_multihot", "multihot_header", "path_fields",
+           "pixels_digest", "shard_pixels_xxh64", "sample_members", "multilabel_members"]
 
 IMAGE_EXT = "png"
 CLS_EXT = "cls"
 JSON_EXT = "json"
+#: The multi-hot target of a multi-label sample (a float32 ``.npy`` vector).
+LABELS_EXT = "labels.npy"
 #: Member extensions of every sample, in the order they are written.
 MEMBERS = (IMAGE_EXT, CLS_EXT, JSON_EXT)
+#: Member extensions of every sample of a multi-label build, in the order they are written.
+MULTILABEL_MEMBERS = (IMAGE_EXT, LABELS_EXT, JSON_EXT)
 
 
 def encode_cls(index: int) -> bytes:
@@ -39,6 +50,42 @@ def decode_cls(data: bytes) -> int:
     if not s.isdigit():
         raise ValueError(f"class index {data[:20]!r} is not a decimal number")
     return int(s)
+
+
+def multihot_header(n: int) -> bytes:
+    """The ``.npy`` (format 1.0) header of a float32 vector of ``n`` values, as ``numpy.save``
+    writes it: magic, version, header length, the dict padded with spaces to 64 bytes."""
+    d = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % n
+    pad = -(10 + len(d) + 1) % 64
+    text = (d + " " * pad + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+def encode_multihot(indices: Iterable[int], n: int) -> bytes:
+    """The ``.labels.npy`` member: float32 ``[n]`` vector, 1.0 at ``indices``, else 0.0."""
+    on = set(indices)
+    one, zero = b"\x00\x00\x80\x3f", b"\x00\x00\x00\x00"  # 1.0 and 0.0, little-endian float32
+    return multihot_header(n) + b"".join(one if i in on else zero for i in range(n))
+
+
+def decode_multihot(data: bytes, n: int) -> tuple[int, ...]:
+    """The class indices set in a ``.labels.npy`` member of ``n`` classes.
+
+    Raises:
+        ValueError: not the exact header of a float32 vector of ``n`` values, the wrong
+            length, or a value other than 0.0 and 1.0.
+    """
+    head = multihot_header(n)
+    if not data.startswith(head) or len(data) != len(head) + 4 * n:
+        raise ValueError(f"not a float32 .npy vector of {n} values")
+    out = []
+    for i in range(n):
+        v = data[len(head) + 4 * i:len(head) + 4 * i + 4]
+        if v == b"\x00\x00\x80\x3f":
+            out.append(i)
+        elif v != b"\x00\x00\x00\x00":
+            raise ValueError(f"value {i} is neither 0.0 nor 1.0")
+    return tuple(out)
 
 
 def path_fields(path: str, name: str) -> dict[str, str]:
@@ -80,19 +127,30 @@ class SampleMeta:
         width, height: decoded size of the original in pixels, after EXIF orientation.
         mode: PIL mode of the decoded original.
         pixels: :func:`pixels_digest` of the sample's converted pixels.
+        dicom: the audit attributes of a DICOM source (``dicom``, last), else None (field absent).
+        labels: multi-label builds: the class indices (``labels``), in class order; then
+            ``cls`` is unused and ``label_names`` holds their names.
+        label_names: the names of ``labels``.
     """
 
-    cls: str
+    cls: str | None
     source: str
     width: int
     height: int
     mode: str
     pixels: str
+    dicom: dict | None = None
+    labels: tuple[int, ...] | None = None
+    label_names: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         """The member's bytes: compact JSON, fields in the documented order."""
-        d = {"class": self.cls, **path_fields(self.source, "source"), "width": self.width,
+        head = ({"class": self.cls} if self.labels is None
+                else {"labels": list(self.labels), "label_names": list(self.label_names)})
+        d = {**head, **path_fields(self.source, "source"), "width": self.width,
              "height": self.height, "mode": self.mode, "pixels": self.pixels}
+        if self.dicom is not None:
+            d["dicom"] = self.dicom
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -105,3 +163,15 @@ def sample_members(png: bytes, cls_index: int, meta_json: bytes) -> dict[str, by
         meta_json: the ``.json`` member, :meth:`SampleMeta.to_bytes`.
     """
     return {IMAGE_EXT: png, CLS_EXT: encode_cls(cls_index), JSON_EXT: meta_json}
+
+
+def multilabel_members(png: bytes, indices: Iterable[int], n_classes: int, meta_json: bytes) -> dict[str, bytes]:
+    """``{ext: bytes}`` of one multi-label sample in member order (:data:`MULTILABEL_MEMBERS`).
+
+    Args:
+        png: the image member.
+        indices: the sample's class indices (none: an all-zero target).
+        n_classes: C, the length of the multi-hot vector.
+        meta_json: the ``.json`` member, :meth:`SampleMeta.to_bytes`.
+    """
+    return {IMAGE_EXT: png, LABELS_EXT: encode_multihot(indices, n_classes), JSON_EXT: meta_json}

@@ -81,7 +81,10 @@ def check_splits(build: Build, results: list[ShardResult], classes: tuple[str, .
 def _check_class_counts(split: str, cc: dict[str, int], counts: Counter[int],
                         classes: tuple[str, ...]) -> list[Problem]:
     want = {str(k): v for k, v in cc.items()}
-    got = {classes[c]: v for c, v in counts.items() if c >= 0}
+    got: dict[str, int] = {}
+    for c, v in counts.items():  # a class index, or a multi-label sample's tuple of them
+        for i in (c if isinstance(c, tuple) else (c,) if c >= 0 else ()):
+            got[classes[i]] = got.get(classes[i], 0) + v
     if want and {k: v for k, v in want.items() if v} != got:
         diff = ", ".join(f"{c} {got.get(c, 0)} (manifest {want.get(c, 0)})"
                          for c in classes if got.get(c, 0) != want.get(c, 0))
@@ -149,7 +152,7 @@ def _check_dataset_json(build: Build, split: str, results: list[ShardResult], ex
     for name, idx in want:
         if name not in listed:
             problems.append(Problem(rel, "sample is in the shards but not in dataset.json", name))
-        elif idx >= 0 and listed[name] != idx:
+        elif idx != -1 and listed[name] != idx:
             problems.append(Problem(rel, f"label {listed[name]}, the shard says {idx}", name))
     if complete:
         for name, _ in have:

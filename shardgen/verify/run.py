@@ -47,7 +47,8 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
         return res
     m = build.manifest
     classes = tuple(m.classes)
-    ex = Expect(classes=classes, size=m.image.size, mode=m.image.mode, ext=m.image.ext, decode=decode)
+    ex = Expect(classes=classes, size=m.image.size, mode=m.image.mode, ext=m.image.ext, decode=decode,
+                multilabel=m.multilabel)
     res.classes = len(classes)
     res.image = f"{ex.size}x{ex.size} {ex.mode} {ex.ext}"
     res.codecs = m.codecs.describe() if m.codecs else ""

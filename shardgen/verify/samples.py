@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 from PIL import Image
 
-from ..format.sample import pixels_digest
+from ..format.sample import CLS_EXT, LABELS_EXT, decode_multihot, pixels_digest
 
 __all__ = ["Expect", "SampleCheck", "check_sample", "check_batch", "Checker"]
 
@@ -40,6 +40,7 @@ class Expect:
         mode: PIL mode, e.g. ``"L"``.
         ext: the image member's extension, e.g. ``"png"``.
         decode: fully decode every image (else only headers and chunk checksums are read).
+        multilabel: samples carry ``.labels.npy`` multi-hot targets instead of ``.cls``.
     """
 
     classes: tuple[str, ...]
@@ -47,6 +48,7 @@ class Expect:
     mode: str
     ext: str
     decode: bool
+    multilabel: bool = False
 
 
 class SampleCheck(NamedTuple):
@@ -54,7 +56,8 @@ class SampleCheck(NamedTuple):
 
     Attributes:
         reasons: what is wrong with the sample (empty when nothing).
-        cls: class index, or -1 when unknown.
+        cls: class index, or -1 when unknown; for a multi-label build the tuple of class
+            indices set in ``.labels.npy`` (or -1).
         digest: content hash for the cross-split check: the decoded pixels' xxh64, without
             decoding ``"b"`` + the image bytes' xxh64 ("" when the image is bad).
         decoded: whether the image was fully decoded.
@@ -63,7 +66,7 @@ class SampleCheck(NamedTuple):
     """
 
     reasons: list[str]
-    cls: int
+    cls: Any
     digest: str
     decoded: bool
     pixels: str
@@ -96,7 +99,7 @@ def _check_image(data: bytes, ex: Expect) -> tuple[str | None, str, bool]:
 
 
 def _check_members(parts: dict[str, bytes], ex: Expect, reasons: list[str]) -> None:
-    want = (ex.ext, "cls", "json")
+    want = (ex.ext, LABELS_EXT if ex.multilabel else CLS_EXT, "json")
     missing = [e for e in want if e not in parts]
     extra = sorted(e for e in parts if e not in want)
     if missing:
@@ -117,7 +120,30 @@ def _check_cls(raw: bytes, ex: Expect, reasons: list[str]) -> int:
     return v
 
 
-def _check_json(raw: bytes, cls: int, ex: Expect, reasons: list[str]) -> str | None:
+def _check_multihot(raw: bytes, ex: Expect, reasons: list[str]) -> Any:
+    """The class indices set in a ``.labels.npy`` member, or -1 (with a reason) when it is not valid."""
+    try:
+        return decode_multihot(raw, len(ex.classes))
+    except ValueError as e:
+        reasons.append(f".{LABELS_EXT}: {e}")
+        return -1
+
+
+def _check_json_labels(meta: Any, labels: Any, ex: Expect, reasons: list[str]) -> None:
+    """A multi-label ``.json``: ``labels`` and ``label_names`` agree with ``.labels.npy`` and the classes."""
+    got = meta.get("labels") if isinstance(meta, dict) else None
+    names = meta.get("label_names") if isinstance(meta, dict) else None
+    n = len(ex.classes)
+    if not isinstance(got, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n
+                                            for i in got):
+        reasons.append(f".json 'labels' is not a list of class indices in 0..{n - 1}")
+    elif labels != -1 and tuple(got) != labels:
+        reasons.append(f".{LABELS_EXT} sets {list(labels)} but .json says labels {got}")
+    elif names != [ex.classes[i] for i in got]:
+        reasons.append(f".json 'label_names' {names} do not name its labels {got}")
+
+
+def _check_json(raw: bytes, cls: Any, ex: Expect, reasons: list[str]) -> str | None:
     """Check the ``.json`` member against the class; returns its valid ``pixels`` digest or None."""
     try:
         meta: Any = json.loads(raw)
@@ -125,7 +151,9 @@ def _check_json(raw: bytes, cls: int, ex: Expect, reasons: list[str]) -> str | N
         reasons.append(f".json does not parse: {e}")
         return None
     name = meta.get("class") if isinstance(meta, dict) else None
-    if not isinstance(name, str):
+    if ex.multilabel:
+        _check_json_labels(meta, cls, ex, reasons)
+    elif not isinstance(name, str):
         reasons.append(".json has no 'class' name")
     elif cls >= 0 and name != ex.classes[cls]:
         reasons.append(f"label {cls} is {ex.classes[cls]!r} but .json says class {name!r}")
@@ -142,7 +170,9 @@ def check_sample(parts: dict[str, bytes], ex: Expect) -> SampleCheck:
     """Check one sample's members (``{ext: bytes}``) against what the manifest says."""
     reasons: list[str] = []
     _check_members(parts, ex, reasons)
-    cls = _check_cls(parts["cls"], ex, reasons) if "cls" in parts else -1
+    target = LABELS_EXT if ex.multilabel else CLS_EXT
+    check = _check_multihot if ex.multilabel else _check_cls
+    cls = check(parts[target], ex, reasons) if target in parts else -1
     recorded = _check_json(parts["json"], cls, ex, reasons) if "json" in parts else None
     digest, decoded = "", False
     if ex.ext in parts:

@@ -1,0 +1,85 @@
+"""Opening a split for the loaders: the manifest (and, for ``balance``, the labels) into
+the picklable :class:`~loaders.stream.Spec` every worker reads from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from shardgen.format import DATASET_JSON, parse_dataset_json
+from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
+
+from .errors import UsageError
+from .sources import DEFAULT_CHUNK, parse_size
+from .stream import Spec, check_on_error
+
+__all__ = ["open_split", "split_labels", "as_int"]
+
+
+def as_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UsageError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def split_labels(spec: Spec) -> np.ndarray:
+    """Class index of every sample of ``spec``'s split (``int32 [N]``, shard order), or of a
+    multi-label build its multi-hot targets (``uint8 [N, C]``), from ``<split>/dataset.json``.
+
+    Raises:
+        UsageError: missing, unreadable or not matching the manifest.
+    """
+    name = f"{spec.root.rstrip('/')}/{spec.split}/{DATASET_JSON}"
+    try:
+        fs, base = spec.remote_fs()
+        labels = parse_dataset_json(fs.cat_file(f"{base.rstrip('/')}/{spec.split}/{DATASET_JSON}"))
+    except Exception as e:
+        raise UsageError(f"{name}: cannot read the labels: {type(e).__name__}: {e}") from None
+    if len(labels) != sum(s.samples for s in spec.shards):
+        raise UsageError(f"{name}: lists {len(labels)} samples, the manifest {sum(s.samples for s in spec.shards)}")
+    if not spec.multilabel:
+        return np.asarray([c for _, c in labels], dtype=np.int32)
+    hot = np.zeros((len(labels), len(spec.classes)), dtype=np.uint8)
+    for i, (_, on) in enumerate(labels):
+        hot[i, list(on)] = 1
+    return hot
+
+
+def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
+               cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
+               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> Spec:
+    """Read the manifest of ``source`` and describe ``split`` for the workers.
+
+    ``io_timeout``: connect and read timeout of each remote request, in seconds (see
+    :func:`make_loader`).
+
+    Raises:
+        UsageError: no manifest (or no answer within ``io_timeout``), no such split, an
+            empty split, or shards that are not PNG.
+    """
+    io_timeout = check_timeout(io_timeout, "io_timeout")
+    build = open_build(str(source), storage_options, timeout=io_timeout)
+    info = build.split(str(split))
+    image = build.manifest.image
+    if image.ext != "png" or image.mode != "L":
+        raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
+                         f"{image.mode} {image.ext}")
+    shards = list(info.shards)
+    if sum(s.samples for s in shards) == 0:
+        raise UsageError(f"{build.root}: split {split!r} holds no samples")
+    local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
+    return Spec(
+        root=build.root, local_root=build.path if local else None,
+        storage_options=dict(storage_options or {}), split=str(split), shards=shards,
+        classes=build.classes, size=image.size, on_error=check_on_error(on_error),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
+        retries=as_int(retries, "retries", 0), chunk_size=as_int(chunk_size, "chunk_size", 4096),
+        timeout=io_timeout, multilabel=build.manifest.multilabel,
+    )
+
+

@@ -1,0 +1,77 @@
+"""The Dask and s3:// columns of ``tools/bench_build.py`` (issue 12): same data, same run.
+
+Each column takes ``bench_build.run_build`` (the one way the benchmark runs a build).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+__all__ = ["dask_column", "s3_column", "shard_sums"]
+
+
+def shard_sums(manifest: dict) -> list[str]:
+    return [sh["xxh64"] for s in manifest["splits"].values() for sh in s["shards"]]
+
+
+def dask_column(run_build, src: str, root: str, size: int, workers: int, rounds: int, t_local: float, n: int,
+                manifest: dict) -> dict:
+    """``--scheduler local:N`` against the multiprocessing build (best of ``rounds`` each, interleaved)."""
+    out, best_dask, best_mp = os.path.join(root, "out-dask"), float("inf"), t_local
+    best_inner = float("inf")
+    for r in range(rounds):
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"shardgen build --scheduler local:{workers} (round {r + 1}/{rounds}) ...", file=sys.stderr)
+        t, _, _, stdout = run_build(src, out, size, None, extra=("--scheduler", f"local:{workers}"))
+        best_dask = min(best_dask, t)
+        # The build's own timing ("N images in X s") starts once the cluster is up.
+        m = re.search(r"images in ([0-9.]+) s", stdout)
+        best_inner = min(best_inner, float(m.group(1)) if m else t)
+        mp_out = os.path.join(root, "out-mp")
+        shutil.rmtree(mp_out, ignore_errors=True)
+        best_mp = min(best_mp, run_build(src, mp_out, size, workers)[0])
+        shutil.rmtree(mp_out, ignore_errors=True)
+    with open(os.path.join(out, "manifest.json")) as f:
+        same = shard_sums(json.load(f)) == shard_sums(manifest)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"dask_workers": workers, "dask_seconds": round(best_dask, 2), "dask_images_per_s": round(n / best_dask, 1),
+            "dask_seconds_after_cluster_start": round(best_inner, 2),
+            "mp_seconds_same_run": round(best_mp, 2), "dask_vs_mp": round(best_mp / best_dask, 3),
+            "dask_vs_mp_after_cluster_start": round(best_mp / best_inner, 3),
+            "dask_identical": same}
+
+
+def s3_column(run_build, src: str, root: str, size: int, workers: int | None, rounds: int, t_local: float, n: int,
+              manifest: dict) -> dict:
+    """SRC and OUT on a local SeaweedFS against the local-disk build (best of ``rounds``)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import fsspec
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(os.path.join(root, "weed"))
+    server.start()
+    try:
+        server.make_bucket("bench")
+        env = server.env()
+        fs = fsspec.filesystem("s3", key=server.access_key, secret=server.secret_key,
+                               client_kwargs={"endpoint_url": server.endpoint})
+        print("uploading SRC to SeaweedFS ...", file=sys.stderr)
+        fs.put(src, "bench/raw/" + os.path.basename(src), recursive=True)
+        url, best = "s3://bench/raw/" + os.path.basename(src), float("inf")
+        for r in range(rounds):
+            print(f"shardgen build s3:// -> s3:// (round {r + 1}/{rounds}) ...", file=sys.stderr)
+            fs.rm("bench/out", recursive=True) if fs.exists("bench/out") else None
+            best = min(best, run_build(url, "s3://bench/out", size, workers, env=env,
+                                       extra=("--workers", str(workers)) if workers else ())[0])
+        same = shard_sums(json.loads(fs.cat_file("bench/out/manifest.json"))) == shard_sums(manifest)
+    finally:
+        server.stop()
+        shutil.rmtree(os.path.join(root, "weed"), ignore_errors=True)
+    return {"s3_seconds": round(best, 2), "s3_images_per_s": round(n / best, 1),
+            "s3_vs_local": round(t_local / best, 3), "s3_identical": same}
