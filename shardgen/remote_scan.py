@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .dicom import has_dicom_magic
 from .errors import UsageError
 from .remote import Location
+from .scan import Tree, _is_image, _visible
 
 __all__ = ["scan_url"]
 
 
+class _RemoteTree(Tree):
+    """A :class:`~shardgen.scan.Tree` filled from a listing; files without an image extension are
+    sniffed for the DICOM preamble with one ranged read each, as the local tree reads them."""
+
+    fs: Any
+
+    def is_image(self, rel: str) -> bool:
+        if not _is_image(rel) and rel not in self._sniffed:
+            try:
+                head = self.fs.cat_file(f"{self.root}/{rel}", 0, 132)
+            except OSError:
+                head = b""
+            self._sniffed[rel] = has_dicom_magic(head)
+        return _is_image(rel) or self._sniffed[rel]
+
+
 def _remote_tree(loc: Location):
     """A :class:`~shardgen.scan.Tree` of the objects under ``loc`` (one recursive listing)."""
-    from .scan import Tree, _visible
-
     fs = loc.fs()
     root = fs._strip_protocol(loc.url).rstrip("/")
     try:
@@ -36,8 +54,8 @@ def _remote_tree(loc: Location):
         else:
             parent, _, name = rel.rpartition("/")
             folder(parent)[1].append(name)
-    tree = Tree.__new__(Tree)
-    tree.root, tree.notes = loc.url, []
+    tree = _RemoteTree.__new__(_RemoteTree)
+    tree.root, tree.notes, tree._sniffed, tree.fs = loc.url, [], {}, fs
     tree.folders = {k: (sorted(set(d)), sorted(set(f))) for k, (d, f) in folders.items()}
     return tree
 
