@@ -21,7 +21,7 @@ class _RemoteTree(Tree):
     def is_image(self, rel: str) -> bool:
         if not _is_image(rel) and rel not in self._sniffed:
             try:
-                head = self.fs.cat_file(f"{self.root}/{rel}", 0, 132)
+                head = self.fs.cat_file(f"{self.root}/{rel}", start=0, end=132)
             except OSError:
                 head = b""
             self._sniffed[rel] = has_dicom_magic(head)

@@ -384,3 +384,26 @@ def test_out_that_a_worker_cannot_see_is_refused(src, tmp_path):
         assert f"OUT {hidden / 'out'}" in line and "is not reachable from Dask worker" in line, line
     finally:
         c.stop()
+
+
+def test_dicom_sources_in_s3_build_like_local_ones(s3, tmp_path):
+    """DICOM in a bucket: ``.dcm`` files and an extensionless export (found by its preamble, read with one
+    ranged request) convert to the same bytes as from a folder; a non-DICOM extensionless file is ignored."""
+    pytest.importorskip("pydicom")
+    import make_dicom as md
+
+    src = tmp_path / "dcm"
+    for c, seed in (("a", 0), ("b", 1)):
+        for i in range(3):
+            md.write(str(src / c / f"img{i}.dcm"), md.dicom_dataset(md.xray16(seed * 10 + i, 40), f"{c}{i}",
+                                                                    bits_stored=12, window=(2000, 1000)))
+        md.write(str(src / c / f"EXPORT_{c}"), md.dicom_dataset(md.xray16(seed * 10 + 7, 40), f"{c}x",
+                                                                bits_stored=12))
+        (src / c / "README").write_text("exported from the PACS\n" * 20)
+    local = tmp_path / "local"
+    run_cli("build", src, local, *OPTS, "--workers", "1", check=True)
+    s3fs_of(s3).put(str(src), f"{BUCKET}/dicom/src", recursive=True)
+    out = tmp_path / "out"
+    run_cli("build", f"s3://{BUCKET}/dicom/src", out, *OPTS, "--workers", "1", env=s3.env(), check=True)
+    assert checksums(out) == checksums(local)
+    assert json.loads((out / "manifest.json").read_text())["report"]["images_used"] == 8
