@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import __version__
 from .codecs import codec_versions
 from .errors import ShardgenError, UsageError
+from .cluster_setup import QuietLogs as _QuietLogs, local_cluster as _local_cluster
 from .cluster_tasks import _probe, _run_task, _size, _worker_versions, short_error as _short
 from .format import CodecVersions, TMP_PREFIX
 
@@ -319,47 +320,6 @@ class DaskPool:
             with contextlib.suppress(Exception):
                 self.local.close(timeout=min(self.timeout_s, 10))
         self._quiet.restore()
-
-
-class _QuietLogs:
-    """Dask's own log lines (reconnect attempts, tracebacks of lost connections) off while the build runs.
-
-    The build reports what matters as one line; the loggers' levels are put back by :meth:`restore`.
-    """
-
-    NAMES = ("distributed", "distributed.client", "distributed.scheduler", "distributed.worker",
-             "distributed.nanny", "distributed.core", "distributed.comm", "distributed.batched", "tornado")
-
-    def __init__(self) -> None:
-        import logging
-
-        self._saved = {n: logging.getLogger(n).level for n in self.NAMES}
-        for n in self.NAMES:
-            logging.getLogger(n).setLevel(logging.CRITICAL + 1)
-
-    def restore(self) -> None:
-        import logging
-
-        for n, level in self._saved.items():
-            logging.getLogger(n).setLevel(level)
-        self._saved = {}
-
-
-def _local_cluster(distributed: Any, n: int) -> Any:
-    """A LocalCluster of ``n`` one-thread worker processes that ignore Ctrl-C (the client handles it
-    and closes them; otherwise each would print a traceback). Started with SIGINT ignored, which
-    the spawned processes inherit; the caller's handler is put back at once."""
-    import signal
-    import threading
-
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() \
-        else None
-    try:
-        return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                        silence_logs=50)
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
 
 
 def connect(spec: Cluster, max_pixels: int) -> DaskPool:
