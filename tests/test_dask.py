@@ -22,7 +22,7 @@ import pytest
 import xxhash
 
 from conftest import ROOT, default_sigint, run_cli, sample_tool
-from s3server import free_ports
+from s3server import _detach_and_die_with_parent, free_ports
 
 distributed = pytest.importorskip("distributed")
 sys.path.insert(0, str(ROOT / "tools"))
@@ -46,17 +46,22 @@ class DaskCluster:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_ports(1)[0]
         self.address = f"tcp://127.0.0.1:{self.port}"
-        self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
-                    "scheduler")
-        for i in range(workers):
-            self.add_worker(worker_python, f"worker{i}")
-        if workers:
-            self.wait_for(workers)
+        try:
+            self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+                        "scheduler")
+            for i in range(workers):
+                self.add_worker(worker_python, f"worker{i}")
+            if workers:
+                self.wait_for(workers)
+        except BaseException:
+            self.stop()  # never leave a scheduler or worker behind
+            raise
 
     def _start(self, cmd: list[str], name: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         log = open(self.workdir / f"{name}.log", "wb")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Own process group, and SIGKILLed if the test process dies (as tests/s3server.py does).
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_die_with_parent)
         log.close()
         self.procs.append(p)
         return p
