@@ -113,6 +113,9 @@ def decide(out: str, old: dict | None, where: str, fingerprint: dict, overwrite:
     """
     if old is None:
         return "fresh"  # only scraps (e.g. killed before the config was written): start over
+    if "codecs" not in old:
+        # Made before the library versions were recorded: nothing to compare them with.
+        old = dict(old, codecs=fingerprint.get("codecs"))
     if not overwrite:
         check_same_codecs(CodecVersions.parse(old.get("codecs")), CodecVersions.parse(fingerprint.get("codecs")),
                           f"OUT {out} holds {where} made with {{lib}} {{expected}}, but this machine has "

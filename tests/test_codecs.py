@@ -43,3 +43,14 @@ def test_rerun_with_other_codec_versions_is_refused_unless_overwrite(sample_src,
     assert json.loads((out / "manifest.json").read_text())["config"]["codecs"] == codec_versions().to_json()
     for f in ("manifest.json", "train/train-000000.tar"):
         assert (out / f).read_bytes() == (small_build / f).read_bytes()
+
+
+def test_a_build_made_before_codecs_were_recorded_is_kept_not_refused(sample_src, small_build, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_build, out)
+    m = json.loads((out / "manifest.json").read_text())
+    del m["config"]["codecs"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    run_cli("build", sample_src, out, "--size", "64", "--shard_size", "25", "--workers", "2", "--progress", "false",
+            check=True)
+    assert (out / "manifest.json").read_bytes() == (small_build / "manifest.json").read_bytes()
