@@ -29,7 +29,7 @@ from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, 
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
 
 __all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic",
-           "RemoteOut"]
+           "put_scratch", "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 _CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
@@ -75,6 +75,21 @@ def location(url: str, storage_options: dict[str, Any] | None = None, endpoint_u
     if url.startswith(("s3://", "s3a://")) and not url.split("://", 1)[1].split("/")[0]:
         raise UsageError(f"{url}: no bucket in the URL (expected s3://bucket/prefix)")
     return Location(url, storage_options_for(url, storage_options, endpoint_url))
+
+
+#: fsspec protocols whose single PUT makes an object visible whole or not at all.
+_WHOLE_OBJECT_PUT = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
+
+
+def put_scratch(fs: Any, path: str, data: bytes) -> None:
+    """Write a scratch object (a chunk, its records, a shard's journal): one PUT on an object store,
+    which never shows a partial object and is checked on reuse anyway (records hold the chunk's
+    xxh64); :func:`put_atomic` elsewhere."""
+    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if _WHOLE_OBJECT_PUT & set(protos):
+        fs.pipe_file(path, data)
+    else:
+        put_atomic(fs, path, data)
 
 
 def put_atomic(fs: Any, path: str, data: bytes) -> None:

@@ -25,7 +25,7 @@ from .convert import ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
-from .remote import Location, put_atomic, put_file_atomic, read_or_none
+from .remote import Location, put_file_atomic, put_scratch, read_or_none
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -94,10 +94,10 @@ class FsChunkTask(ChunkTask):
             buf += pr.png
         wfs = self.work_loc.fs()
         bin_path, json_path = self.paths(cid)
-        put_atomic(wfs, bin_path, bytes(buf))
+        put_scratch(wfs, bin_path, bytes(buf))
         rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
                     "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
-        put_atomic(wfs, json_path, json.dumps(rec_json).encode())
+        put_scratch(wfs, json_path, json.dumps(rec_json).encode())
         return cid, recs, False
 
 
@@ -197,5 +197,5 @@ class FsShardTask(ShardTask):
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         rec = {"plan": job.plan_fp, "path": job.relpath, "samples": w.samples, "bytes": w.bytes, "xxh64": w.xxh64}
-        put_atomic(fs, journal, dump_json(rec))
+        put_scratch(fs, journal, dump_json(rec))
         return job.relpath, rec, False
