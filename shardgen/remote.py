@@ -4,10 +4,11 @@ A :class:`Location` is a URL and the fsspec options to open it: picklable, so th
 worker process (local or on a Dask cluster) opens its own filesystem and reads its
 sources and writes its files directly; no image bytes pass through the client.
 
-Writes to object storage are atomic in the same way as on disk: every object is written
-under a temporary name (``.tmp-<random>-<name>``, the format's :data:`TMP_PREFIX`) and
-then moved to its final name (server-side copy and delete), so no object under a final
-name is ever partial; ``manifest.json`` is written last. Credentials stay in the options
+Writes to object storage are atomic in the same way as on disk: every shard and file of
+the build is written under a temporary name (``.tmp-<random>-<name>``, the format's
+:data:`TMP_PREFIX`) and then moved to its final name (server-side copy and delete), so no
+object under a final name is ever partial; ``manifest.json`` is written last. Scratch
+objects go up with one PUT (:func:`put_scratch`). Credentials stay in the options
 (or the environment) and are never written into the build or into a message.
 """
 
