@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .delivery import Batch, Ring, WorkerFailure
 from .errors import LoaderError
 from .plan import batches_per_rank
-from .stream import PAD_LABEL, SampleReader, Spec, decode_into, shuffled, slot_plan, slot_seed
+from .stream import PAD_LABEL, SampleReader, Spec, shuffled, slot_plan, slot_seed
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
@@ -89,7 +89,6 @@ class ShardStream(IterableDataset):
         if plan.batches == 0:
             return
         reader, samples = self._samples(plan, worker, epoch)
-        n_classes = len(spec.classes)
         out = BatchOut(self.ring if in_worker else None, worker, B, spec.size, self.with_keys)
         tf = None if self.transform is None else SampleTransform(self.transform, self.seed, in_worker)
         produced = 0
@@ -99,7 +98,7 @@ class ShardStream(IterableDataset):
             if produced == plan.batches:
                 raise LoaderError(f"internal error: more samples than planned in rank {self.rank} worker {worker}")
             try:
-                labels[i] = decode_into(arr[i, 0], s, spec.size, n_classes)
+                labels[i] = reader.pixels_into(arr[i, 0], s)  # decoded, or copied from the decoded cache
             except LoaderError as e:
                 if spec.on_error == "raise":
                     raise
