@@ -43,6 +43,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -366,12 +367,24 @@ def _evict(root: str, keep: dict[str, int], limit: int) -> None:
             if total <= limit:
                 break
             if n not in keep:
-                try:
-                    os.unlink(os.path.join(root, n))
-                    log.info("decoded cache: evicted %s", n)
-                except FileNotFoundError:
-                    pass
+                _unlink(os.path.join(root, n))
+                log.info("decoded cache: evicted %s", n)
                 total -= size
+        now = time.time()
+        for n in os.listdir(root):  # left by processes killed while creating an entry
+            p = os.path.join(root, n)
+            try:
+                if n.startswith(".tmp-") and now - os.stat(p).st_mtime > 3600:
+                    _unlink(p)
+            except FileNotFoundError:
+                pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
