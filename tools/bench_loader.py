@@ -162,6 +162,21 @@ def bench_make_loader(source, split, batch_size, workers, seconds, pin=False):
     return run_epochs(it, seconds, done=loader.close)
 
 
+def _tree_cpu() -> float:
+    """CPU seconds of this process and its live children (workers that are still running)."""
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = a.ru_utime + a.ru_stime
+    for c in _children(os.getpid()):
+        try:
+            with open(f"/proc/{c}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def _allocated(folder: str) -> int:
     return sum(os.stat(os.path.join(folder, n)).st_blocks * 512 for n in os.listdir(folder))
 
@@ -171,10 +186,10 @@ def bench_epochs(source, split, batch_size, workers, seconds, pin=False, cache=F
     the decoded cache on (a fresh folder, removed afterwards) or off."""
     folder = tempfile.mkdtemp(prefix="bench-decoded-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _tree_cpu()
         loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=pin,
                              decoded_cache=folder if cache else None)
-        first, rates, later, later_s = None, [], 0, 0.0
+        first, rates, later, later_s, cpu1 = None, [], 0, 0.0, 0.0
         with MemWatch() as mw:
             while len(rates) < 3 or later_s < seconds:
                 loader.set_epoch(len(rates))
@@ -184,12 +199,15 @@ def bench_epochs(source, split, batch_size, workers, seconds, pin=False, cache=F
                         first = time.perf_counter() - t0
                     n += int(batch[0].shape[0])
                 dt = time.perf_counter() - t
+                if not rates:
+                    cpu1 = (_tree_cpu() - c0) / n
                 rates.append(n / dt)
                 if len(rates) >= 3:
                     later, later_s = later + n, later_s + dt
         loader.close()
         return {"samples": n * len(rates), "first_batch_s": round(first, 3), "epochs": len(rates),
                 "epoch1_samples_per_s": round(rates[0], 1), "epoch3_samples_per_s": round(rates[2], 1),
+                "epoch1_cpu_us_per_sample": round(cpu1 * 1e6, 1),
                 "samples_per_s": round(later / later_s, 1), "cache_bytes": _allocated(folder),
                 "worker_peak_rss_mb": round(mw.hwm / 2**20, 1), "worker_peak_private_mb": round(mw.private / 2**20, 1)}
     finally:
@@ -398,6 +416,7 @@ def main(argv=None) -> int:
                     label = f"cache {'on' if on else 'off'}"
                     print(f"round {rnd + 1}: {label:12s} epoch 1 {r['epoch1_samples_per_s']:9.1f}  epoch 3 "
                           f"{r['epoch3_samples_per_s']:9.1f}  epochs 3+ {r['samples_per_s']:9.1f} samples/s   "
+                          f"epoch 1 {r['epoch1_cpu_us_per_sample']:.0f} us CPU/sample   "
                           f"first batch {r['first_batch_s']} s   cache {r['cache_bytes'] / 1e6:.1f} MB   worker peak RSS "
                           f"{r['worker_peak_rss_mb']:7.1f} MB, private {r['worker_peak_private_mb']:6.1f} MB", flush=True)
                     key = f"epochs_cache_{'on' if on else 'off'}"
