@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xxhash
+
+from shardgen.format.checksum import file_xxh64
 
 from .errors import UsageError
 from .sources import parse_size
@@ -100,14 +101,10 @@ def _identity(path: str) -> list[int] | None:
 
 
 def _file_xxh64(path: str) -> str | None:
-    h = xxhash.xxh64()
     try:
-        with open(path, "rb") as f:
-            while b := f.read(1 << 22):
-                h.update(b)
+        return file_xxh64(path)[0]
     except OSError:
         return None
-    return h.hexdigest()
 
 
 class DecodedEntry:
