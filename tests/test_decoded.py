@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, run_cli
+from http_build_server import BuildServer
 
 from loaders import LoaderError, UsageError, make_loader
 from loaders.decoded import DecodedEntry, DecodedStore, entry_bytes, entry_name, plan_decoded
@@ -107,6 +108,22 @@ def test_a_cached_segment_never_opens_its_shard(five_shards, tmp_path, monkeypat
     monkeypatch.setattr(SampleReader, "_open", no_open)
     assert_same(epochs_of(five_shards, place, 0, "eval", epochs=2), ref * 2)
     assert_same(epochs_of(five_shards, place, 0, "train", epochs=2), epochs_of(five_shards, place, 0, "train", 2))
+
+
+def test_a_remote_build_is_served_from_the_cache_without_reading_its_shards(five_shards, tmp_path):
+    shutil.copytree(five_shards, tmp_path / "www" / "xray")
+    srv = BuildServer(tmp_path / "www", tmp_path / "state")
+    try:
+        url = srv.url + "/xray"
+        place = tmp_path / "dec"
+        ref = epochs_of(five_shards, None, 2, "eval", epochs=1)
+        assert_same(epochs_of(url, place, 2, "eval", epochs=1), ref)
+        n = len(srv.shard_gets())
+        assert n >= 5
+        assert_same(epochs_of(url, place, 2, "eval", epochs=2), ref * 2)
+        assert len(srv.shard_gets()) == n  # every segment came from the decoded cache
+    finally:
+        srv.stop()
 
 
 def test_off_makes_no_files_and_the_environment_picks_the_place(five_shards, tmp_path, monkeypatch):
