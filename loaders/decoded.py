@@ -22,10 +22,11 @@ trust only set flags. Files are created complete (a temporary file with the head
 then ``link``), so a reader never sees half a header.
 
 **Stale data.** The name carries the manifest's checksum. For a local build, the
-process that creates an entry first checks the shard file's xxh64 against the
-manifest and records the file's identity (device, inode, size, mtime); another
-process whose shard file has another identity checks the xxh64 itself before using
-the entry, and ignores the entry (decoding from the shard) on a mismatch.
+entry records the identity (device, inode, size, mtime) of the shard file it is
+filled from, so it holds what decoding that file gives; a process whose shard file
+has another identity (a copy of the build, a shard rewritten since) checks the file's
+xxh64 against the manifest before using the entry, and decodes from the shard
+instead on a mismatch.
 
 **Budget.** The shards cached are the longest prefix of the manifest's order whose
 entries fit in the limit, so every rank and worker makes the same choice without
@@ -258,10 +259,10 @@ class DecodedStore:
         if src is not None and ident is None:
             return None  # missing shard: reading it raises the usual error
         if not os.path.exists(path):
-            if src is not None and _file_xxh64(src) != shard.xxh64:
-                return None  # changed since the build: never cache it
             self._create(path, shard, ident)
         e = DecodedEntry(path, shard.samples, self.size)
+        # Filled from another file (a copy of the build, a shard rewritten since): only if
+        # this one holds the manifest's bytes.
         if src is not None and e.header().get("source") != ident and _file_xxh64(src) != shard.xxh64:
             e.close()
             return None
