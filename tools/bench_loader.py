@@ -70,10 +70,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cache_private(pid: int, folder: str) -> int:
-    """Private resident bytes of ``pid``'s mappings of files under ``folder``: the decoded
-    cache's pages a worker has read (and no other process maps). VmHWM and "private"
-    count them, but they are the cache's (shared) memory, not the worker's own."""
+def _own_private(pid: int, folder: str) -> int:
+    """Private resident bytes of ``pid`` outside its mappings of files under ``folder``
+    (one read of ``/proc/PID/smaps``). The decoded cache's pages a worker has read (and
+    no other process maps) count in VmHWM and "private", but they are the cache's
+    (shared) memory, not the worker's own."""
     total, inside = 0, False
     try:
         with open(f"/proc/{pid}/smaps") as f:
@@ -81,7 +82,7 @@ def _cache_private(pid: int, folder: str) -> int:
                 head = line.split(None, 5)
                 if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's first line
                     inside = len(head) == 6 and head[5].strip().startswith(folder)
-                elif inside and head[0] in ("Private_Clean:", "Private_Dirty:"):
+                elif not inside and head[0] in ("Private_Clean:", "Private_Dirty:"):
                     total += int(head[1]) * 1024
     except OSError:
         pass
@@ -125,7 +126,7 @@ class MemWatch:
                 kids, found = _children(me), time.monotonic()
             for c in kids:
                 h, p = _mem(c)
-                own = p - _cache_private(c, self.cache) if self.cache else p
+                own = _own_private(c, self.cache) if self.cache else p
                 self.hwm, self.private, self.own = max(self.hwm, h), max(self.private, p), max(self.own, own)
 
     def __enter__(self):
