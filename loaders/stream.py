@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
@@ -301,8 +301,15 @@ def decode_into(out: np.ndarray, s: RawSample, size: int, n_classes: int) -> int
         if im.size != (size, size) or im.mode != "L":
             raise LoaderError(f"{where}: image is {im.size[0]}x{im.size[1]} mode {im.mode}, "
                               f"expected {size}x{size} mode L (8-bit grayscale)")
+        # Decode straight into ``out`` (Pillow keeps an image buffer of the right mode and
+        # size): one 64 KiB copy less per 256x256 sample. Copied as before otherwise.
+        direct = isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.flags.c_contiguous
+        target = Image.frombuffer("L", (size, size), out, "raw", "L", 0, 1) if direct else None
+        if target is not None:
+            im.im = target.im
         im.load()
-        out[...] = np.asarray(im)
+        if target is None or im.im is not target.im:
+            out[...] = np.asarray(im)
     except LoaderError:
         raise
     except Exception as e:  # PIL raises many types for broken data
