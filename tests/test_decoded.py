@@ -23,7 +23,7 @@ from conftest import ROOT, run_cli
 from http_build_server import BuildServer
 
 from loaders import LoaderError, UsageError, make_loader
-from loaders.decoded import DecodedEntry, DecodedStore, entry_bytes, entry_name, plan_decoded
+from loaders.decoded import DecodedEntry, DecodedStore, auto_places, entry_bytes, entry_name, plan_decoded
 from loaders.loader import open_split
 from loaders.stream import SampleReader
 
@@ -134,6 +134,23 @@ def test_off_makes_no_files_and_the_environment_picks_the_place(five_shards, tmp
     assert len(entries(tmp_path / "env")) == 5
     monkeypatch.setenv("SHARDGEN_DECODED_CACHE", "off")
     assert make_loader(five_shards, num_workers=0).dataset.spec.decoded is None
+
+
+def test_default_places_and_leftovers_of_killed_creators(five_shards, tmp_path, monkeypatch):
+    monkeypatch.delenv("SHARDGEN_DECODED_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    places = auto_places()
+    assert places[-1] == str(tmp_path / "xdg" / "shardgen" / "decoded")
+    if os.path.isdir("/dev/shm"):
+        assert len(places) == 2 and places[0].startswith("/dev/shm/shardgen-")
+    place = tmp_path / "dec"
+    place.mkdir()
+    old, new = place / ".tmp-host-1-x.dec", place / ".tmp-host-2-y.dec"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (1, 1))
+    plan_decoded(open_split(five_shards, "train").shards, 64, 4, place)
+    assert not old.exists() and new.exists()  # an hour old: its creator is gone
 
 
 def test_usage_errors(five_shards, tmp_path):
