@@ -59,8 +59,8 @@ from .sources import parse_size
 if TYPE_CHECKING:
     from .sources import ShardInfo
 
-__all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "plan_decoded", "entry_bytes", "entry_name",
-           "auto_places", "ENV_PLACE", "KEY_BYTES"]
+__all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "plan_decoded", "check_decoded_args", "entry_bytes",
+           "entry_name", "auto_places", "ENV_PLACE", "KEY_BYTES"]
 
 log = logging.getLogger("loaders")
 
@@ -385,6 +385,19 @@ def _unlink(path: str) -> None:
         pass
 
 
+def check_decoded_args(cache: Any, limit: Any) -> int | None:
+    """Check ``decoded_cache`` and ``decoded_cache_limit`` (before any work); returns the
+    limit in bytes, None for ``"auto"``.
+
+    Raises:
+        UsageError: ``cache`` is not ``"auto"``, True, a folder, None or False, or ``limit``
+            is not ``"auto"`` or a positive size.
+    """
+    if not (cache is None or isinstance(cache, (bool, str, os.PathLike))):
+        raise UsageError(f"decoded_cache must be 'auto', a folder, or None, got {cache!r}")
+    return None if isinstance(limit, str) and limit == "auto" else parse_size(limit, "decoded_cache_limit")
+
+
 def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
                  limit: Any = "auto") -> DecodedConfig | None:
     """Decide where the decoded cache of a split lives and which shards it holds.
@@ -405,15 +418,13 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         UsageError: a bad ``cache`` or ``limit``, or a folder given explicitly that cannot be
             created or written.
     """
+    fixed = check_decoded_args(cache, limit)
     if cache is None or cache is False:
         return None
     if cache is True or cache == "auto":
         places, explicit = auto_places(), False
-    elif isinstance(cache, (str, os.PathLike)):
-        places, explicit = [os.fspath(cache)], True
     else:
-        raise UsageError(f"decoded_cache must be 'auto', a folder, or None, got {cache!r}")
-    fixed = None if isinstance(limit, str) and limit == "auto" else parse_size(limit, "decoded_cache_limit")
+        places, explicit = [os.fspath(cache)], True
     sizes = [entry_bytes(s.samples, size) if s.samples > 0 else 0 for s in shards]
     need = sum(sizes)
     best: tuple[int, str] | None = None

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
 
-from .decoded import plan_decoded
+from .decoded import check_decoded_args, plan_decoded
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -343,6 +343,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     seed = _as_int(seed, "seed", 0)
     shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
     prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
+    check_decoded_args(decoded_cache, decoded_cache_limit)
     spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size,
                       io_timeout)
     spec.decoded = plan_decoded(spec.shards, spec.size, len(spec.classes), decoded_cache, decoded_cache_limit)

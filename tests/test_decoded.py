@@ -161,6 +161,8 @@ def test_usage_errors(five_shards, tmp_path):
         make_loader(five_shards, decoded_cache=tmp_path / "d", decoded_cache_limit="lots")
     with pytest.raises(UsageError, match="decoded_cache must be"):
         make_loader(five_shards, decoded_cache=3)
+    with pytest.raises(UsageError, match="decoded_cache_limit"):  # before the manifest is read
+        make_loader(tmp_path / "no-build-here", decoded_cache_limit=-1)
 
 
 # ----------------------------------------------------------------------------- budget
