@@ -97,7 +97,7 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True, dicom_window="auto"):
+              max_pixels=None, overwrite=False, progress=True, dicom_window="auto", rehash=False):
         """Build shards from a folder of labelled images.
 
         Args:
@@ -120,6 +120,8 @@ class CLI:
             progress: show a progress bar on stderr (default true).
             dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its
                 full range) or ``none`` (always the full range).
+            rehash: when resuming, read every already converted source again to check its
+                bytes, instead of trusting an unchanged size, mtime, ctime and inode (default false).
         """
         from .build import BuildConfig, build as run_build
         from .report import format_summary
@@ -142,7 +144,7 @@ class CLI:
             dicom_window=as_str(dicom_window, "dicom_window"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
-                           progress=as_bool(progress, "progress"))
+                           progress=as_bool(progress, "progress"), rehash=as_bool(rehash, "rehash"))
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
