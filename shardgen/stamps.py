@@ -44,7 +44,7 @@ def stamp_of(path: str) -> list[int] | None:
 
 def unchanged(stamp: list[int] | None, path: str) -> bool:
     """``path`` still has the recorded ``stamp``, and that stamp is old enough to be trusted."""
-    if not isinstance(stamp, list) or len(stamp) != 6:
+    if not isinstance(stamp, list) or len(stamp) != 6 or not all(type(v) is int for v in stamp):
         return False
     dev, ino, size, mtime, ctime, read_ns = stamp
     if read_ns - max(mtime, ctime) < RECENT_NS:
