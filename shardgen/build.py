@@ -62,6 +62,8 @@ class BuildResult:
     total_chunks: int = 0
     kept_shards: int = 0
     total_shards: int = 0
+    #: sources of reused chunks read again to check them (stamp changed, or ``rehash``)
+    rehashed_sources: int = 0
     #: one line each for the user (the CLI prints them as ``note: ...`` on stderr)
     notes: list[str] = field(default_factory=list)
     #: splits with a non-zero ratio that got no samples (an error under ``--strict``)
@@ -196,6 +198,8 @@ class _Run:
     phase: str = "converting images"
     reused: int = 0
     kept: int = 0
+    rehash: bool = False
+    rehashed: int = 0
 
     def start_pool(self, n_jobs: int) -> None:
         """Start the worker processes (at least one: images are only ever decoded there, so
@@ -221,12 +225,14 @@ class _Run:
         bar = progress_bar(n_items, "convert", "img", self.progress)
 
         def got(r):
-            cid, recs, reused = r
+            cid, recs, reused = r[:3]
             records[cid * CHUNK:cid * CHUNK + len(recs)] = recs
             self.reused += reused
+            self.rehashed += r[3] if len(r) > 3 else 0  # ChunkResult.rehashed
             bar.update(len(recs))
 
-        _run_pool(self.pool, ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window), jobs, got)
+        task = ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window, rehash=self.rehash)
+        _run_pool(self.pool, task, task.pending_first(jobs), got)
         bar.close()
         return records
 
@@ -271,8 +277,11 @@ def _sigterm_raises():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> BuildResult:
+def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, rehash: bool = False) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
+
+    ``rehash``: on resume, read every source of a finished chunk again to compare its xxh64,
+    instead of trusting an unchanged stat stamp (:mod:`shardgen.stamps`); never changes the output.
 
     Raises:
         UsageError: bad inputs or OUT state (exit code 2).
@@ -283,7 +292,7 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     sr, items, classes, ratios, excluded = _resolve(cfg)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=os.path.realpath(sr.root), index_path=os.path.realpath(cfg.index) if cfg.index else None)
-    run = _Run(cfg, cfg.out, _start_out(cfg.out, work_fp, overwrite), progress)
+    run = _Run(cfg, cfg.out, _start_out(cfg.out, work_fp, overwrite), progress, rehash=rehash)
     keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
     jobs = chunk_jobs(sr.root, [it.relpath for it in items])
     old_handler = _sigterm_raises()
@@ -308,5 +317,5 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True) -> B
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
-                       kept_shards=run.kept, total_shards=len(plan.jobs),
+                       kept_shards=run.kept, total_shards=len(plan.jobs), rehashed_sources=run.rehashed,
                        notes=list(sr.notes) + empty_split_notes(ratios or (), samples), empty_splits=empty)

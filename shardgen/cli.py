@@ -98,7 +98,7 @@ class CLI:
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
               max_pixels=None, overwrite=False, progress=True, dicom_window="auto", columns=None,
-              label_sep=None, no_finding=None, split_lists=None):
+              label_sep=None, no_finding=None, split_lists=None, rehash=False):
         """Build shards from a folder of labelled images.
 
         Args:
@@ -126,6 +126,8 @@ class CLI:
             label_sep: separator of several labels in one label cell (``|``): a multi-label build.
             no_finding: the label meaning no positive class (``No Finding``): an all-zero target.
             split_lists: official split files, e.g. ``train=train_val_list.txt,test=test_list.txt``.
+            rehash: when resuming, read every already converted source again to check its
+                bytes, instead of trusting an unchanged size, mtime, ctime and inode (default false).
         """
         from .build import BuildConfig, build as run_build
         from .report import format_summary
@@ -152,7 +154,7 @@ class CLI:
             split_lists=None if split_lists is None else as_str(split_lists, "split_lists"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
-                           progress=as_bool(progress, "progress"))
+                           progress=as_bool(progress, "progress"), rehash=as_bool(rehash, "rehash"))
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
