@@ -3,6 +3,7 @@ or many GPUs, with the same number of batches on every rank."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from typing import Any, Callable, Iterator
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
-from .decoded import check_decoded_args, plan_decoded
+from .decoded_place import check_decoded_args, plan_decoded
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -145,14 +146,7 @@ class ShardLoader:
         """
         st = LoaderState.from_dict(state)
         ds = self.dataset
-        mine = self._state()
-        for name, theirs, ours in (("split", st.split, mine.split), ("split_xxh64", st.split_xxh64, mine.split_xxh64),
-                                   ("mode", st.mode, mine.mode), ("seed", st.seed, mine.seed),
-                                   ("balance", st.balance, mine.balance)):
-            if theirs != ours:
-                what = "another build (its shards differ)" if name == "split_xxh64" else f"{name} {theirs!r}"
-                raise UsageError(f"loader state is for {what}, this loader has {name} {ours!r}"
-                                 if name != "split_xxh64" else f"loader state is for {what}: {theirs} != {ours}")
+        st.check_fits(self._state())
         ds.run(st.epoch, self.num_workers, st.phases)  # checks the position against the split
         self.close()
         self._run, self._yielded = None, 0
@@ -202,10 +196,8 @@ class ShardLoader:
             rx.stop()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __iter__(self) -> Iterator:
         ds = self.dataset

@@ -55,7 +55,7 @@ def make_build(src: Path, out: Path, size: int = 64, shard_size: int = 25) -> Pa
 def decoded_cache_place(tmp_path_factory):
     """The loaders' decoded cache (on by default) lives in the session's temp folder, never
     in the user's /dev/shm or ~/.cache; subprocesses inherit the variable."""
-    from loaders.decoded import ENV_PLACE
+    from loaders.decoded_place import ENV_PLACE
 
     old = os.environ.get(ENV_PLACE)
     os.environ[ENV_PLACE] = str(tmp_path_factory.mktemp("decoded-cache"))

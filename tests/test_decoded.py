@@ -23,7 +23,8 @@ from conftest import ROOT, run_cli
 from http_build_server import BuildServer
 
 from loaders import LoaderError, UsageError, make_loader
-from loaders.decoded import DecodedEntry, DecodedStore, auto_places, entry_bytes, entry_name, plan_decoded
+from loaders.decoded import DecodedEntry, DecodedStore, entry_bytes, entry_name
+from loaders.decoded_place import auto_places, plan_decoded
 from loaders.loader import open_split
 from loaders.stream import SampleReader
 
@@ -267,7 +268,8 @@ KILLED = """
 import fcntl, os, sys, time
 sys.path.insert(0, {root!r})
 from loaders.loader import open_split
-from loaders.decoded import DecodedStore, plan_decoded
+from loaders.decoded import DecodedStore
+from loaders.decoded_place import plan_decoded
 spec = open_split({build!r}, "train")
 cfg = plan_decoded(spec.shards, spec.size, len(spec.classes), {place!r})
 e = DecodedStore(cfg, spec.shards, spec.size, len(spec.classes), spec.local_root).entry(0)
