@@ -395,6 +395,31 @@ def extract(source: str, split: str, folder: str):
     return pngs, labels, paths, urls, build.manifest.image.size
 
 
+def run_once(name: str, source: str, args) -> dict:
+    """The parts measured once: resume costs (``bench_resume``) and transform costs
+    (``bench_transform``: one worker's samples/s with ``transform=None`` and an identity
+    transform, and the seeding per sample)."""
+    if name == "resume":
+        import bench_resume
+
+        r = bench_resume.run(source, args.workers, args.batch_size, args.rounds)
+        fresh = r["fresh"]
+        print(f"resume: state_dict() {r['state_dict_us']} us; first batch after load_state_dict: " + ", ".join(
+            f"{k} {v:.2f} s ({v / fresh:.2f}x)" for k, v in r.items() if k != "state_dict_us"), flush=True)
+        return r
+    import bench_transform
+
+    r = {"seeding": bench_transform.seeding_us()}
+    for label, tf in (("none", False), ("identity", True)):
+        r[label] = round(max(bench_transform._child(ROOT, source, max(1.0, args.seconds / 3), tf)
+                             for _ in range(args.rounds)), 1)
+    r["identity_us_per_sample"] = round(1e6 / r["identity"] - 1e6 / r["none"], 2)
+    print(f"transform: one worker {r['none']} samples/s with transform=None, {r['identity']} with an identity "
+          f"transform ({r['identity_us_per_sample']} us/sample); seeding {r['seeding']['seed_us']} us/sample",
+          flush=True)
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", help="a shardgen build (default: make bench-out/loader-SIZE)")
@@ -407,7 +432,9 @@ def main(argv=None) -> int:
                     help="images per class of the generated build (default: 160 per worker, at least 300, "
                          "so that every worker has several batches per epoch)")
     ap.add_argument("--shard_size", type=int, default=100)
-    ap.add_argument("--only", default="ceiling,make_loader,epochs,webdataset,files")
+    ap.add_argument("--only", default="ceiling,make_loader,epochs,webdataset,files,resume,transform",
+                    help="pipelines (and the once-only parts resume: state_dict and first batch after "
+                         "load_state_dict, transform: transform=None against an identity transform and seeding)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="run the pipelines in turn this many times and keep each one's best (default 2)")
     ap.add_argument("--json", help="also write the results here")
@@ -426,6 +453,8 @@ def main(argv=None) -> int:
           flush=True)
     results: dict = {}
     todo = args.only.split(",")
+    once = [t for t in todo if t in ("resume", "transform")]
+    todo = [t for t in todo if t not in once]
     for rnd in range(args.rounds):
         for name in todo:
             if name == "ceiling":
@@ -462,8 +491,12 @@ def main(argv=None) -> int:
                   flush=True)
             if name not in results or r["samples_per_s"] > results[name]["samples_per_s"]:
                 results[name] = r
+    for name in once:
+        results[name] = run_once(name, source, args)
     print(f"best of {args.rounds} round(s):")
     for name, r in results.items():
+        if name in once:
+            continue
         if name.startswith("epochs_"):
             print(f"  {name:20s} epoch 1 {r['epoch1_samples_per_s']:9.1f}, epoch 3 {r['epoch3_samples_per_s']:9.1f}, "
                   f"epochs 3+ {r['samples_per_s']:9.1f} samples/s, cache {r['cache_bytes'] / 1e6:.1f} MB, worker peak "
