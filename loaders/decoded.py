@@ -145,6 +145,13 @@ class DecodedEntry:
             self.complete = True
         return True
 
+    def ready_at(self, positions) -> bool:
+        """Whether the samples at ``positions`` (ascending) are all there (one ``pread``)."""
+        if self.complete or not len(positions):
+            return True
+        flags = os.pread(self.fd, positions[-1] - positions[0] + 1, self._flags + positions[0])
+        return all(flags[p - positions[0]] for p in positions)
+
     def key(self, pos: int) -> str:
         o = self._keys + pos * KEY_BYTES
         return self._mm[o:o + KEY_BYTES].rstrip(b"\0").decode("ascii")

@@ -259,7 +259,8 @@ class SampleReader:
         indices = seg.indices()
         todo = list(range(seg.count)) if wanted is None else wanted
         entry = self._decoded.entry(seg.shard) if self._decoded is not None else None
-        if entry is not None and entry.ready(indices[todo[0]], indices[todo[-1]] + 1):  # no need to open the shard
+        if entry is not None and (entry.ready(indices[todo[0]], indices[todo[-1]] + 1) if seg.take is None
+                                  else entry.ready_at([indices[k] for k in todo])):  # no need to open the shard
             for k in todo:
                 yield first + k, RawSample(name, entry.key(indices[k]), None, None, seg.shard, indices[k], entry)
             return
