@@ -3,6 +3,7 @@ or many GPUs, with the same number of batches on every rank."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from typing import Any, Callable, Iterator
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
+from .decoded_place import check_decoded_args, plan_decoded
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -144,14 +146,7 @@ class ShardLoader:
         """
         st = LoaderState.from_dict(state)
         ds = self.dataset
-        mine = self._state()
-        for name, theirs, ours in (("split", st.split, mine.split), ("split_xxh64", st.split_xxh64, mine.split_xxh64),
-                                   ("mode", st.mode, mine.mode), ("seed", st.seed, mine.seed),
-                                   ("balance", st.balance, mine.balance)):
-            if theirs != ours:
-                what = "another build (its shards differ)" if name == "split_xxh64" else f"{name} {theirs!r}"
-                raise UsageError(f"loader state is for {what}, this loader has {name} {ours!r}"
-                                 if name != "split_xxh64" else f"loader state is for {what}: {theirs} != {ours}")
+        st.check_fits(self._state())
         ds.run(st.epoch, self.num_workers, st.phases)  # checks the position against the split
         self.close()
         self._run, self._yielded = None, 0
@@ -201,10 +196,8 @@ class ShardLoader:
             rx.stop()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __iter__(self) -> Iterator:
         ds = self.dataset
@@ -256,7 +249,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 multiprocessing_context: Any = None, timeout: float = 0,
                 overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S,
                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                balance: str | dict[str, float] | None = None) -> ShardLoader:
+                balance: str | dict[str, float] | None = None,
+                decoded_cache: Any = "auto", decoded_cache_limit: Any = "auto") -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -349,6 +343,22 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             epoch). Repeats of a sample go to different passes over the shards, far
             apart in the epoch. Per-class counts: ``loader.class_counts``. Needs
             ``<split>/dataset.json``; train mode only.
+        decoded_cache: the node-local cache of decoded samples (see ``docs/loaders.md``):
+            each sample is decoded once per node, by whichever rank and worker reads it
+            first, and later epochs copy its pixels from a memory-mapped file instead.
+            Batches are bitwise the same with and without it. ``"auto"`` (default):
+            ``$SHARDGEN_DECODED_CACHE`` if set (a folder, or ``off``), else
+            ``/dev/shm/shardgen-<user>`` when the decoded split fits there, else
+            ``~/.cache/shardgen/decoded`` (``$XDG_CACHE_HOME``); a folder: that folder;
+            None or False: off.
+        decoded_cache_limit: the most bytes the cache folder holds, all builds and splits
+            together (int, or ``"8GB"``, ``"512MiB"``). Default ``"auto"``: half of the
+            folder's file system, and no more than its free space (plus what the cache
+            already holds) less a reserve of 10% of it (at most 2 GiB). When the split
+            does not fit, the longest run of its shards (manifest order) that fits is
+            cached and the rest is decoded every epoch; older entries of other splits are
+            evicted first. A decoded sample takes ``S*S + 69`` bytes (65.6 KB at 256x256).
+            Multi-label builds are not cached (yet): they decode every epoch.
 
     Returns:
         A :class:`ShardLoader`.
@@ -367,17 +377,20 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     seed = _as_int(seed, "seed", 0)
     shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
     prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
+    check_decoded_args(decoded_cache, decoded_cache_limit)
     spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size,
                       io_timeout)
+    balance = check_balance(balance, spec.classes)
+    if balance is not None and spec.multilabel:
+        raise UsageError("balance needs a single-label build; this one is multi-label")
+    if not spec.multilabel:  # the cache stores one class index per sample
+        spec.decoded = plan_decoded(spec.shards, spec.size, len(spec.classes), decoded_cache, decoded_cache_limit)
     rank, size = world()
     ctx = multiprocessing_context
     if isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
     skipped = (ctx or multiprocessing).Value("q", 0)
     check_picklable(transform, ctx, num_workers)
-    balance = check_balance(balance, spec.classes)
-    if balance is not None and spec.multilabel:
-        raise UsageError("balance needs a single-label build; this one is multi-label")
     if balance is not None:
         spec.labels = split_labels(spec)
     ds = ShardStream(spec, batch_size, mode, seed, rank, size, shuffle_buffer, bool(with_keys), skipped,

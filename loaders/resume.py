@@ -96,6 +96,20 @@ class LoaderState:
         d["earlier"] = [p.to_dict() for p in self.phases[:-1]]
         return d
 
+    def check_fits(self, mine: "LoaderState") -> None:
+        """Refuse a state taken on another split, build, mode, seed or balance than ``mine``.
+
+        Raises:
+            UsageError: naming what differs.
+        """
+        if self.split_xxh64 != mine.split_xxh64 and self.split == mine.split:
+            raise UsageError(f"loader state is for another build (its shards differ): "
+                             f"{self.split_xxh64} != {mine.split_xxh64}")
+        for name in ("split", "mode", "seed", "balance"):
+            theirs, ours = getattr(self, name), getattr(mine, name)
+            if theirs != ours:
+                raise UsageError(f"loader state is for {name} {theirs!r}, this loader has {name} {ours!r}")
+
     @classmethod
     def from_dict(cls, d: Any) -> "LoaderState":
         """Parse and check a state dict.

@@ -78,19 +78,22 @@ class EpochSequence:
         return shards, idx
 
     def segments(self, positions: np.ndarray) -> list[Segment]:
-        """The reads that give ``positions`` in that order (runs of one unit become one segment)."""
+        """The reads that give ``positions`` in that order (each run of one unit with rising
+        offsets becomes one segment)."""
         if len(positions) == 0:
             return []
         k = np.searchsorted(self.cum, positions, side="right") - 1
         off = positions - self.cum[k]
-        cut = np.flatnonzero((np.diff(k) != 0) | (np.diff(off) != 1)) + 1
+        # One segment per run of one unit read forwards (gaps are skipped within one open
+        # shard, never by opening it again).
+        cut = np.flatnonzero((np.diff(k) != 0) | (np.diff(off) <= 0)) + 1
         out: list[Segment] = []
         for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(positions)]])):
             unit, o = self.units[int(k[a])], off[a:b]
-            if unit.take is None:
+            if unit.take is None and o[-1] - o[0] + 1 == len(o):
                 out.append(Segment(unit.shard, int(o[0]), int(o[-1]) + 1))
             else:
-                t = unit.take[o]
+                t = o if unit.take is None else unit.take[o]
                 out.append(Segment(unit.shard, int(t[0]), int(t[-1]) + 1, tuple(int(x) for x in t)))
         return out
 

@@ -58,11 +58,24 @@ class Spec:
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
     _split_id: str | None = field(default=None, repr=False, compare=False)
+    decoded: Any = None            # a loaders.decoded.DecodedConfig: the decoded cache (None: off)
+    _store: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_fs"], d["_fs_pid"], d["_keys"] = None, -1, None
+        d["_fs"], d["_fs_pid"], d["_keys"], d["_store"] = None, -1, None, None
         return d
+
+    def decoded_store(self):
+        """This process's :class:`loaders.decoded.DecodedStore` (None when the cache is off)."""
+        if self.decoded is None:
+            return None
+        if self._store is None or self._store[0] != os.getpid():
+            from .decoded import DecodedStore
+
+            self._store = (os.getpid(), DecodedStore(self.decoded, self.shards, self.size, len(self.classes),
+                                                     self.local_root))
+        return self._store[1]
 
     def shard_keys(self, index: int) -> dict[str, int] | None:
         """``{key: position in shard}`` for shard ``index``, from ``<split>/dataset.json``
@@ -113,12 +126,19 @@ class Spec:
 
 
 class RawSample:
-    """A sample as read from its shard, before decoding."""
+    """A sample as read from its shard, before decoding.
 
-    __slots__ = ("shard", "key", "png", "cls")
+    ``index`` and ``pos``: its shard's manifest index and its place in the shard (-1 when
+    unknown); ``entry``: the decoded-cache entry holding its pixels, when it was read
+    from there (then ``png`` and ``cls`` are None).
+    """
 
-    def __init__(self, shard: str, key: str, png: bytes | None, cls: bytes | None):
+    __slots__ = ("shard", "key", "png", "cls", "index", "pos", "entry")
+
+    def __init__(self, shard: str, key: str, png: bytes | None, cls: bytes | None, index: int = -1,
+                 pos: int = -1, entry=None):
         self.shard, self.key, self.png, self.cls = shard, key, png, cls
+        self.index, self.pos, self.entry = index, pos, entry
 
 
 def slot_seed(*parts: int) -> int:
@@ -139,6 +159,23 @@ class SampleReader:
         self.skipped = skipped
         self._cache = (ShardCache(spec.cache_dir, spec.cache_limit)
                        if spec.cache_dir and spec.local_root is None else None)
+        self._decoded = spec.decoded_store()
+        self._targets = spec.targets
+
+    def pixels_into(self, out: np.ndarray, s: RawSample) -> int:
+        """Put the pixels of ``s`` into ``out`` (``S x S`` uint8) and return its label: a copy
+        from the decoded cache when it holds the sample, else :func:`decode_into` (and the
+        decoded sample is stored in the cache, when this shard is cached)."""
+        e = s.entry
+        if e is None and self._decoded is not None and s.index >= 0:
+            e = self._decoded.entry(s.index)
+            if e is not None and not e.ready(s.pos, s.pos + 1):
+                label = decode_into(out, s, self.spec.size, self._targets)
+                e.fill(s.pos, out, label, s.key)
+                return label
+        if e is not None:
+            return e.copy_into(out, s.pos)
+        return decode_into(out, s, self.spec.size, self._targets)
 
     def count_skip(self, n: int = 1) -> None:
         if self.skipped is not None and n:
@@ -221,6 +258,12 @@ class SampleReader:
         name = self.spec.shard_name(shard)
         indices = seg.indices()
         todo = list(range(seg.count)) if wanted is None else wanted
+        entry = self._decoded.entry(seg.shard) if self._decoded is not None else None
+        if entry is not None and (entry.ready(indices[todo[0]], indices[todo[-1]] + 1) if seg.take is None
+                                  else entry.ready_at([indices[k] for k in todo])):  # no need to open the shard
+            for k in todo:
+                yield first + k, RawSample(name, entry.key(indices[k]), None, None, seg.shard, indices[k], entry)
+            return
         done = 0
         src = None
         try:
@@ -237,7 +280,7 @@ class SampleReader:
                 s = next(tar.samples(), None)
                 if s is None:
                     raise LoaderError(f"{name}: holds fewer samples than the manifest's {shard.samples}")
-                yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get(member))
+                yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get(member), seg.shard, target)
                 done += 1
             tee = getattr(src, "tee", None)
             if tee is not None:

@@ -22,8 +22,8 @@ from .errors import LoaderError
 from .plan import batches_per_rank, shard_sequence
 from .resume import EpochRun, Layout, Phase, output_order
 from .sequence import EpochSequence, balanced_units, class_targets, multiplicities
-from .stream import SampleReader, Spec, decode_into, slot_samples
 from .targets import Targets
+from .stream import SampleReader, Spec, slot_samples
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
@@ -133,7 +133,7 @@ class ShardStream(IterableDataset):
                     arr[i] = 0
                     continue
                 try:
-                    labels[i] = decode_into(arr[i, 0], s, spec.size, targets)
+                    labels[i] = reader.pixels_into(arr[i, 0], s)  # decoded, or copied from the decoded cache
                 except LoaderError as e:
                     if spec.on_error == "raise":
                         raise

@@ -64,6 +64,8 @@ class BuildResult:
     total_chunks: int = 0
     kept_shards: int = 0
     total_shards: int = 0
+    #: sources of reused chunks read again to check them (stamp changed, or ``rehash``)
+    rehashed_sources: int = 0
     #: one line each for the user (the CLI prints them as ``note: ...`` on stderr)
     notes: list[str] = field(default_factory=list)
     #: splits with a non-zero ratio that got no samples (an error under ``--strict``)
@@ -193,14 +195,6 @@ def _start_out(out: str, work_fp: dict, overwrite: bool) -> str:
     return work
 
 
-def _start_remote_out(urls, work_fp: dict, overwrite: bool) -> str:
-    """Check and prepare an OUT URL; returns the scratch folder's URL."""
-    from .remote import storage_errors
-
-    with storage_errors(urls.out.url, "preparing OUT", urls.out.options):
-        return urls.store.prepare(work_fp, overwrite)
-
-
 @dataclass
 class _Run:
     """The state of one build run, shared by its phases."""
@@ -217,6 +211,8 @@ class _Run:
     phase: str = "converting images"
     reused: int = 0
     kept: int = 0
+    rehash: bool = False
+    rehashed: int = 0
 
     def start_pool(self, n_jobs: int) -> None:
         """Start the worker processes (at least one: images are only ever decoded there, so
@@ -247,14 +243,16 @@ class _Run:
         bar = progress_bar(n_items, "convert", "img", self.progress)
 
         def got(r):
-            cid, recs, reused = r
+            cid, recs, reused = r[:3]
             records[cid * CHUNK:cid * CHUNK + len(recs)] = recs
             self.reused += reused
+            self.rehashed += r[3] if len(r) > 3 else 0  # ChunkResult.rehashed
             bar.update(len(recs))
 
         task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window)
-                if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window))
-        _run_pool(self.pool, task, jobs, got)
+                if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window,
+                                            rehash=self.rehash))
+        _run_pool(self.pool, task, task.pending_first(jobs), got)
         bar.close()
         return records
 
@@ -311,7 +309,7 @@ def _sigterm_raises():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, cluster=None,
+def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, rehash: bool = False, cluster=None,
           storage_options: dict | None = None, endpoint_url: str | None = None) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
 
@@ -319,6 +317,9 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, clus
         cfg: what to build.
         overwrite: replace a build of another config (or other library versions) in OUT.
         progress: progress bars on stderr.
+        rehash: on resume, read every source of a finished chunk again to compare its xxh64,
+            instead of trusting an unchanged stat stamp (:mod:`shardgen.stamps`); never changes
+            the output. (Sources given as a URL are always read again.)
         cluster: a :class:`~shardgen.cluster.Cluster` (``--scheduler``): the conversion and
             the shards run as Dask tasks there; the output is the same bytes. None: worker
             processes on this machine.
@@ -336,17 +337,17 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, clus
 
         urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
     if cluster is None:
-        return _build(cfg, overwrite, progress, None, urls)
+        return _build(cfg, overwrite, progress, rehash, None, urls)
     from .cluster import connect
 
     dask = connect(cluster, cfg.pixel_limit)  # before any work: unreachable, or other library versions
     try:
-        return _build(cfg, overwrite, progress, dask, urls.for_workers() if urls else None)
+        return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None)
     finally:
         dask.shutdown()
 
 
-def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> BuildResult:
+def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls) -> BuildResult:
     t0 = time.perf_counter()
     sr, items, classes, ratios, excluded = _resolve(cfg, urls)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
@@ -355,9 +356,9 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> Bui
     if dask is not None:
         dask.check_source([f"{sr.root}/{it.relpath}" for it in items[:20]], f"SRC {cfg.src}",
                           urls.src if urls else None)
-    work = _start_remote_out(urls, work_fp, overwrite) if urls and urls.out_remote else _start_out(
-        cfg.out, work_fp, overwrite)
-    run = _Run(cfg, cfg.out, work, progress, dask=dask, urls=urls)
+    work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
+                                                                                         overwrite)
+    run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls)
     keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
     jobs = chunk_jobs(sr.root, [it.relpath for it in items])
     old_handler = _sigterm_raises()
@@ -388,5 +389,5 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, dask, urls) -> Bui
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
-                       kept_shards=run.kept, total_shards=len(plan.jobs),
+                       kept_shards=run.kept, total_shards=len(plan.jobs), rehashed_sources=run.rehashed,
                        notes=list(sr.notes) + empty_split_notes(ratios or (), samples), empty_splits=empty)

@@ -122,7 +122,7 @@ class CLI:
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
               max_pixels=None, overwrite=False, progress=True, dicom_window="auto", columns=None,
-              label_sep=None, no_finding=None, split_lists=None, scheduler=None, endpoint_url=None,
+              label_sep=None, no_finding=None, split_lists=None, rehash=False, scheduler=None, endpoint_url=None,
               storage_options=None):
         """Build shards from a folder of labelled images.
 
@@ -151,6 +151,8 @@ class CLI:
             label_sep: separator of several labels in one label cell (``|``): a multi-label build.
             no_finding: the label meaning no positive class (``No Finding``): an all-zero target.
             split_lists: official split files, e.g. ``train=train_val_list.txt,test=test_list.txt``.
+            rehash: when resuming, read every already converted source again to check its
+                bytes, instead of trusting an unchanged size, mtime, ctime and inode (default false).
             scheduler: run the work as Dask tasks: a scheduler ``tcp://host:8786``, or
                 ``local:N`` for a local cluster of N processes (same output bytes).
             endpoint_url: S3 endpoint when SRC or OUT is an ``s3://`` URL (beats the environment).
@@ -181,8 +183,8 @@ class CLI:
             split_lists=None if split_lists is None else as_str(split_lists, "split_lists"),
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
-                           progress=as_bool(progress, "progress"), cluster=_cluster(scheduler, workers),
-                           **_storage(endpoint_url, storage_options))
+                           progress=as_bool(progress, "progress"), rehash=as_bool(rehash, "rehash"),
+                           cluster=_cluster(scheduler, workers), **_storage(endpoint_url, storage_options))
         print(format_summary(result))
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -2,10 +2,12 @@
 
 The sorted file list is cut into chunks of :data:`CHUNK` files. A worker process decodes,
 converts and encodes each chunk and writes ``OUT/.shardgen-work/chunks/c-NNNNNN.bin``
-(the PNGs, back to back) and then ``c-NNNNNN.json`` (one :class:`ImageRecord` per file and
-the bin's xxh64), each renamed into place when complete. A chunk whose record file
-exists, whose bin still has that checksum and whose source files still hash the same is
-reused: this is what makes a killed build resumable.
+(the PNGs, back to back) and then ``c-NNNNNN.json`` (one :class:`ImageRecord` per file, each
+source's stat stamp (:mod:`shardgen.stamps`) and the bin's xxh64), each renamed into place
+when complete. A chunk whose record file exists, whose bin still has that checksum and
+whose source files are all unchanged is reused: this is what makes a killed build
+resumable. A source with its recorded stamp is unchanged without being read; any other
+is read again and must still have the recorded xxh64 (every source, with ``rehash``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import astuple, dataclass
+from typing import NamedTuple
 
 import xxhash
 
 from .format import atomic_write_bytes, file_xxh64
 from .image import ImageSkip, process_file
+from .stamps import stamp_of, unchanged
 
-__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "chunk_jobs"]
+__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "chunk_jobs"]
 
 #: Files per conversion chunk (the unit of parallel work and of resume).
 CHUNK = 64
@@ -81,6 +85,17 @@ def chunk_jobs(root: str, relpaths: list[str]) -> list[tuple[int, list[tuple[str
             for cid, s in enumerate(range(0, len(relpaths), CHUNK))]
 
 
+class ChunkResult(NamedTuple):
+    """What :class:`ChunkTask` returns for one chunk."""
+
+    cid: int
+    records: list[ImageRecord]
+    #: the chunk's scratch files were reused (nothing converted)
+    reused: bool
+    #: source files read again to check a reusable chunk (their stamp had changed, or ``rehash``)
+    rehashed: int = 0
+
+
 class ChunkTask:
     """Convert one chunk of files (picklable; runs in a worker process).
 
@@ -90,42 +105,61 @@ class ChunkTask:
         fit: ``pad``, ``crop`` or ``stretch``.
         max_pixels: larger inputs are skipped as decompression bombs.
         dicom_window: ``auto`` (default) or ``none``, the VOI step of DICOM sources.
+        rehash: on resume, read every source of a finished chunk again and compare its
+            xxh64, instead of trusting an unchanged stat stamp (default False).
     """
 
-    def __init__(self, work: str, size: int, fit: str, max_pixels: int, dicom_window: str = "auto") -> None:
+    def __init__(self, work: str, size: int, fit: str, max_pixels: int, dicom_window: str = "auto",
+                 rehash: bool = False) -> None:
         self.work, self.size, self.fit, self.max_pixels = work, size, fit, max_pixels
-        self.dicom_window = dicom_window
+        self.dicom_window, self.rehash = dicom_window, rehash
 
     def paths(self, cid: int) -> tuple[str, str]:
         """The chunk's ``.bin`` and ``.json`` paths."""
         base = os.path.join(self.work, "chunks", f"c-{cid:06d}")
         return base + ".bin", base + ".json"
 
-    def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
+    def pending_first(self, jobs: list) -> list:
+        """``jobs`` with the chunks that have no record file (to convert) first, in order; the
+        reuse checks of the others come last and even out the workers' ends."""
+        return sorted(jobs, key=lambda j: os.path.exists(self.paths(j[0])[1]))
+
+    def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> tuple[list[ImageRecord] | None, int]:
+        """``(records, sources re-hashed)``; records None: the chunk must be converted."""
         bin_path, json_path = self.paths(cid)
         try:
             with open(json_path) as f:
                 cached = json.load(f)
         except (OSError, ValueError):
-            return None
+            return None, 0
         if not cached or cached.get("relpaths") != [r for r, _ in entries]:
-            return None
+            return None, 0
         if not _bin_ok(bin_path, cached.get("bin_xxh64")):
-            return None
+            return None, 0
         recs = [ImageRecord.from_row(r) for r in cached["records"]]
-        if all(_src_hash(p) == rec.src_hash for (_, p), rec in zip(entries, recs)):
-            return recs
-        return None
+        stamps = cached.get("stamps") or []
+        if len(recs) != len(entries):
+            return None, 0
+        if len(stamps) != len(recs):  # written by an older shardgen: check every source's bytes
+            stamps = [None] * len(recs)
+        rehashed = 0
+        for (_, path), rec, stamp in zip(entries, recs, stamps):
+            if not self.rehash and unchanged(stamp, path):
+                continue
+            rehashed += 1
+            if _src_hash(path) != rec.src_hash:
+                return None, rehashed
+        return recs, rehashed
 
-    def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> tuple[int, list[ImageRecord], bool]:
-        """Returns ``(chunk id, records, reused)``."""
+    def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> ChunkResult:
         cid, entries = job
-        recs = self._reusable(cid, entries)
+        recs, rehashed = self._reusable(cid, entries)
         if recs is not None:
-            return cid, recs, True
-        recs = []
+            return ChunkResult(cid, recs, True, rehashed)
+        recs, stamps = [], []
         buf = bytearray()
         for _rel, path in entries:
+            stamps.append(stamp_of(path))  # before the read: a later write changes the stamp
             try:
                 pr, src_hash = process_file(path, self.size, self.fit, self.max_pixels, self.dicom_window)
             except ImageSkip as e:
@@ -139,6 +173,6 @@ class ChunkTask:
         atomic_write_bytes(bin_path, bytes(buf), fsync=False)
         # ensure_ascii: relpaths may hold surrogate-escaped bytes of non-UTF-8 file names.
         rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
-                    "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
+                    "stamps": stamps, "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
         atomic_write_bytes(json_path, json.dumps(rec_json).encode(), fsync=False)
-        return cid, recs, False
+        return ChunkResult(cid, recs, False, rehashed)

@@ -312,6 +312,11 @@ class Paths:
             self._store = RemoteOut(self.out)
         return self._store
 
+    def start_out(self, work_fp: dict, overwrite: bool) -> str:
+        """Check and prepare an OUT URL (:meth:`RemoteOut.prepare`); returns the scratch folder's URL."""
+        with storage_errors(self.out.url, "preparing OUT", self.out.options):
+            return self.store.prepare(work_fp, overwrite)
+
     def work(self, work_url: str) -> Location:
         return Location(work_url, self.out.options)
 

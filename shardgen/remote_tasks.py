@@ -21,7 +21,7 @@ import xxhash
 from fsspec.utils import merge_offset_ranges
 
 from .assemble import ShardJob, ShardTask
-from .convert import ChunkTask, ImageRecord
+from .convert import ChunkResult, ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
@@ -37,6 +37,9 @@ class FsChunkTask(ChunkTask):
         src: where the sources are (their paths in the jobs are full URLs or paths).
         work: the build's scratch folder.
         size, fit, max_pixels, dicom_window: as :class:`~shardgen.convert.ChunkTask`.
+
+    A reusable chunk's sources are always read again and compared with their xxh64 (an
+    object store has no stat stamp to trust, as ``--rehash`` does locally).
     """
 
     def __init__(self, src: Location, work: Location, size: int, fit: str, max_pixels: int,
@@ -53,6 +56,15 @@ class FsChunkTask(ChunkTask):
             return xxhash.xxh64_hexdigest(fs.cat_file(path))
         except OSError:
             return None
+
+    def pending_first(self, jobs: list) -> list:
+        """``jobs`` with the chunks that have no record object (to convert) first (one listing)."""
+        wfs = self.work_loc.fs()
+        try:
+            have = {p.rsplit("/", 1)[-1] for p in wfs.ls(self.work_loc.join("chunks"), detail=False)}
+        except (FileNotFoundError, OSError):
+            have = set()
+        return sorted(jobs, key=lambda j: f"c-{j[0]:06d}.json" in have)
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
         wfs, sfs = self.work_loc.fs(), self.src.fs()
@@ -71,11 +83,11 @@ class FsChunkTask(ChunkTask):
             return recs
         return None
 
-    def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> tuple[int, list[ImageRecord], bool]:
+    def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> ChunkResult:
         cid, entries = job
         recs = self._reusable(cid, entries)
         if recs is not None:
-            return cid, recs, True
+            return ChunkResult(cid, recs, True, len(recs))
         recs, buf = [], bytearray()
         for path, data in _prefetched(self.src.fs(), [p for _, p in entries]):
             if isinstance(data, BaseException):
@@ -98,7 +110,7 @@ class FsChunkTask(ChunkTask):
         rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
                     "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
         put_scratch(wfs, json_path, json.dumps(rec_json).encode())
-        return cid, recs, False
+        return ChunkResult(cid, recs, False)
 
 
 #: Sources fetched per request batch; the next batch is fetched while this one is converted.

@@ -96,7 +96,8 @@ def format_summary(result) -> str:
         lines.append(f"note: {e}")
     resumed = ""
     if result.reused_chunks or result.kept_shards:
-        resumed = f" (resumed: reused {result.reused_chunks}/{result.total_chunks} chunks, kept {result.kept_shards}/{result.total_shards} shards)"
+        resumed = (f" (resumed: reused {result.reused_chunks}/{result.total_chunks} chunks, re-hashed "
+                   f"{result.rehashed_sources} sources, kept {result.kept_shards}/{result.total_shards} shards)")
     lines.append(f"{result.images:,} images in {result.seconds:.1f} s = {rate:,.0f} images/s{resumed}")
     lines.append(f"wrote {result.out}/manifest.json")
     return "\n".join(lines)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from .dicom import sniff_dicom
 from .errors import UsageError
-from .format import path_fields
 from .image import IMAGE_EXTENSIONS
+from .items import Item, Skip
 
 __all__ = ["Item", "Skip", "ScanResult", "SPLIT_NAMES", "scan"]
 
@@ -39,41 +39,6 @@ SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation", "dev"})
 #: The Kaggle image folder name inside a class folder.
 IMAGES = "images"
 _MAX_NOTES = 3
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input image.
-
-    Attributes:
-        relpath: ``/``-separated path relative to the scan root (str; undecodable bytes
-            of a file name are surrogate-escaped, as ``os.listdir`` gives them).
-        label: class name.
-        split: split of a pre-split source, else None.
-        group: ``--group`` / index group id, else None.
-        keypath: the path the sample key is made from (``relpath`` without the Kaggle
-            ``images`` component); None means ``relpath``.
-        labels: multi-label builds only: the sample's class names (sorted; empty for the
-            ``--no_finding`` value), and ``label`` is their canonical text; else None.
-    """
-
-    relpath: str
-    label: str
-    split: str | None = None
-    group: str | None = None
-    keypath: str | None = None
-    labels: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Skip:
-    """An input that was not used, and why (one line of ``skipped.jsonl``)."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return dict(path_fields(self.path, "path"), reason=self.reason)
 
 
 @dataclass

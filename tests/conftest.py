@@ -51,6 +51,21 @@ def make_build(src: Path, out: Path, size: int = 64, shard_size: int = 25) -> Pa
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache_place(tmp_path_factory):
+    """The loaders' decoded cache (on by default) lives in the session's temp folder, never
+    in the user's /dev/shm or ~/.cache; subprocesses inherit the variable."""
+    from loaders.decoded_place import ENV_PLACE
+
+    old = os.environ.get(ENV_PLACE)
+    os.environ[ENV_PLACE] = str(tmp_path_factory.mktemp("decoded-cache"))
+    yield Path(os.environ[ENV_PLACE])
+    if old is None:
+        os.environ.pop(ENV_PLACE, None)
+    else:
+        os.environ[ENV_PLACE] = old
+
+
 @pytest.fixture(scope="session")
 def sample_src(tmp_path_factory) -> Path:
     """A clean synthetic Kaggle-layout dataset: 4 classes x 30 images (299x299)."""

@@ -68,6 +68,9 @@ def test_bench_loader_runs_every_pipeline_on_the_same_shards(five_shards, tmp_pa
     assert d["results"]["make_loader"]["samples"] % 8 == 0
     assert len(list((tmp_path / "work").rglob("*.png"))) == 96  # one file per sample for "files"
     assert re.search(r"make_loader / ceiling +=", p.stdout) and re.search(r"make_loader / webdataset =", p.stdout)
+    res_ = d["results"]
+    assert res_["resume"]["state_dict_us"] > 0 and res_["resume"]["fresh"] > 0 and "same layout at 50%" in res_["resume"]
+    assert res_["transform"]["none"] > 0 and res_["transform"]["identity"] > 0 and res_["transform"]["seeding"]["seed_us"] > 0
 
 
 def _torchrun(nproc: int, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -48,6 +48,7 @@ def served(build, tmp_path):
 def single_process(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SHARDGEN_DECODED_CACHE", "off")  # these tests are about network reads
 
 
 def manifest(b: Path) -> dict:

@@ -53,6 +53,7 @@ def s3env(s3server, monkeypatch):
         monkeypatch.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SHARDGEN_DECODED_CACHE", "off")  # the loader tests here are about reading S3
     return env
 
 

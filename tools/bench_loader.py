@@ -12,6 +12,11 @@
 5. ``reader`` (only with ``--only``): a make_loader worker's own work (plan, tar
    reading, shuffle buffer, decode into a batch slot) in one process per worker, with
    nothing handed to a main process: separates the workers' cost from delivery.
+6. ``epochs``: ``make_loader`` epoch by epoch, with the decoded cache off and on (a
+   fresh cache folder in ``/dev/shm`` when there is one): samples/s of epoch 1 (which
+   fills the cache), epoch 3, and epochs 3 and later together (at least ``--seconds``),
+   the cache's bytes and the workers' peak memory. ``make_loader`` (2.) runs with the
+   cache off: it measures the decoding path.
 
 Every pipeline yields ``uint8 [B,1,S,S]`` batches with int64 labels to the main
 process. The peak memory of each worker process is sampled from ``/proc``: the
@@ -31,9 +36,11 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 
@@ -63,6 +70,25 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _own_private(pid: int, folder: str) -> int:
+    """Private resident bytes of ``pid`` outside its mappings of files under ``folder``
+    (one read of ``/proc/PID/smaps``). The decoded cache's pages a worker has read (and
+    no other process maps) count in VmHWM and "private", but they are the cache's
+    (shared) memory, not the worker's own."""
+    total, inside = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 5)
+                if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's first line
+                    inside = len(head) == 6 and head[5].strip().startswith(folder)
+                elif not inside and head[0] in ("Private_Clean:", "Private_Dirty:"):
+                    total += int(head[1]) * 1024
+    except OSError:
+        pass
+    return total
+
+
 def _mem(pid: int) -> tuple[int, int]:
     """(VmHWM, private resident bytes) of ``pid``; zeros if it is gone."""
     hwm = priv = 0
@@ -81,11 +107,14 @@ def _mem(pid: int) -> tuple[int, int]:
 
 
 class MemWatch:
-    """Sample the memory of this process's children every 0.5 s."""
+    """Sample the memory of this process's children every 0.5 s (with ``cache``, also the
+    largest private memory net of mapped decoded-cache pages: ``own``)."""
 
-    def __init__(self):
+    def __init__(self, cache: str | None = None):
         self.hwm = 0
         self.private = 0
+        self.own = 0
+        self.cache = cache
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -97,7 +126,8 @@ class MemWatch:
                 kids, found = _children(me), time.monotonic()
             for c in kids:
                 h, p = _mem(c)
-                self.hwm, self.private = max(self.hwm, h), max(self.private, p)
+                own = _own_private(c, self.cache) if self.cache else p
+                self.hwm, self.private, self.own = max(self.hwm, h), max(self.private, p), max(self.own, own)
 
     def __enter__(self):
         self._t.start()
@@ -145,13 +175,67 @@ def run_epochs(make_iter, seconds: float, min_epochs: int = 1, done=None) -> dic
 
 
 def bench_make_loader(source, split, batch_size, workers, seconds, pin=False):
-    loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=pin)
+    loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                         decoded_cache=None)
 
     def it(epoch):
         loader.set_epoch(epoch)
         return iter(loader)
 
     return run_epochs(it, seconds, done=loader.close)
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of this process and its live children (workers that are still running)."""
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = a.ru_utime + a.ru_stime
+    for c in _children(os.getpid()):
+        try:
+            with open(f"/proc/{c}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _allocated(folder: str) -> int:
+    return sum(os.stat(os.path.join(folder, n)).st_blocks * 512 for n in os.listdir(folder))
+
+
+def bench_epochs(source, split, batch_size, workers, seconds, pin=False, cache=False):
+    """Samples/s of epoch 1, epoch 3 and epochs 3+ (at least ``seconds``) of one loader,
+    the decoded cache on (a fresh folder, removed afterwards) or off."""
+    folder = tempfile.mkdtemp(prefix="bench-decoded-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        t0, c0 = time.perf_counter(), _tree_cpu()
+        loader = make_loader(source, split=split, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                             decoded_cache=folder if cache else None)
+        first, rates, later, later_s, cpu1 = None, [], 0, 0.0, 0.0
+        with MemWatch(folder) as mw:
+            while len(rates) < 3 or later_s < seconds:
+                loader.set_epoch(len(rates))
+                n, t = 0, time.perf_counter()
+                for batch in loader:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    n += int(batch[0].shape[0])
+                dt = time.perf_counter() - t
+                if not rates:
+                    cpu1 = (_tree_cpu() - c0) / n
+                rates.append(n / dt)
+                if len(rates) >= 3:
+                    later, later_s = later + n, later_s + dt
+        loader.close()
+        return {"samples": n * len(rates), "first_batch_s": round(first, 3), "epochs": len(rates),
+                "epoch1_samples_per_s": round(rates[0], 1), "epoch3_samples_per_s": round(rates[2], 1),
+                "epoch1_cpu_us_per_sample": round(cpu1 * 1e6, 1),
+                "samples_per_s": round(later / later_s, 1), "cache_bytes": _allocated(folder),
+                "worker_peak_rss_mb": round(mw.hwm / 2**20, 1), "worker_peak_private_mb": round(mw.private / 2**20, 1),
+                "worker_peak_own_mb": round(mw.own / 2**20, 1)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _to_tensor(im):
@@ -311,6 +395,31 @@ def extract(source: str, split: str, folder: str):
     return pngs, labels, paths, urls, build.manifest.image.size
 
 
+def run_once(name: str, source: str, args) -> dict:
+    """The parts measured once: resume costs (``bench_resume``) and transform costs
+    (``bench_transform``: one worker's samples/s with ``transform=None`` and an identity
+    transform, and the seeding per sample)."""
+    if name == "resume":
+        import bench_resume
+
+        r = bench_resume.run(source, args.workers, args.batch_size, args.rounds)
+        fresh = r["fresh"]
+        print(f"resume: state_dict() {r['state_dict_us']} us; first batch after load_state_dict: " + ", ".join(
+            f"{k} {v:.2f} s ({v / fresh:.2f}x)" for k, v in r.items() if k != "state_dict_us"), flush=True)
+        return r
+    import bench_transform
+
+    r = {"seeding": bench_transform.seeding_us()}
+    for label, tf in (("none", False), ("identity", True)):
+        r[label] = round(max(bench_transform._child(ROOT, source, max(1.0, args.seconds / 3), tf)
+                             for _ in range(args.rounds)), 1)
+    r["identity_us_per_sample"] = round(1e6 / r["identity"] - 1e6 / r["none"], 2)
+    print(f"transform: one worker {r['none']} samples/s with transform=None, {r['identity']} with an identity "
+          f"transform ({r['identity_us_per_sample']} us/sample); seeding {r['seeding']['seed_us']} us/sample",
+          flush=True)
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", help="a shardgen build (default: make bench-out/loader-SIZE)")
@@ -323,7 +432,9 @@ def main(argv=None) -> int:
                     help="images per class of the generated build (default: 160 per worker, at least 300, "
                          "so that every worker has several batches per epoch)")
     ap.add_argument("--shard_size", type=int, default=100)
-    ap.add_argument("--only", default="ceiling,make_loader,webdataset,files")
+    ap.add_argument("--only", default="ceiling,make_loader,epochs,webdataset,files,resume,transform",
+                    help="pipelines (and the once-only parts resume: state_dict and first batch after "
+                         "load_state_dict, transform: transform=None against an identity transform and seeding)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="run the pipelines in turn this many times and keep each one's best (default 2)")
     ap.add_argument("--json", help="also write the results here")
@@ -342,6 +453,8 @@ def main(argv=None) -> int:
           flush=True)
     results: dict = {}
     todo = args.only.split(",")
+    once = [t for t in todo if t in ("resume", "transform")]
+    todo = [t for t in todo if t not in once]
     for rnd in range(args.rounds):
         for name in todo:
             if name == "ceiling":
@@ -350,6 +463,20 @@ def main(argv=None) -> int:
                 r = bench_reader(source, args.split, args.batch_size, args.workers, args.seconds)
             elif name == "make_loader":
                 r = bench_make_loader(source, args.split, args.batch_size, args.workers, args.seconds, args.pin)
+            elif name == "epochs":
+                for on in (False, True):
+                    r = bench_epochs(source, args.split, args.batch_size, args.workers, args.seconds, args.pin, on)
+                    label = f"cache {'on' if on else 'off'}"
+                    print(f"round {rnd + 1}: {label:12s} epoch 1 {r['epoch1_samples_per_s']:9.1f}  epoch 3 "
+                          f"{r['epoch3_samples_per_s']:9.1f}  epochs 3+ {r['samples_per_s']:9.1f} samples/s   "
+                          f"epoch 1 {r['epoch1_cpu_us_per_sample']:.0f} us CPU/sample   "
+                          f"first batch {r['first_batch_s']} s   cache {r['cache_bytes'] / 1e6:.1f} MB   worker peak RSS "
+                          f"{r['worker_peak_rss_mb']:7.1f} MB, private {r['worker_peak_private_mb']:6.1f} MB, "
+                          f"without cache pages {r['worker_peak_own_mb']:6.1f} MB", flush=True)
+                    key = f"epochs_cache_{'on' if on else 'off'}"
+                    if key not in results or r["samples_per_s"] > results[key]["samples_per_s"]:
+                        results[key] = r
+                continue
             elif name == "webdataset":
                 r = bench_webdataset(urls, args.batch_size, args.workers, args.seconds, args.pin)
             elif name == "files":
@@ -364,14 +491,29 @@ def main(argv=None) -> int:
                   flush=True)
             if name not in results or r["samples_per_s"] > results[name]["samples_per_s"]:
                 results[name] = r
+    for name in once:
+        results[name] = run_once(name, source, args)
     print(f"best of {args.rounds} round(s):")
     for name, r in results.items():
+        if name in once:
+            continue
+        if name.startswith("epochs_"):
+            print(f"  {name:20s} epoch 1 {r['epoch1_samples_per_s']:9.1f}, epoch 3 {r['epoch3_samples_per_s']:9.1f}, "
+                  f"epochs 3+ {r['samples_per_s']:9.1f} samples/s, cache {r['cache_bytes'] / 1e6:.1f} MB, worker peak "
+                  f"RSS {r['worker_peak_rss_mb']:7.1f} MB, private {r['worker_peak_private_mb']:6.1f} MB")
+            continue
         print(f"  {name:12s} {r['samples_per_s']:9.1f} samples/s  {r['cpu_us_per_sample']:7.1f} us CPU/sample   worker peak RSS {r['worker_peak_rss_mb']:7.1f} MB, "
               f"private {r['worker_peak_private_mb']:6.1f} MB")
     if "ceiling" in results and "make_loader" in results:
         c = results["make_loader"]["samples_per_s"] / results["ceiling"]["samples_per_s"]
         print(f"make_loader / ceiling    = {c:.2f}  (target >= 0.9)")
         results["ratio_to_ceiling"] = round(c, 3)
+    if "ceiling" in results and "epochs_cache_on" in results:
+        c = results["ceiling"]["samples_per_s"]
+        on, off = results["epochs_cache_on"], results["epochs_cache_off"]
+        print(f"epochs 3+ cache on / ceiling = {on['samples_per_s'] / c:.2f}  (target >= 8); "
+              f"epoch 1 cache on / off = {on['epoch1_samples_per_s'] / off['epoch1_samples_per_s']:.2f}  (target >= 1)")
+        results["cache_on_ratio_to_ceiling"] = round(on["samples_per_s"] / c, 3)
     if "webdataset" in results and "make_loader" in results:
         w = results["make_loader"]["samples_per_s"] / results["webdataset"]["samples_per_s"]
         print(f"make_loader / webdataset = {w:.2f}  (target >= 2)")

@@ -7,7 +7,8 @@ Usage:
     python tools/bench_resume.py --source BUILD [--workers 2] [--batch_size 256] [--rounds 3]
 
 Every time is the median of ``--rounds`` runs, each a fresh ``make_loader`` whose
-workers start from nothing (the files are in the page cache after the first round).
+workers start from nothing (the files are in the page cache after the first round), with the
+decoded cache off: the first batch is decoded from the shards, the slow path.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from loaders import make_loader  # noqa: E402
 def first_batch_s(source: str, workers: int, batch_size: int, state: dict | None) -> float:
     """Seconds from ``make_loader`` (+ ``load_state_dict``) to the first batch in hand."""
     t0 = time.perf_counter()
-    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0)
+    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0, decoded_cache=None)
     if state is not None:
         ld.load_state_dict(state)
     next(iter(ld))
@@ -39,14 +40,14 @@ def first_batch_s(source: str, workers: int, batch_size: int, state: dict | None
 
 def state_at(source: str, workers: int, batch_size: int, fraction: float) -> dict:
     """A state ``fraction`` of the way through epoch 0 (made without iterating)."""
-    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0)
+    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0, decoded_cache=None)
     st = ld.state_dict()
     st["batches"] = int(len(ld) * fraction)
     return st
 
 
 def state_dict_us(source: str, workers: int, batch_size: int, calls: int = 20000) -> float:
-    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0)
+    ld = make_loader(source, batch_size=batch_size, num_workers=workers, seed=0, decoded_cache=None)
     it = iter(ld)
     next(it)
     t0 = time.perf_counter()

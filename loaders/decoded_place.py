@@ -1,0 +1,186 @@
+"""Where the decoded cache lives and how big it may grow (``make_loader(decoded_cache=...,
+decoded_cache_limit=...)``), planned in the main process: the place (``auto``: a
+``$SHARDGEN_DECODED_CACHE`` folder, else ``/dev/shm`` when the split fits, else the user's
+cache folder), the byte budget, eviction of other splits' entries, and the shards cached.
+The entries themselves are :mod:`loaders.decoded`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import logging
+import os
+import time
+from typing import Any
+
+from .decoded import DecodedConfig, entry_bytes, entry_name
+from .errors import UsageError
+from .sources import parse_size
+
+__all__ = ["plan_decoded", "check_decoded_args", "auto_places", "ENV_PLACE"]
+
+log = logging.getLogger("loaders")
+
+#: Environment variable naming the default place of ``decoded_cache="auto"`` (a folder, or
+#: ``off``); an explicit ``decoded_cache`` argument wins.
+ENV_PLACE = "SHARDGEN_DECODED_CACHE"
+
+
+# -- planning (main process, at make_loader) -------------------------------------------------------------
+def auto_places() -> list[str]:
+    """The default places, in order of preference: ``$SHARDGEN_DECODED_CACHE`` alone when
+    set, else ``/dev/shm/shardgen-<user>`` (memory) and ``$XDG_CACHE_HOME/shardgen/decoded``
+    (``~/.cache/shardgen/decoded``)."""
+    env = os.environ.get(ENV_PLACE)
+    if env:
+        return [] if env.strip().lower() in ("off", "0", "none", "false") else [env]
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    out = []
+    if os.path.isdir("/dev/shm"):
+        out.append(f"/dev/shm/shardgen-{user}")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    out.append(os.path.join(xdg, "shardgen", "decoded"))
+    return out
+
+
+def _entries(root: str) -> list[tuple[float, str, int, int]]:
+    """``(last use, name, bytes, allocated bytes)`` of the entries in ``root``, oldest first."""
+    out = []
+    for n in os.listdir(root):
+        if n.endswith(".dec") and not n.startswith("."):
+            try:
+                st = os.stat(os.path.join(root, n))
+            except FileNotFoundError:
+                continue
+            out.append((st.st_mtime, n, st.st_size, st.st_blocks * 512))
+    out.sort()
+    return out
+
+
+def _auto_limit(root: str) -> int:
+    """Half of the file system holding ``root``, at most its free space plus what the
+    cache already holds there, minus a reserve of 10% of the file system (at most 2 GiB)."""
+    st = os.statvfs(root)
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    held = sum(e[3] for e in _entries(root))
+    return max(0, min(total // 2, free + held - min(total // 10, 2 << 30)))
+
+
+def _prepare(place: str) -> str | None:
+    root = os.path.abspath(os.path.expanduser(str(place)))
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return root if os.access(root, os.W_OK | os.X_OK) else None
+
+
+def _evict(root: str, keep: dict[str, int], limit: int) -> None:
+    """Touch the entries in ``keep``; delete others, least recently used first, until the
+    folder's entries plus the missing ones of ``keep`` fit in ``limit``."""
+    with open(os.path.join(root, ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = _entries(root)
+        have = {e[1] for e in entries}
+        for n in set(keep) & have:
+            try:
+                os.utime(os.path.join(root, n))
+            except FileNotFoundError:
+                pass
+        total = sum(e[2] for e in entries) + sum(b for n, b in keep.items() if n not in have)
+        for _, n, size, _alloc in entries:
+            if total <= limit:
+                break
+            if n not in keep:
+                _unlink(os.path.join(root, n))
+                log.info("decoded cache: evicted %s", n)
+                total -= size
+        now = time.time()
+        for n in os.listdir(root):  # left by processes killed while creating an entry
+            p = os.path.join(root, n)
+            try:
+                if n.startswith(".tmp-") and now - os.stat(p).st_mtime > 3600:
+                    _unlink(p)
+            except FileNotFoundError:
+                pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def check_decoded_args(cache: Any, limit: Any) -> int | None:
+    """Check ``decoded_cache`` and ``decoded_cache_limit`` (before any work); returns the
+    limit in bytes, None for ``"auto"``.
+
+    Raises:
+        UsageError: ``cache`` is not ``"auto"``, True, a folder, None or False, or ``limit``
+            is not ``"auto"`` or a positive size.
+    """
+    if not (cache is None or isinstance(cache, (bool, str, os.PathLike))):
+        raise UsageError(f"decoded_cache must be 'auto', a folder, or None, got {cache!r}")
+    return None if isinstance(limit, str) and limit == "auto" else parse_size(limit, "decoded_cache_limit")
+
+
+def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
+                 limit: Any = "auto") -> DecodedConfig | None:
+    """Decide where the decoded cache of a split lives and which shards it holds.
+
+    Args:
+        shards: the split's shards (manifest order).
+        size, classes: image side in pixels and number of classes.
+        cache: ``"auto"``/True (the first of :func:`auto_places` where the whole split fits
+            its limit, else the one with the largest limit), a folder, or None/False (off).
+        limit: most bytes the folder may hold (all splits together), an int or a size like
+            ``"8GB"``; ``"auto"``: half of its file system, within its free space (see
+            :func:`_auto_limit`).
+
+    Returns:
+        The plan, or None when the cache is off or not even one shard fits.
+
+    Raises:
+        UsageError: a bad ``cache`` or ``limit``, or a folder given explicitly that cannot be
+            created or written.
+    """
+    fixed = check_decoded_args(cache, limit)
+    if cache is None or cache is False:
+        return None
+    if cache is True or cache == "auto":
+        places, explicit = auto_places(), False
+    else:
+        places, explicit = [os.fspath(cache)], True
+    sizes = [entry_bytes(s.samples, size) if s.samples > 0 else 0 for s in shards]
+    need = sum(sizes)
+    best: tuple[int, str] | None = None
+    for place in places:
+        root = _prepare(place)
+        if root is None:
+            if explicit:
+                raise UsageError(f"decoded_cache {place}: cannot create or write this folder")
+            continue
+        lim = fixed if fixed is not None else _auto_limit(root)
+        if best is None or lim > best[0]:
+            best = (lim, root)
+        if lim >= need:
+            best = (lim, root)
+            break
+    if best is None:
+        return None
+    lim, root = best
+    chosen, used = [], 0
+    for i, b in enumerate(sizes):
+        if used + b > lim:
+            break
+        used += b
+        chosen.append(i)
+    if not chosen:
+        return None
+    _evict(root, {entry_name(shards[i], size, classes): sizes[i] for i in chosen}, lim)
+    return DecodedConfig(root=root, shards=frozenset(chosen), limit=lim)
