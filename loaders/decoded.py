@@ -55,7 +55,7 @@ from shardgen.format.checksum import file_xxh64
 if TYPE_CHECKING:
     from .sources import ShardInfo
 
-__all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "entry_bytes", "entry_name", "KEY_BYTES"]
+__all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "entry_bytes", "entry_name", "label_bytes", "KEY_BYTES"]
 
 log = logging.getLogger("loaders")
 
@@ -66,24 +66,31 @@ _HEAD = 4096
 _PAGE = 4096
 
 
-def entry_name(shard: ShardInfo, size: int, classes: int) -> str:
-    """The file name of a shard's entry (checksum, bytes, image side, class count)."""
-    return f"{shard.xxh64}-{shard.bytes}-{size}px-{classes}c.dec"
+def entry_name(shard: ShardInfo, size: int, classes: int, multilabel: bool = False) -> str:
+    """The file name of a shard's entry (checksum, bytes, image side, class count, and
+    ``m`` instead of ``c`` for multi-hot targets)."""
+    return f"{shard.xxh64}-{shard.bytes}-{size}px-{classes}{'m' if multilabel else 'c'}.dec"
 
 
-def _offsets(n: int, size: int) -> tuple[int, int, int, int, int]:
+def label_bytes(classes: int, multilabel: bool) -> int:
+    """Bytes of one sample's target: an int32 class index, or one 0/1 byte per class."""
+    return classes if multilabel else 4
+
+
+def _offsets(n: int, size: int, lab_bytes: int = 4) -> tuple[int, int, int, int, int]:
     """Byte offsets of pixels, labels, keys, flags and the end of an entry."""
     pix = _HEAD
     lab = pix + n * size * size
-    keys = lab + 4 * n
+    keys = lab + lab_bytes * n
     flags = keys + KEY_BYTES * n
     end = -(-(flags + n) // _PAGE) * _PAGE
     return pix, lab, keys, flags, end
 
 
-def entry_bytes(n: int, size: int) -> int:
-    """Size in bytes of the entry of a shard of ``n`` samples of ``size x size`` pixels."""
-    return _offsets(n, size)[4]
+def entry_bytes(n: int, size: int, lab_bytes: int = 4) -> int:
+    """Size in bytes of the entry of a shard of ``n`` samples of ``size x size`` pixels
+    (``lab_bytes``: :func:`label_bytes`)."""
+    return _offsets(n, size, lab_bytes)[4]
 
 
 def _identity(path: str) -> list[int] | None:
@@ -108,11 +115,13 @@ class DecodedEntry:
         path: the entry file.
         n: samples in the shard.
         size: side of the square images in pixels.
+        multihot: C for a multi-label build (targets stored as C bytes of 0/1), else 0.
     """
 
-    def __init__(self, path: str, n: int, size: int):
-        self.path, self.n, self.S = path, n, size
-        self._pix, self._lab, self._keys, self._flags, end = _offsets(n, size)
+    def __init__(self, path: str, n: int, size: int, multihot: int = 0):
+        self.path, self.n, self.S, self.C = path, n, size, multihot
+        self._lb = multihot or 4
+        self._pix, self._lab, self._keys, self._flags, end = _offsets(n, size, self._lb)
         self.fd = os.open(path, os.O_RDWR)
         self._fin = weakref.finalize(self, _close_fd, self.fd)  # once, however it ends
         try:
@@ -123,7 +132,8 @@ class DecodedEntry:
             self.close()
             raise
         self.pixels = np.frombuffer(self._mm, np.uint8, n * size * size, self._pix).reshape(n, size, size)
-        self.labels = np.frombuffer(self._mm, np.int32, n, self._lab)
+        self.labels = (np.frombuffer(self._mm, np.uint8, n * multihot, self._lab).reshape(n, multihot) if multihot
+                       else np.frombuffer(self._mm, np.int32, n, self._lab))
         self.complete = False
         self.can_fill = True
         self.fills = 0
@@ -156,12 +166,18 @@ class DecodedEntry:
         o = self._keys + pos * KEY_BYTES
         return self._mm[o:o + KEY_BYTES].rstrip(b"\0").decode("ascii")
 
-    def copy_into(self, out: np.ndarray, pos: int) -> int:
-        """Copy sample ``pos`` (which must be :meth:`ready`) into ``out``; returns its label."""
+    def copy_into(self, out: np.ndarray, pos: int):
+        """Copy sample ``pos`` (which must be :meth:`ready`) into ``out``; returns its label
+        (an int, or the float32 ``[C]`` multi-hot vector)."""
         out[...] = self.pixels[pos]
-        return int(self.labels[pos])
+        return self.labels[pos].astype(np.float32) if self.C else int(self.labels[pos])
 
-    def fill(self, pos: int, pixels: np.ndarray, label: int, key: str) -> bool:
+    def _label_bytes(self, label) -> bytes:
+        if self.C:
+            return np.asarray(label, dtype=np.float32).astype(np.uint8).tobytes()
+        return struct.pack("<i", label)
+
+    def fill(self, pos: int, pixels: np.ndarray, label, key: str) -> bool:
         """Store sample ``pos`` unless it is there or another process is storing it.
 
         Returns whether this call stored it. A write error (a full disk) turns filling
@@ -183,7 +199,7 @@ class DecodedEntry:
             data = np.ascontiguousarray(pixels, dtype=np.uint8)
             o = self._pix + pos * self.S * self.S
             if (os.pwrite(self.fd, data, o) != data.nbytes
-                    or os.pwrite(self.fd, struct.pack("<i", label), self._lab + 4 * pos) != 4
+                    or os.pwrite(self.fd, self._label_bytes(label), self._lab + self._lb * pos) != self._lb
                     or os.pwrite(self.fd, kb.ljust(KEY_BYTES, b"\0"), self._keys + KEY_BYTES * pos) != KEY_BYTES):
                 raise OSError("short write")
             os.pwrite(self.fd, b"\1", flag)  # last: the sample is complete
@@ -227,6 +243,7 @@ class DecodedStore:
         size: side of the square images in pixels.
         classes: number of classes.
         local_root: the build's folder when it is local (for the stale-data check).
+        multilabel: the targets are multi-hot vectors.
     """
 
     config: DecodedConfig
@@ -234,6 +251,7 @@ class DecodedStore:
     size: int
     classes: int
     local_root: str | None
+    multilabel: bool = False
     _open: dict = field(default_factory=dict)
 
     def entry(self, index: int) -> DecodedEntry | None:
@@ -253,14 +271,14 @@ class DecodedStore:
 
     def _get(self, index: int) -> DecodedEntry | None:
         shard = self.shards[index]
-        path = os.path.join(self.config.root, entry_name(shard, self.size, self.classes))
+        path = os.path.join(self.config.root, entry_name(shard, self.size, self.classes, self.multilabel))
         src = None if self.local_root is None else os.path.join(self.local_root, shard.path)
         ident = None if src is None else _identity(src)
         if src is not None and ident is None:
             return None  # missing shard: reading it raises the usual error
         if not os.path.exists(path):
             self._create(path, shard, ident)
-        e = DecodedEntry(path, shard.samples, self.size)
+        e = DecodedEntry(path, shard.samples, self.size, self.classes if self.multilabel else 0)
         # Filled from another file (a copy of the build, a shard rewritten since): only if
         # this one holds the manifest's bytes.
         if src is not None and e.header().get("source") != ident and _file_xxh64(src) != shard.xxh64:
@@ -270,8 +288,9 @@ class DecodedStore:
         return e
 
     def _create(self, path: str, shard: ShardInfo, ident: list[int] | None) -> None:
-        end = entry_bytes(shard.samples, self.size)
+        end = entry_bytes(shard.samples, self.size, label_bytes(self.classes, self.multilabel))
         head = _MAGIC + json.dumps({"n": shard.samples, "size": self.size, "classes": self.classes,
+                                    "multilabel": self.multilabel,
                                     "xxh64": shard.xxh64, "bytes": shard.bytes, "source": ident}).encode()
         tmp = os.path.join(self.config.root, f".tmp-{socket.gethostname()}-{os.getpid()}-{os.path.basename(path)}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .decoded import DecodedConfig, entry_bytes, entry_name
+from .decoded import DecodedConfig, entry_bytes, entry_name, label_bytes
 from .errors import UsageError
 from .sources import parse_size
 
@@ -130,12 +130,13 @@ def check_decoded_args(cache: Any, limit: Any) -> int | None:
 
 
 def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
-                 limit: Any = "auto") -> DecodedConfig | None:
+                 limit: Any = "auto", multilabel: bool = False) -> DecodedConfig | None:
     """Decide where the decoded cache of a split lives and which shards it holds.
 
     Args:
         shards: the split's shards (manifest order).
         size, classes: image side in pixels and number of classes.
+        multilabel: the targets are multi-hot vectors (C bytes per sample, not 4).
         cache: ``"auto"``/True (the first of :func:`auto_places` where the whole split fits
             its limit, else the one with the largest limit), a folder, or None/False (off).
         limit: most bytes the folder may hold (all splits together), an int or a size like
@@ -156,7 +157,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         places, explicit = auto_places(), False
     else:
         places, explicit = [os.fspath(cache)], True
-    sizes = [entry_bytes(s.samples, size) if s.samples > 0 else 0 for s in shards]
+    sizes = [entry_bytes(s.samples, size, label_bytes(classes, multilabel)) if s.samples > 0 else 0 for s in shards]
     need = sum(sizes)
     best: tuple[int, str] | None = None
     for place in places:
@@ -182,5 +183,5 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         chosen.append(i)
     if not chosen:
         return None
-    _evict(root, {entry_name(shards[i], size, classes): sizes[i] for i in chosen}, lim)
+    _evict(root, {entry_name(shards[i], size, classes, multilabel): sizes[i] for i in chosen}, lim)
     return DecodedConfig(root=root, shards=frozenset(chosen), limit=lim)

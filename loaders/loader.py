@@ -358,7 +358,6 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             does not fit, the longest run of its shards (manifest order) that fits is
             cached and the rest is decoded every epoch; older entries of other splits are
             evicted first. A decoded sample takes ``S*S + 69`` bytes (65.6 KB at 256x256).
-            Multi-label builds are not cached (yet): they decode every epoch.
 
     Returns:
         A :class:`ShardLoader`.
@@ -383,8 +382,8 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     balance = check_balance(balance, spec.classes)
     if balance is not None and spec.multilabel:
         raise UsageError("balance needs a single-label build; this one is multi-label")
-    if not spec.multilabel:  # the cache stores one class index per sample
-        spec.decoded = plan_decoded(spec.shards, spec.size, len(spec.classes), decoded_cache, decoded_cache_limit)
+    spec.decoded = plan_decoded(spec.shards, spec.size, len(spec.classes), decoded_cache, decoded_cache_limit,
+                                spec.multilabel)
     rank, size = world()
     ctx = multiprocessing_context
     if isinstance(ctx, str):

@@ -74,7 +74,7 @@ class Spec:
             from .decoded import DecodedStore
 
             self._store = (os.getpid(), DecodedStore(self.decoded, self.shards, self.size, len(self.classes),
-                                                     self.local_root))
+                                                     self.local_root, self.multilabel))
         return self._store[1]
 
     def shard_keys(self, index: int) -> dict[str, int] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import tarfile
 from pathlib import Path
@@ -394,3 +395,36 @@ def test_loader_state_class_counts_and_balance_on_a_multilabel_build(nih):
     assert again.class_counts == {c: int(n) for c, n in zip(again.classes, positives.tolist())}
     with pytest.raises(UsageError, match="multi-label"):
         make_loader(nih["out"], batch_size=4, num_workers=0, balance="class")
+
+
+def test_decoded_cache_serves_multilabel_targets(nih, tmp_path, monkeypatch):
+    """The decoded cache keeps multi-hot targets: the second epoch decodes nothing and
+    gives the same batches as without the cache."""
+    import loaders.stream as stream
+    from loaders import make_loader
+
+    calls = []
+    real = stream.decode_into
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(stream, "decode_into", counting)
+
+    def epochs(cache):
+        ld = make_loader(nih["out"], batch_size=4, num_workers=0, with_keys=True, mode="eval",
+                         decoded_cache=cache)
+        out = []
+        for _ in range(2):
+            calls.clear()
+            out.append([(list(k), x.clone(), t.clone()) for x, t, k in ld])
+        return out, len(calls)
+
+    off, _ = epochs(None)
+    on, second_epoch_decodes = epochs(str(tmp_path / "dec"))
+    assert second_epoch_decodes == 0
+    for a, b in zip(off, on):
+        assert [k for k, _, _ in a] == [k for k, _, _ in b]
+        assert all(torch.equal(x, y) and torch.equal(s, t) for (_, x, s), (_, y, t) in zip(a, b))
+    assert any(name.endswith("m.dec") for name in os.listdir(tmp_path / "dec"))
