@@ -70,6 +70,8 @@ def test_bench_loader_runs_every_pipeline_on_the_same_shards(five_shards, tmp_pa
     assert re.search(r"make_loader / ceiling +=", p.stdout) and re.search(r"make_loader / webdataset =", p.stdout)
     res_ = d["results"]
     assert res_["resume"]["state_dict_us"] > 0 and res_["resume"]["fresh"] > 0 and "same layout at 50%" in res_["resume"]
+    for k in (1, 2):  # one decode per node: the split's samples, whatever the number of ranks
+        assert res_["node"][f"ranks_{k}"]["decodes"] == 96 and len(res_["node"][f"ranks_{k}"]["samples_per_s"]) == 3
     assert res_["transform"]["none"] > 0 and res_["transform"]["identity"] > 0 and res_["transform"]["seeding"]["seed_us"] > 0
 
 

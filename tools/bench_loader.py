@@ -399,6 +399,14 @@ def run_once(name: str, source: str, args) -> dict:
     """The parts measured once: resume costs (``bench_resume``) and transform costs
     (``bench_transform``: one worker's samples/s with ``transform=None`` and an identity
     transform, and the seeding per sample)."""
+    if name == "node":
+        import bench_node
+
+        r = {f"ranks_{k}": bench_node.run(source, k, args.workers, 3, args.batch_size) for k in (1, 2)}
+        for v in r.values():
+            print(f"node: {v['ranks']} rank(s) x {v['workers_per_rank']} worker(s): samples/s by epoch "
+                  f"{v['samples_per_s']}, decodes {v['decodes']}, cache {v['cache_bytes'] / 1e6:.1f} MB", flush=True)
+        return r
     if name == "resume":
         import bench_resume
 
@@ -432,9 +440,10 @@ def main(argv=None) -> int:
                     help="images per class of the generated build (default: 160 per worker, at least 300, "
                          "so that every worker has several batches per epoch)")
     ap.add_argument("--shard_size", type=int, default=100)
-    ap.add_argument("--only", default="ceiling,make_loader,epochs,webdataset,files,resume,transform",
+    ap.add_argument("--only", default="ceiling,make_loader,epochs,webdataset,files,resume,transform,node",
                     help="pipelines (and the once-only parts resume: state_dict and first batch after "
-                         "load_state_dict, transform: transform=None against an identity transform and seeding)")
+                         "load_state_dict, transform: transform=None against an identity transform and seeding, "
+                         "node: 1 and 2 torchrun ranks sharing one decoded cache)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="run the pipelines in turn this many times and keep each one's best (default 2)")
     ap.add_argument("--json", help="also write the results here")
@@ -453,7 +462,7 @@ def main(argv=None) -> int:
           flush=True)
     results: dict = {}
     todo = args.only.split(",")
-    once = [t for t in todo if t in ("resume", "transform")]
+    once = [t for t in todo if t in ("resume", "transform", "node")]
     todo = [t for t in todo if t not in once]
     for rnd in range(args.rounds):
         for name in todo:
