@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Sequence
 
-from .split import UnionFind, _exact, _h
+from .split import _exact, _h, joined
 
 __all__ = ["assign_multilabel", "positive_rates"]
 
@@ -42,13 +42,7 @@ class _Comp:
 
 def _components(relpaths: Sequence[str], labels: Sequence[Sequence[int]], together: Sequence[Sequence[int]],
                 seed: int) -> list[_Comp]:
-    uf = UnionFind(len(relpaths))
-    for grp in together:
-        for a, b in zip(grp, grp[1:]):
-            uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(relpaths)):
-        members[uf.find(i)].append(i)
+    members = joined(len(relpaths), together)
     comps = []
     for ms in members.values():
         first = min(relpaths[i] for i in ms)

@@ -93,14 +93,15 @@ def put_scratch(fs: Any, path: str, data: bytes) -> None:
         put_atomic(fs, path, data)
 
 
-def put_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name, then move it to ``path``."""
+def _via_tmp(fs: Any, path: str, write: Any) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then move it to ``path`` (the
+    temporary object is removed if anything fails)."""
     parent, _, name = path.rstrip("/").rpartition("/")
     tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
     if _is_local(fs):
         fs.makedirs(parent, exist_ok=True)
     try:
-        fs.pipe_file(tmp, data)
+        write(tmp)
         fs.mv(tmp, path)
     except BaseException:
         try:
@@ -110,21 +111,14 @@ def put_atomic(fs: Any, path: str, data: bytes) -> None:
         raise
 
 
+def put_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name, then move it to ``path``."""
+    _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
+
+
 def put_file_atomic(fs: Any, local: str, path: str) -> None:
     """Upload the local file ``local`` to ``path`` under a temporary name, then move it there."""
-    parent, _, name = path.rstrip("/").rpartition("/")
-    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
-    if _is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        fs.put_file(local, tmp)
-        fs.mv(tmp, path)
-    except BaseException:
-        try:
-            fs.rm(tmp)
-        except Exception:  # noqa: BLE001
-            pass
-        raise
+    _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
 
 
 def _is_local(fs: Any) -> bool:

@@ -38,7 +38,20 @@ from typing import Mapping, Sequence
 
 import xxhash
 
-__all__ = ["UnionFind", "assign_splits", "empty_split_notes", "shuffle_order", "largest_remainder"]
+__all__ = ["UnionFind", "joined", "assign_splits", "empty_split_notes", "shuffle_order", "largest_remainder"]
+
+
+def joined(n: int, together: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+    """The items ``0..n-1`` grouped so that each list in ``together`` ends up in one group
+    (union-find): ``{root: [members ascending]}``."""
+    uf = UnionFind(n)
+    for grp in together:
+        for a, b in zip(grp, grp[1:]):
+            uf.union(a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        members[uf.find(i)].append(i)
+    return members
 
 
 class UnionFind:
@@ -91,13 +104,7 @@ def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
 def _components(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
                 seed: int) -> dict[int, list[list[int]]]:
     """Components per class, in placement order: largest first, then by seeded hash."""
-    uf = UnionFind(len(relpaths))
-    for grp in together:
-        for a, b in zip(grp, grp[1:]):
-            uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(relpaths)):
-        members[uf.find(i)].append(i)
+    members = joined(len(relpaths), together)
     by_class: dict[int, list[tuple[int, int, str, list[int]]]] = defaultdict(list)
     for ms in members.values():
         first = min(ms, key=lambda i: relpaths[i])
