@@ -90,3 +90,20 @@ def small_build(sample_src, tmp_path_factory) -> Path:
     Read-only for tests: copy it (shutil.copytree) before corrupting anything.
     """
     return make_build(sample_src, tmp_path_factory.mktemp("build") / "out")
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list:
+    """Count the loaders' PNG decodes in this process: the returned list grows by one per
+    call of ``loaders.stream.decode_into`` (clear it to start counting afresh)."""
+    import loaders.stream as stream
+
+    calls: list = []
+    real = stream.decode_into
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(stream, "decode_into", counting)
+    return calls

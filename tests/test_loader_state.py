@@ -307,17 +307,8 @@ def test_state_round_trips_through_torch_distributed_checkpoint(five, tmp_path):
     assert target["loader"] == saved["loader"] and target["loader"]["batches"] == 3
 
 
-def test_resuming_decodes_only_the_samples_still_due(five, monkeypatch):
-    import loaders.stream as stream
-
-    calls = []
-    real = stream.decode_into
-
-    def counting(*a, **kw):
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(stream, "decode_into", counting)
+def test_resuming_decodes_only_the_samples_still_due(five, decode_calls):
+    calls = decode_calls
     kw = dict(batch_size=4, num_workers=0, seed=1, shuffle_buffer=30, decoded_cache=None)
     first = make_loader(five, **kw)
     n = len(first)

@@ -397,20 +397,12 @@ def test_loader_state_class_counts_and_balance_on_a_multilabel_build(nih):
         make_loader(nih["out"], batch_size=4, num_workers=0, balance="class")
 
 
-def test_decoded_cache_serves_multilabel_targets(nih, tmp_path, monkeypatch):
+def test_decoded_cache_serves_multilabel_targets(nih, tmp_path, decode_calls):
     """The decoded cache keeps multi-hot targets: the second epoch decodes nothing and
     gives the same batches as without the cache."""
-    import loaders.stream as stream
     from loaders import make_loader
 
-    calls = []
-    real = stream.decode_into
-
-    def counting(*a, **kw):
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(stream, "decode_into", counting)
+    calls = decode_calls
 
     def epochs(cache):
         ld = make_loader(nih["out"], batch_size=4, num_workers=0, with_keys=True, mode="eval",

@@ -83,6 +83,21 @@ class PeakRSS(threading.Thread):
             time.sleep(0.05)
 
 
+def kill_after_chunks(p: subprocess.Popen, out: str, n: int, poll_s: float = 0.005) -> None:
+    """SIGKILL the build ``p`` (its whole process group) once ``n`` conversion chunks are
+    complete in ``out``'s work folder (converting is nearly all of a build's work)."""
+    chunks = os.path.join(out, ".shardgen-work", "chunks")
+    while p.poll() is None:
+        try:
+            done = sum(1 for f in os.listdir(chunks) if f.endswith(".json"))
+        except OSError:
+            done = 0
+        if done >= n:
+            os.killpg(p.pid, signal.SIGKILL)
+            return
+        time.sleep(poll_s)
+
+
 def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks: int | None = None,
               extra: tuple[str, ...] = (), env: dict | None = None):
     cmd = [sys.executable, "-m", "shardgen", "build", src, out, "--size", str(size), "--progress", "false", *extra]
@@ -95,17 +110,7 @@ def run_build(src: str, out: str, size: int, workers: int | None, kill_at_chunks
     mon = PeakRSS(p.pid)
     mon.start()
     if kill_at_chunks is not None:
-        # Kill once this many conversion chunks are complete (converting is ~all of a build's work).
-        chunks = os.path.join(out, ".shardgen-work", "chunks")
-        while p.poll() is None:
-            try:
-                done = sum(1 for f in os.listdir(chunks) if f.endswith(".json"))
-            except OSError:
-                done = 0
-            if done >= kill_at_chunks:
-                os.killpg(p.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
+        kill_after_chunks(p, out, kill_at_chunks)
     outp, errp = p.communicate()
     dt = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)

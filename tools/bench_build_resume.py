@@ -32,7 +32,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import make_sample_dataset as msd  # noqa: E402
+from bench_build import kill_after_chunks  # noqa: E402
 
 CHUNK = 64  # shardgen.convert.CHUNK: files per conversion chunk
 _RESUMED = re.compile(r"reused (\d+)/(\d+) chunks")
@@ -87,16 +87,7 @@ def run(code: str, src: str, out: str, workers: int | None, kill_chunks: int | N
     p = subprocess.Popen(cmd, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
     if kill_chunks is not None:
-        chunks = os.path.join(out, ".shardgen-work", "chunks")
-        while p.poll() is None:
-            try:
-                done = sum(1 for f in os.listdir(chunks) if f.endswith(".json"))
-            except OSError:
-                done = 0
-            if done >= kill_chunks:
-                os.killpg(p.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
+        kill_after_chunks(p, out, kill_chunks)
     stdout, stderr = p.communicate()
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
