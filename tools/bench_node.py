@@ -51,7 +51,8 @@ def _rank_main(source: str, cache: str, count: str, workers: int, epochs: int, b
         t0 = time.perf_counter()
         n = sum(len(y) for _, y in loader)
         dt = time.perf_counter() - t0
-        print(json.dumps({"rank": dist.get_rank(), "epoch": e, "samples": n, "seconds": dt}), flush=True)
+        with open(f"{count}.rank{dist.get_rank()}", "a") as f:  # one file per rank: no interleaved lines
+            f.write(json.dumps({"rank": dist.get_rank(), "epoch": e, "samples": n, "seconds": dt}) + "\n")
         loader.set_epoch(e + 1)
     loader.close()
     dist.destroy_process_group()
@@ -71,8 +72,11 @@ def run(source: str, ranks: int, workers: int, epochs: int, batch_size: int) -> 
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", os.path.abspath(__file__), "--rank_of", source, cache, count,
                str(max(1, workers // ranks)), str(epochs), str(batch_size)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        recs = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+        subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        recs = []
+        for r in range(ranks):
+            with open(f"{count}.rank{r}") as f:
+                recs += [json.loads(line) for line in f]
         per_epoch = []
         for e in range(epochs):
             rs = [r for r in recs if r["epoch"] == e]

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The build's client memory per image: the peak RSS of the ``shardgen build`` process
+(not its workers) on N generated tiny images, as bytes per image over a small build's.
+
+Issue 12's goal is at most 300 bytes per image held by the client. The images are 8x8
+grayscale PNGs in an ImageFolder layout of 4 classes (file names like real ones, about
+20 characters), built at ``--size 8`` so that the per-image bookkeeping, not pixel work,
+dominates.
+
+Usage:
+    python tools/bench_memory.py [--images 200000] [--root bench-out/memory] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from bench_build import PeakRSS  # noqa: E402
+
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+
+def make_tiny(root: str, n: int) -> str:
+    """``n`` distinct 8x8 PNGs under ``root/src/<class>/`` (reused when complete)."""
+    import numpy as np
+    from PIL import Image
+
+    src = os.path.join(root, f"src-{n}")
+    if os.path.exists(os.path.join(src, ".complete")):
+        return src
+    shutil.rmtree(src, ignore_errors=True)
+    for c in CLASSES:
+        os.makedirs(os.path.join(src, c))
+    for i in range(n):
+        px = np.frombuffer(i.to_bytes(8, "little") * 8, dtype=np.uint8).reshape(8, 8)  # distinct pixels
+        buf = io.BytesIO()
+        Image.fromarray(px, "L").save(buf, "PNG", compress_level=1)
+        c = CLASSES[i % len(CLASSES)]
+        with open(os.path.join(src, c, f"{c}-{i:07d}.png"), "wb") as f:
+            f.write(buf.getvalue())
+    open(os.path.join(src, ".complete"), "w").close()
+    return src
+
+
+def peak_rss(src: str, out: str, workers: int) -> tuple[int, float]:
+    """Peak RSS (bytes) of the build's main process, and its wall time (s)."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "shardgen", "build", src, out, "--size", "8", "--workers",
+                          str(workers), "--progress", "false", "--shard_size", "10000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    mon = PeakRSS(p.pid)
+    mon.start()
+    _, err = p.communicate()
+    mon.join(timeout=5)
+    if p.returncode != 0:
+        raise SystemExit(f"build failed:\n{err}")
+    shutil.rmtree(out, ignore_errors=True)
+    return mon.peak, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=200_000)
+    ap.add_argument("--base", type=int, default=2_000, help="the small build subtracted (default 2,000)")
+    ap.add_argument("--root", default=os.path.join(ROOT, "bench-out", "memory"))
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    res = {}
+    for n in (args.base, args.images):
+        src = make_tiny(args.root, n)
+        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers)
+    (b_rss, _), (rss, secs) = res[args.base], res[args.images]
+    per = (rss - b_rss) / (args.images - args.base)
+    out = {"images": args.images, "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
+           "bytes_per_image": round(per), "build_seconds": round(secs, 1)}
+    print(f"{args.images:,} images: build main process peak RSS {rss / 2**20:.0f} MiB "
+          f"({args.base:,} images: {b_rss / 2**20:.0f} MiB) -> {per:.0f} bytes per image (goal <= 300); "
+          f"build {secs:.0f} s")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
