@@ -22,19 +22,22 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from .assemble import ShardTask, make_plan
+import numpy as np
+
+from .assemble import ShardTask
+from .columns import ItemTable, RecordTable, StrColumn
 from .config import DEFAULT_SPLITS, BuildConfig, fingerprint_of, parse_splits
-from .convert import CHUNK, ChunkTask, ImageRecord, chunk_jobs
+from .convert import CHUNK, ChunkTask, chunk_jobs
 from .errors import ShardgenError, UsageError
 from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
 from .image import configure_worker
 from .index import IndexOptions
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
+from .plan import make_plan
 from .progress import bar as progress_bar
 from .scan import Skip, scan
 from .split import empty_split_notes
@@ -85,8 +88,10 @@ def _resolve(cfg: BuildConfig, urls=None):
     if not sr.items:
         raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
     _check_class_names(sr)
+    if not isinstance(sr.items, ItemTable):
+        sr.items = ItemTable.of(sr.items)
     if sr.multilabel:
-        classes, items, excluded = _multilabel_classes(cfg, sr), list(sr.items), 0
+        classes, items, excluded = _multilabel_classes(cfg, sr), sr.items, 0
         return sr, items, classes, _ratios(cfg, sr), excluded
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if c not in sr.labels]
@@ -100,12 +105,26 @@ def _resolve(cfg: BuildConfig, urls=None):
         why = "--classes names one class" if cfg.classes is not None else sr.single_reason
         sr.notes.append(f"the build has a single class, {classes[0]!r} ({why}): fine for unconditional "
                         "training; for a classifier, SRC must hold one folder per class")
-    keep = set(classes)
-    items = [it for it in sr.items if it.label in keep]
+    keep = [i for i, c in enumerate(sr.items.label_names) if c in set(classes)]
+    take = np.isin(sr.items.label_codes(), keep)
+    items = sr.items if take.all() else sr.items.take(np.flatnonzero(take))
     excluded = len(sr.items) - len(items)
     if not items:
         raise UsageError(f"SRC {cfg.src}: no images in the selected classes")
     return sr, items, classes, _ratios(cfg, sr), excluded
+
+
+class _KeySources(Sequence[str]):
+    """Each item's key path (keypath, else relpath), read from the table as it is asked for."""
+
+    def __init__(self, items: ItemTable) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.items.key_source(i)
 
 
 def _ratios(cfg: BuildConfig, sr):
@@ -142,10 +161,8 @@ def _check_class_names(sr) -> None:
 
 def _check_empty_classes(sr) -> None:
     """A class folder without images would shift every label index after it: refuse it."""
-    counts = defaultdict(int)
-    for it in sr.items:
-        counts[it.label] += 1
-    empty = [c for c in sr.labels if not counts[c]]
+    present = set(sr.items.label_names)
+    empty = [c for c in sr.labels if c not in present]
     if empty:
         where = ", ".join(os.path.join(sr.root, d) for d in sr.class_dirs.get(empty[0], [empty[0]]))
         more = f" (and {len(empty) - 1} more empty class(es))" if len(empty) > 1 else ""
@@ -237,14 +254,14 @@ class _Run:
             self.pool.join()
             self.pool = None
 
-    def convert(self, jobs, n_items: int, src_root: str) -> list[ImageRecord | None]:
+    def convert(self, jobs, n_items: int, src_root: str) -> RecordTable:
         cfg = self.cfg
-        records: list[ImageRecord | None] = [None] * n_items
+        records = RecordTable(n_items)
         bar = progress_bar(n_items, "convert", "img", self.progress)
 
         def got(r):
             cid, recs, reused = r[:3]
-            records[cid * CHUNK:cid * CHUNK + len(recs)] = recs
+            records.put(cid * CHUNK, recs)
             self.reused += reused
             self.rehashed += r[3] if len(r) > 3 else 0  # ChunkResult.rehashed
             bar.update(len(recs))
@@ -260,7 +277,7 @@ class _Run:
         self.phase = "writing shards"
         for sp in plan.splits if not self.out_remote else ():
             os.makedirs(os.path.join(self.out, sp), exist_ok=True)
-        bar = progress_bar(len(plan.jobs), "shards", "shard", self.progress)
+        bar = progress_bar(plan.n_shards, "shards", "shard", self.progress)
         recs: dict[str, dict] = {}
 
         def got(r):
@@ -270,7 +287,7 @@ class _Run:
             bar.update(1)
 
         task = self.urls.shard_task(self.work) if self.out_remote else ShardTask(self.out, self.work)
-        _run_pool(self.pool, task, plan.jobs, got)
+        _run_pool(self.pool, task, plan.jobs(), got)
         bar.close()
         return recs
 
@@ -359,8 +376,8 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
     work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
                                                                                          overwrite)
     run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls)
-    keys = make_keys([it.keypath or it.relpath for it in items], [it.relpath for it in items])
-    jobs = chunk_jobs(sr.root, [it.relpath for it in items])
+    keys = make_keys(_KeySources(items), items.relpaths, StrColumn)
+    jobs = chunk_jobs(sr.root, items.relpaths)
     old_handler = _sigterm_raises()
     try:
         run.start_pool(len(jobs))
@@ -389,5 +406,5 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
-                       kept_shards=run.kept, total_shards=len(plan.jobs), rehashed_sources=run.rehashed,
+                       kept_shards=run.kept, total_shards=plan.n_shards, rehashed_sources=run.rehashed,
                        notes=list(sr.notes) + empty_split_notes(ratios or (), samples), empty_splits=empty)

@@ -15,15 +15,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import astuple, dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
+import numpy as np
 import xxhash
 
 from .format import atomic_write_bytes, file_xxh64
 from .image import ImageSkip, process_file
 from .stamps import stamp_of, unchanged
 
-__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "chunk_jobs"]
+__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "chunk_jobs"]
 
 #: Files per conversion chunk (the unit of parallel work and of resume).
 CHUNK = 64
@@ -79,10 +80,26 @@ def _bin_ok(path: str, digest: str | None) -> bool:
         return False
 
 
-def chunk_jobs(root: str, relpaths: list[str]) -> list[tuple[int, list[tuple[str, str]]]]:
-    """``[(chunk id, [(relpath, path), ...]), ...]`` for the sorted ``relpaths`` under ``root``."""
-    return [(cid, [(r, os.path.join(root, r)) for r in relpaths[s:s + CHUNK]])
-            for cid, s in enumerate(range(0, len(relpaths), CHUNK))]
+class ChunkJobs(Sequence[tuple[int, list[tuple[str, str]]]]):
+    """The conversion jobs of a build, made as they are asked for: ``jobs[cid]`` is
+    ``(cid, [(relpath, path), ...])`` for chunk ``cid`` of the sorted ``relpaths`` under ``root``."""
+
+    def __init__(self, root: str, relpaths: Sequence[str]) -> None:
+        self.root, self.relpaths = root, relpaths
+
+    def __len__(self) -> int:
+        return -(-len(self.relpaths) // CHUNK)
+
+    def __getitem__(self, cid):  # type: ignore[override]
+        if not 0 <= cid < len(self):
+            raise IndexError(cid)
+        rels = self.relpaths[cid * CHUNK:(cid + 1) * CHUNK]
+        return cid, [(r, os.path.join(self.root, r)) for r in rels]
+
+
+def chunk_jobs(root: str, relpaths: Sequence[str]) -> ChunkJobs:
+    """The jobs of ``relpaths`` (sorted) under ``root``, one per :data:`CHUNK` files."""
+    return ChunkJobs(root, relpaths)
 
 
 class ChunkResult(NamedTuple):
@@ -119,10 +136,18 @@ class ChunkTask:
         base = os.path.join(self.work, "chunks", f"c-{cid:06d}")
         return base + ".bin", base + ".json"
 
-    def pending_first(self, jobs: list) -> list:
-        """``jobs`` with the chunks that have no record file (to convert) first, in order; the
-        reuse checks of the others come last and even out the workers' ends."""
-        return sorted(jobs, key=lambda j: os.path.exists(self.paths(j[0])[1]))
+    def done_mask(self, n: int) -> np.ndarray:
+        """For chunks ``0..n-1``: whether its record file exists (bool array)."""
+        return np.fromiter((os.path.exists(self.paths(c)[1]) for c in range(n)), bool, n)
+
+    def pending_first(self, jobs: Sequence) -> Iterator:
+        """``jobs`` (``jobs[cid]`` is chunk ``cid``'s) with the chunks that have no record file
+        (to convert) first, in order; the reuse checks of the others come last and even out
+        the workers' ends. Jobs are made as they are taken."""
+        done = self.done_mask(len(jobs))
+        for want in (False, True):
+            for cid in np.flatnonzero(done == want).tolist():
+                yield jobs[cid]
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> tuple[list[ImageRecord] | None, int]:
         """``(records, sources re-hashed)``; records None: the chunk must be converted."""

@@ -8,14 +8,13 @@ scratch folder is removed. A folder with a manifest is a complete build.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 from . import __version__
-from .assemble import Plan
+from .plan import Plan
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, MULTILABEL, SINGLE, SKIPPED, ImageSpec, Manifest,
-                     ShardEntry, SplitEntry, atomic_write_bytes, atomic_write_json, dump_json)
+                     ShardEntry, SplitEntry, atomic_write, atomic_write_bytes, atomic_write_json, dump_json)
 from .image import encoder_info
 from .outdir import remove_stale
 from .readers import write_reader_files
@@ -50,11 +49,13 @@ def finish_build(cfg, out: str, work: str, fp: dict, classes: list[str], plan: P
         scan_result: the :class:`~shardgen.scan.ScanResult` (skips found by the scan, layout).
         excluded: images left out because their class is not in ``--classes``.
     """
-    remove_stale(out, {j.relpath for j in plan.jobs}, list(plan.splits))
+    remove_stale(out, set(plan.shard_relpaths()), list(plan.splits))
     atomic_write_json(os.path.join(out, CLASSES), {"classes": classes})
     for name, sp in plan.splits.items():
         os.makedirs(os.path.join(out, name), exist_ok=True)
-        atomic_write_bytes(os.path.join(out, name, DATASET_JSON), json.dumps({"labels": sp.labels}).encode() + b"\n")
+        with atomic_write(os.path.join(out, name, DATASET_JSON)) as f:
+            for part in plan.dataset_json(name):
+                f.write(part)
     skips = sorted(list(scan_result.skipped) + plan.skips, key=lambda s: s.path)
     atomic_write_bytes(os.path.join(out, SKIPPED), b"".join(dump_json(s.to_json(), indent=None) for s in skips))
     atomic_write_bytes(os.path.join(out, DUPLICATES), b"".join(dump_json(d, indent=None) for d in plan.duplicates))

@@ -324,7 +324,7 @@ class Paths:
         staging = tempfile.mkdtemp(prefix="shardgen-meta-")
         try:
             result = write(staging)
-            self.store.publish(staging, {j.relpath for j in plan.jobs}, list(plan.splits))
+            self.store.publish(staging, set(plan.shard_relpaths()), list(plan.splits))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return result

@@ -17,6 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
+import numpy as np
 import xxhash
 from fsspec.utils import merge_offset_ranges
 
@@ -57,14 +58,14 @@ class FsChunkTask(ChunkTask):
         except OSError:
             return None
 
-    def pending_first(self, jobs: list) -> list:
-        """``jobs`` with the chunks that have no record object (to convert) first (one listing)."""
+    def done_mask(self, n: int) -> np.ndarray:
+        """For chunks ``0..n-1``: whether its record object exists (one listing)."""
         wfs = self.work_loc.fs()
         try:
             have = {p.rsplit("/", 1)[-1] for p in wfs.ls(self.work_loc.join("chunks"), detail=False)}
         except (FileNotFoundError, OSError):
             have = set()
-        return sorted(jobs, key=lambda j: f"c-{j[0]:06d}.json" in have)
+        return np.fromiter((f"c-{c:06d}.json" in have for c in range(n)), bool, n)
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
         wfs, sfs = self.work_loc.fs(), self.src.fs()

@@ -27,7 +27,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
+from .columns import ItemTable
 from .dicom import sniff_dicom
 from .errors import UsageError
 from .image import IMAGE_EXTENSIONS
@@ -59,7 +61,7 @@ class ScanResult:
     """
 
     layout: str
-    items: list[Item]
+    items: Sequence[Item]
     skipped: list[Skip]
     labels: list[str]
     splits: list[str] | None
@@ -148,15 +150,20 @@ class Tree:
     def has(self, rel: str) -> bool:
         return rel in self.folders
 
-    def all_files(self, rel: str) -> list[str]:
-        """Every file under ``rel`` (recursive), as paths relative to the root."""
-        out: list[str] = []
+    def all_files(self, rel: str, folders: set[str] | None = None) -> list[str]:
+        """Every file under ``rel`` (recursive, sorted), as paths relative to the root; the
+        folders visited go into ``folders`` when given."""
+        return sorted(self.iter_files(rel, folders))
+
+    def iter_files(self, rel: str, folders: set[str] | None = None) -> Iterator[str]:
+        """:meth:`all_files`, unsorted, one at a time."""
         stack = [rel]
         while stack:
             d = stack.pop()
-            out.extend(_join(d, f) for f in self.files(d))
+            if folders is not None:
+                folders.add(d)
+            yield from (_join(d, f) for f in self.files(d))
             stack.extend(_join(d, s) for s in self.subdirs(d) if self.has(_join(d, s)))
-        return sorted(out)
 
     def is_kaggle_class(self, rel: str) -> bool:
         return IMAGES in self.subdirs(rel) and self.has(_join(rel, IMAGES))
@@ -190,16 +197,18 @@ def _is_split_layout(tree: Tree, base: str) -> bool:
     return bool(top) and all(d.lower() in SPLIT_NAMES and tree.subdirs(_join(base, d)) for d in top)
 
 
-def _class_files(tree: Tree, cdir: str) -> list[str]:
+def _class_files(tree: Tree, cdir: str, used_dirs: set[str]) -> list[str]:
     """Files of one class folder: ``images/`` of a Kaggle class; else every file, but only
-    ``images/`` of any nested folder that has one (masks are never training data)."""
+    ``images/`` of any nested folder that has one (masks are never training data). The
+    folders whose files are taken go into ``used_dirs``."""
     if tree.is_kaggle_class(cdir):
-        return tree.all_files(_join(cdir, IMAGES))
+        return tree.all_files(_join(cdir, IMAGES), used_dirs)
+    used_dirs.add(cdir)
     out = [_join(cdir, f) for f in tree.files(cdir)]
     for s in tree.subdirs(cdir):
         sub = _join(cdir, s)
         if tree.has(sub):
-            out.extend(_class_files(tree, sub))
+            out.extend(_class_files(tree, sub, used_dirs))
     return sorted(out)
 
 
@@ -216,15 +225,14 @@ class _Collector:
 
     def __init__(self, tree: Tree, regex: re.Pattern | None) -> None:
         self.tree, self.regex = tree, regex
-        self.items: list[Item] = []
+        self.items = ItemTable()
         self.skipped: list[Skip] = []
         self.class_dirs: dict[str, list[str]] = {}
-        self.used: set[str] = set()
+        self.used_dirs: set[str] = set()  # folders whose files a class took (see _class_files)
 
     def add_class(self, label: str, cdir: str, split: str | None = None) -> None:
         self.class_dirs.setdefault(label, []).append(cdir)
-        for f in _class_files(self.tree, cdir):
-            self.used.add(f)
+        for f in _class_files(self.tree, cdir, self.used_dirs):
             if self.tree.is_image(f):
                 self.items.append(Item(f, label, split, _group_of(self.regex, f), _keypath(f, cdir, self.tree)))
             else:
@@ -233,9 +241,10 @@ class _Collector:
 
     def stray_images(self, base: str, where: str) -> None:
         """Report image files under ``base`` that no class folder took."""
-        for f in self.tree.all_files(base):
-            if f not in self.used and self.tree.is_image(f) and not _in_kaggle_sibling(f, self.tree):
-                self.skipped.append(Skip(f, f"image outside any class folder ({where})"))
+        stray = [f for f in self.tree.iter_files(base)
+                 if f.rpartition("/")[0] not in self.used_dirs and self.tree.is_image(f)
+                 and not _in_kaggle_sibling(f, self.tree)]
+        self.skipped.extend(Skip(f, f"image outside any class folder ({where})") for f in sorted(stray))
 
 
 def _in_kaggle_sibling(rel: str, tree: Tree) -> bool:
@@ -301,7 +310,7 @@ def _rebase(res: ScanResult, base: str) -> ScanResult:
     def cut(p: str | None) -> str | None:
         return p[n:] if p is not None and p.startswith(base + "/") else p
 
-    res.items = [Item(cut(i.relpath), i.label, i.split, i.group, cut(i.keypath)) for i in res.items]
+    res.items = ItemTable.of(Item(cut(i.relpath), i.label, i.split, i.group, cut(i.keypath)) for i in res.items)
     res.skipped = [Skip(cut(s.path), s.reason) for s in res.skipped]
     res.class_dirs = {k: [cut(d) for d in v] for k, v in res.class_dirs.items()}
     return res
@@ -327,8 +336,7 @@ def _scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> Sc
         where = f"no <class>/{IMAGES}/ above it" if layout == "kaggle" else "top-level files have no class"
         col.stray_images(base, where)
         single = "SRC holds one class folder" if layout == "imagefolder" else "one folder with images/ was found"
-    col.items.sort(key=lambda i: i.relpath)
-    return ScanResult(layout, col.items, col.skipped, sorted(col.class_dirs), splits,
+    return ScanResult(layout, col.items.sorted(), col.skipped, sorted(col.class_dirs), splits,
                       class_dirs=col.class_dirs, single_reason=single)
 
 

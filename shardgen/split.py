@@ -36,9 +36,10 @@ from collections import defaultdict
 from fractions import Fraction
 from typing import Mapping, Sequence
 
+import numpy as np
 import xxhash
 
-__all__ = ["UnionFind", "joined", "assign_splits", "empty_split_notes", "shuffle_order", "largest_remainder"]
+__all__ = ["UnionFind", "joined", "joined_groups", "assign_splits", "assign_split_indices", "empty_split_notes", "shuffle_order", "largest_remainder"]
 
 
 def joined(n: int, together: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -58,12 +59,13 @@ class UnionFind:
     """Plain union-find over ``range(n)`` with path halving."""
 
     def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+        self.n = n
+        self.parent: dict[int, int] = {}  # only the items ever joined: memory follows the unions
 
     def find(self, a: int) -> int:
         p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
+        while p.get(a, a) != a:
+            p[a] = p.get(p[a], p[a])
             a = p[a]
         return a
 
@@ -101,15 +103,82 @@ def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
     return base
 
 
-def _components(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
-                seed: int) -> dict[int, list[list[int]]]:
-    """Components per class, in placement order: largest first, then by seeded hash."""
-    members = joined(len(relpaths), together)
-    by_class: dict[int, list[tuple[int, int, str, list[int]]]] = defaultdict(list)
-    for ms in members.values():
-        first = min(ms, key=lambda i: relpaths[i])
-        by_class[labels[first]].append((-len(ms), _h(seed, "split", relpaths[first]), relpaths[first], ms))
-    return {c: [ms for *_, ms in sorted(v)] for c, v in by_class.items()}
+class _Comps:
+    """The components of a split assignment as arrays, in placement order within each class:
+    largest first, then by the seeded hash of the first path (smallest), then that path.
+
+    Attributes:
+        members: component -> its sample indices, for components of more than one sample.
+        first: the first sample of each component (int64); ``size``, ``label`` alike.
+    """
+
+    def __init__(self, relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
+                 seed: int) -> None:
+        n = len(relpaths)
+        self.members = {}
+        first = np.arange(n, dtype=np.int64)
+        size = np.ones(n, dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        for ms in joined_groups(n, together):
+            f = min(ms, key=lambda i: relpaths[i])
+            keep[ms] = False
+            keep[f] = True
+            size[f] = len(ms)
+            self.members[f] = ms
+        self.first, self.size = first[keep], size[keep]
+        self.label = np.asarray(labels, dtype=np.int64)[self.first] if n else np.zeros(0, np.int64)
+        rank = np.fromiter((_h(seed, "split", relpaths[int(i)]) for i in self.first), np.uint64, len(self.first))
+        order = np.lexsort((rank, -self.size, self.label))
+        order = _ties_by(order, [self.label, self.size, rank], lambda c: relpaths[int(self.first[c])])
+        self.first, self.size, self.label = self.first[order], self.size[order], self.label[order]
+
+    def of_class(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, size)`` of class ``c``'s components, in placement order."""
+        lo, hi = np.searchsorted(self.label, [c, c + 1])
+        return self.first[lo:hi], self.size[lo:hi]
+
+    def samples(self, first: int) -> list[int]:
+        return self.members.get(first) or [first]
+
+
+def _ties_by(order: np.ndarray, cols: list[np.ndarray], key) -> np.ndarray:
+    """``order`` (a lexsort by ``cols``) with each run of equal ``cols`` values sorted by ``key``."""
+    if len(order) < 2:
+        return order
+    same = np.ones(len(order) - 1, dtype=bool)
+    for col in cols:
+        v = col[order]
+        same &= v[1:] == v[:-1]
+    if not same.any():
+        return order
+    order = order.copy()
+    i = 0
+    while i < len(same):
+        if same[i]:
+            j = i
+            while j < len(same) and same[j]:
+                j += 1
+            order[i:j + 1] = sorted(order[i:j + 1], key=key)
+            i = j
+        i += 1
+    return order
+
+
+def joined_groups(n: int, together: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The groups of more than one of ``0..n-1`` that the lists in ``together`` join
+    (union-find over the listed items only), each ascending."""
+    uf = UnionFind(n) if together else None
+    if uf is None:
+        return []
+    touched = set()
+    for grp in together:
+        touched.update(grp)
+        for a, b in zip(grp, grp[1:]):
+            uf.union(a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in sorted(touched):
+        members[uf.find(i)].append(i)
+    return [ms for ms in members.values() if len(ms) > 1]
 
 
 def _class_targets(n_c: int, w: list[Fraction], need: list[int]) -> list[int]:
@@ -144,27 +213,60 @@ def assign_splits(
         The split name of each sample.
     """
     names = [s for s, _ in ratios]
+    return [names[j] for j in assign_split_indices(relpaths, labels, together, ratios, seed)]
+
+
+def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
+                         ratios: Sequence[tuple[str, float]], seed: int) -> np.ndarray:
+    """:func:`assign_splits` as an int16 array of split indices (into ``ratios``); memory:
+    a few arrays of 8 bytes per sample, no Python object per sample."""
     w = _exact([r for _, r in ratios])
-    k = len(names)
-    comps = _components(relpaths, labels, together, seed)
-    sizes = {c: sum(len(ms) for ms in v) for c, v in comps.items()}
+    k = len(ratios)
+    comps = _Comps(relpaths, labels, together, seed)
+    classes = sorted({int(c) for c in np.unique(comps.label)}, key=lambda c: (_h(seed, "class", str(c)), c))
+    sizes = {c: int(comps.of_class(c)[1].sum()) for c in classes}
     goal = largest_remainder(len(relpaths), [r for _, r in ratios])
     floors = {c: [int(n * x) for x in w] for c, n in sizes.items()}
     pending = [sum(f[j] for f in floors.values()) for j in range(k)]  # floors of classes not yet placed
     placed = [0] * k
-    out = [""] * len(relpaths)
-    for c in sorted(comps, key=lambda c: (_h(seed, "class", str(c)), c)):
+    out = np.full(len(relpaths), -1, dtype=np.int16)
+    eligible = [j for j in range(k) if w[j] > 0]
+    for c in classes:
         pending = [p - f for p, f in zip(pending, floors[c])]
         need = [goal[j] - placed[j] - pending[j] - floors[c][j] for j in range(k)]
         target = _class_targets(sizes[c], w, need)
         have = [0] * k
-        for ms in comps[c]:
-            j = max((j for j in range(k) if w[j] > 0), key=lambda j: (target[j] - have[j], -j))
-            have[j] += len(ms)
-            for i in ms:
-                out[i] = names[j]
+        first, size = comps.of_class(c)
+        singles = int(np.searchsorted(-size, -1))  # components of one sample come last
+        for f, n in zip(first[:singles].tolist(), size[:singles].tolist()):
+            j = max(eligible, key=lambda j: (target[j] - have[j], -j))
+            have[j] += n
+            out[comps.samples(f)] = j
+        picks = _greedy_singles([target[j] - have[j] for j in range(k)], eligible, len(first) - singles)
+        out[first[singles:]] = picks
+        have = [h + int(np.count_nonzero(picks == j)) for j, h in enumerate(have)]
         placed = [p + h for p, h in zip(placed, have)]
     return out
+
+
+def _greedy_singles(rem: list[int], eligible: list[int], m: int) -> np.ndarray:
+    """The splits ``m`` one-sample components go to, one by one, each to the eligible split
+    with the largest remaining need ``rem`` (ties: the split listed first), ``rem`` falling
+    by one at each pick: in rounds over the splits at the top level, without a loop per sample."""
+    rem = list(rem)
+    out: list[np.ndarray] = []
+    left = m
+    while left > 0:
+        top = max(rem[j] for j in eligible)
+        level = [j for j in eligible if rem[j] == top]
+        below = [rem[j] for j in eligible if rem[j] < top]
+        rounds = top - max(below) if below else -(-left // len(level))
+        picks = np.tile(np.asarray(level, dtype=np.int16), rounds)[:left]
+        out.append(picks)
+        left -= len(picks)
+        for j in level:
+            rem[j] -= int(np.count_nonzero(picks == j))
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
 def empty_split_notes(ratios: Sequence[tuple[str, float]], samples: Mapping[str, int]) -> list[str]:
@@ -189,6 +291,9 @@ def empty_split_notes(ratios: Sequence[tuple[str, float]], samples: Mapping[str,
     return notes
 
 
-def shuffle_order(keys: Sequence[str], seed: int, split: str) -> list[int]:
-    """A seeded permutation of ``keys`` that does not depend on their input order."""
-    return sorted(range(len(keys)), key=lambda i: (_h(seed, "shuffle", split, keys[i]), keys[i]))
+def shuffle_order(keys: Sequence[str], seed: int, split: str) -> np.ndarray:
+    """A seeded permutation of ``keys`` that does not depend on their input order: sorted by
+    the xxh64 of seed, split and key, then by key (an int64 array)."""
+    rank = np.fromiter((_h(seed, "shuffle", split, k) for k in keys), np.uint64, len(keys))
+    order = np.argsort(rank, kind="stable")
+    return _ties_by(order, [rank], lambda i: keys[int(i)])

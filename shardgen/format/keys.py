@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import xxhash
 
 __all__ = ["MAX_KEY", "make_keys", "sanitise", "path_bytes"]
@@ -55,38 +56,80 @@ def _with_hash(base: str, path: str, n: int = _HASH) -> str:
     return f"{base[:MAX_KEY - n - 1]}-{_digest(path, n)}"
 
 
-def make_keys(keypaths: Sequence[str], paths: Sequence[str] | None = None) -> list[str]:
+def make_keys(keypaths: Sequence[str], paths: Sequence[str] | None = None,
+              column: Callable[[], Any] = list) -> Any:
     """Keys for the samples whose key paths are ``keypaths`` (see the module docstring).
+
+    Memory stays at the keys themselves plus 8 bytes per sample: collisions are found
+    through a 64-bit hash of each lower-cased key, then confirmed on the strings.
 
     Args:
         keypaths: per sample, the path the key is made from (``images`` component removed).
         paths: per sample, the full relative source path hashed for suffixes (default:
             ``keypaths``). Must be unique.
+        column: makes the empty, append-only sequence the keys are stored in (default
+            ``list``; the build passes a compact string column).
 
     Returns:
         One key per sample, unique ignoring case, at most :data:`MAX_KEY` characters.
     """
-    paths = list(keypaths) if paths is None else list(paths)
-    keys = []
+    paths = keypaths if paths is None else paths
+    base = column()
     for kp, p in zip(keypaths, paths):
         k = sanitise(kp)
-        keys.append(k if len(k) <= MAX_KEY else _with_hash(k, p))
-    count = Counter(k.lower() for k in keys)
-    keys = [_with_hash(k, p) if count[k.lower()] > 1 else k for k, p in zip(keys, paths)]
-    for n in (12, 16):
-        count = Counter(k.lower() for k in keys)
-        if all(c == 1 for c in count.values()):
-            return keys
-        keys = [_with_hash(k.rsplit("-", 1)[0], p, n) if count[k.lower()] > 1 else k for k, p in zip(keys, paths)]
-    return _number_rest(keys, paths)
+        base.append(k if len(k) <= MAX_KEY else _with_hash(k, p))
+    over: dict[int, str] = {}  # keys changed by the collision rules
+    hashes = np.fromiter((_lower_hash(k) for k in base), np.uint64, len(base))
+    clash = _clashing(base, over, hashes)
+    for n in (_HASH, 12, 16):
+        if not clash:
+            return _applied(base, over, column)
+        for i in clash:
+            k = over.get(i, base[i])
+            over[i] = _with_hash(k if n == _HASH else k.rsplit("-", 1)[0], paths[i], n)
+            hashes[i] = _lower_hash(over[i])
+        clash = _clashing(base, over, hashes)
+    for i, k in _number_rest({i: over.get(i, base[i]) for i in clash}, paths).items():
+        over[i] = k
+    return _applied(base, over, column)
 
 
-def _number_rest(keys: list[str], paths: list[str]) -> list[str]:
-    """Last resort: number the remaining equal keys in path order."""
+def _lower_hash(key: str) -> int:
+    return xxhash.xxh64_intdigest(key.lower().encode("utf-8", "surrogateescape"))
+
+
+def _clashing(base: Sequence[str], over: dict[int, str], hashes: np.ndarray) -> list[int]:
+    """Indices of the keys equal, ignoring case, to another key (ascending): only keys whose
+    hash (``hashes``, of the lower-cased keys) equals another's are compared as strings."""
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    cands = np.flatnonzero(counts[inverse] > 1)
+    if not len(cands):
+        return []
+    lower = {int(i): over.get(int(i), base[int(i)]).lower() for i in cands}
+    count = Counter(lower.values())
+    return [i for i, k in lower.items() if count[k] > 1]
+
+
+def _applied(base, over: dict[int, str], column):
+    """``base`` with the keys in ``over`` replaced (a new column when there are any)."""
+    if not over:
+        return base
+    if isinstance(base, list):
+        for i, k in over.items():
+            base[i] = k
+        return base
+    out = column()
+    for i, k in enumerate(base):
+        out.append(over.get(i, k))
+    return out
+
+
+def _number_rest(keys: dict[int, str], paths: Sequence[str]) -> dict[int, str]:
+    """Last resort: number the remaining equal keys in path order (``{index: key}`` in and out)."""
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, k in enumerate(keys):
+    for i, k in keys.items():
         groups[k.lower()].append(i)
-    out = list(keys)
+    out = dict(keys)
     for members in groups.values():
         for n, i in enumerate(sorted(members, key=lambda i: path_bytes(paths[i]))[1:], start=2):
             out[i] = f"{keys[i][:MAX_KEY - 1 - len(str(n))]}-{n}"

@@ -1,0 +1,261 @@
+"""Compact, columnar storage of a build's per-image records, for the client process.
+
+A build of N images keeps per image its source path, class, split, group, key and what
+converting it gave. As Python objects (an :class:`~shardgen.items.Item`, an
+:class:`~shardgen.convert.ImageRecord`, their strings) that is about 1.8 KB per image: 18 GB
+on the client for a 10-million-image corpus. Here the same facts live in arrays:
+
+- :class:`StrColumn`: strings as one UTF-8 byte blob (surrogate-escaped, so undecodable
+  file-name bytes survive) and an array of end offsets (about ``len + 8`` bytes each);
+- :class:`Interned`: repeated values (class names, splits, group ids, label sets) as int32
+  codes into a table of distinct values;
+- :class:`ItemTable`: the scan's items as such columns, a ``Sequence[Item]`` that builds
+  each :class:`~shardgen.items.Item` when it is read;
+- :class:`RecordTable`: the conversion's results as one numpy structured array, with the
+  rare extras (skip reasons, DICOM attributes) in dictionaries.
+
+Measured with ``tools/bench_memory.py`` (see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .items import Item
+
+__all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE"]
+
+_ENC = ("utf-8", "surrogateescape")
+
+
+class StrColumn(Sequence[str]):
+    """An append-only column of strings (``col[i]`` decodes one; slices give lists)."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._blob = bytearray()
+        self._ends = array("q")
+        for v in values:
+            self.append(v)
+
+    def append(self, value: str) -> None:
+        self._blob += value.encode(*_ENC)
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self._ends)
+        start = self._ends[i - 1] if i else 0
+        return self._blob[start:self._ends[i]].decode(*_ENC)
+
+    def __iter__(self) -> Iterator[str]:
+        blob, start = self._blob, 0
+        for end in self._ends:
+            yield blob[start:end].decode(*_ENC)
+            start = end
+
+    def take(self, idx: Iterable[int]) -> "StrColumn":
+        """A new column of the values at ``idx``, in that order."""
+        out = StrColumn()
+        for i in idx:
+            out.append(self[int(i)])
+        return out
+
+    def nbytes(self) -> int:
+        return len(self._blob) + self._ends.itemsize * len(self._ends)
+
+
+class Interned:
+    """Distinct values and an int32 code per row (-1: None)."""
+
+    __slots__ = ("values", "_codes", "codes")
+
+    def __init__(self) -> None:
+        self.values: list = []
+        self._codes: dict = {}
+        self.codes = array("i")
+
+    def append(self, value) -> None:
+        self.codes.append(self.code(value))
+
+    def code(self, value) -> int:
+        """The code of ``value`` (added when new; None is -1)."""
+        if value is None:
+            return -1
+        c = self._codes.get(value)
+        if c is None:
+            c = self._codes[value] = len(self.values)
+            self.values.append(value)
+        return c
+
+    def __getitem__(self, i: int):
+        c = self.codes[i]
+        return None if c < 0 else self.values[c]
+
+    def array(self) -> np.ndarray:
+        """The codes as an int32 numpy array (a copy)."""
+        return np.frombuffer(self.codes, dtype=np.int32).copy() if len(self.codes) else np.zeros(0, np.int32)
+
+
+def _cut_of(relpath: str, keypath: str | None) -> tuple[int, int] | None:
+    """``(at, length)`` such that ``keypath`` is ``relpath`` without ``relpath[at:at+length]``
+    ((-1, 0): no keypath); None when it is not such a cut."""
+    if keypath is None:
+        return -1, 0
+    n = len(relpath) - len(keypath)
+    if n < 0:
+        return None
+    at = 0
+    while at < len(keypath) and keypath[at] == relpath[at]:
+        at += 1
+    return (at, n) if relpath[at + n:] == keypath[at:] else None
+
+
+class ItemTable(Sequence[Item]):
+    """The scan's items in columns (about 50 bytes per image plus its path).
+
+    ``table[i]`` builds the :class:`Item`; the columns (``relpaths``, ``label_codes()``...)
+    serve the build's bulk work without building one object per image.
+    """
+
+    def __init__(self) -> None:
+        self.relpaths = StrColumn()
+        self._label = Interned()
+        self._split = Interned()
+        self._group = Interned()
+        self._labels = Interned()  # multi-label sets (tuples)
+        self._cut = array("i")  # keypath = relpath without [at, at + length); at -1: no keypath
+        self._cut_len = array("i")
+        self._odd_keypaths: dict[int, str] = {}  # keypaths that are not such a cut
+
+    @classmethod
+    def of(cls, items: Iterable[Item]) -> "ItemTable":
+        t = cls()
+        for it in items:
+            t.append(it)
+        return t
+
+    def append(self, it: Item) -> None:
+        cut = _cut_of(it.relpath, it.keypath)
+        if cut is None:
+            self._odd_keypaths[len(self.relpaths)] = it.keypath  # type: ignore[assignment]
+            cut = (-1, 0)
+        self.relpaths.append(it.relpath)
+        self._label.append(it.label)
+        self._split.append(it.split)
+        self._group.append(it.group)
+        self._labels.append(it.labels)
+        self._cut.append(cut[0])
+        self._cut_len.append(cut[1])
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def keypath(self, i: int, relpath: str | None = None) -> str | None:
+        """Item ``i``'s keypath (None: its relpath); ``relpath`` saves decoding it again."""
+        at = self._cut[i]
+        if at < 0:
+            return self._odd_keypaths.get(i)
+        rel = self.relpaths[i] if relpath is None else relpath
+        return rel[:at] + rel[at + self._cut_len[i]:]
+
+    def key_source(self, i: int) -> str:
+        """The path item ``i``'s sample key is made from (keypath, else relpath)."""
+        rel = self.relpaths[i]
+        kp = self.keypath(i, rel)
+        return rel if kp is None else kp
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        rel = self.relpaths[i]
+        return Item(rel, self._label[i], self._split[i], self._group[i], self.keypath(i, rel), self._labels[i])
+
+    def __iter__(self) -> Iterator[Item]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def label_names(self) -> list[str]:
+        """The distinct labels, in the order their codes number them."""
+        return self._label.values
+
+    def label_codes(self) -> np.ndarray:
+        return self._label.array()
+
+    def group_codes(self) -> np.ndarray:
+        """int32 group code per item (-1: no group)."""
+        return self._group.array()
+
+    def take(self, idx: Iterable[int]) -> "ItemTable":
+        """A new table of the items at ``idx``, in that order."""
+        return ItemTable.of(self[int(i)] for i in idx)
+
+    def mapped(self, fn: Callable[[Item], Item]) -> "ItemTable":
+        """A new table of ``fn(item)`` for each item."""
+        return ItemTable.of(fn(it) for it in self)
+
+    def sorted(self) -> "ItemTable":
+        """The items sorted by relpath (``self`` when they already are)."""
+        prev = None
+        for rel in self.relpaths:
+            if prev is not None and rel < prev:
+                break
+            prev = rel
+        else:
+            return self
+        return self.take(sorted(range(len(self)), key=self.relpaths.__getitem__))
+
+
+#: One row per converted image: the facts :class:`~shardgen.convert.ImageRecord` holds that
+#: the plan needs (xxh64 digests as integers; mode as a code into ``RecordTable.modes``).
+RECORD_DTYPE = np.dtype([("ok", "?"), ("offset", "<i8"), ("length", "<i8"), ("pixels", "<u8"),
+                         ("width", "<i4"), ("height", "<i4"), ("mode", "<i2"), ("true_color", "?")])
+
+
+class RecordTable:
+    """What converting each image gave, as columns (``n`` rows, filled chunk by chunk).
+
+    Attributes:
+        rows: numpy structured array of :data:`RECORD_DTYPE`.
+        reasons: row -> why the image was skipped (rows with ``ok`` False).
+        dicom: row -> a DICOM source's audit attributes.
+        modes: PIL modes, indexed by the ``mode`` column.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.rows = np.zeros(n, RECORD_DTYPE)
+        self.reasons: dict[int, str] = {}
+        self.dicom: dict[int, dict] = {}
+        self._modes = Interned()
+
+    @property
+    def modes(self) -> list[str]:
+        return self._modes.values
+
+    def put(self, start: int, records: Sequence[Any]) -> None:
+        """Store :class:`~shardgen.convert.ImageRecord` s as rows ``start, start + 1, ...``."""
+        for i, r in enumerate(records, start):
+            if not r.ok:
+                self.rows[i] = (False, 0, 0, 0, 0, 0, -1, False)
+                self.reasons[i] = r.reason
+                continue
+            self.rows[i] = (True, r.offset, r.length, int(r.pixels, 16), r.width, r.height,
+                            self._modes.code(r.mode), r.true_color)
+            if r.dicom is not None:
+                self.dicom[i] = r.dicom
+
+    def pixels_hex(self, i: int) -> str:
+        """Row ``i``'s pixel digest as :func:`~shardgen.format.pixels_digest` writes it."""
+        return f"{int(self.rows['pixels'][i]):016x}"
