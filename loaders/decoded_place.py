@@ -18,7 +18,7 @@ from .decoded import DecodedConfig, entry_bytes, entry_name, label_bytes
 from .errors import UsageError
 from .sources import parse_size
 
-__all__ = ["plan_decoded", "check_decoded_args", "auto_places", "ENV_PLACE"]
+__all__ = ["plan_decoded", "plan_split", "check_decoded_args", "auto_places", "ENV_PLACE"]
 
 log = logging.getLogger("loaders")
 
@@ -185,3 +185,10 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         return None
     _evict(root, {entry_name(shards[i], size, classes, multilabel): sizes[i] for i in chosen}, lim)
     return DecodedConfig(root=root, shards=frozenset(chosen), limit=lim)
+
+
+def plan_split(spec: Any, cache: Any = "auto", limit: Any = "auto") -> DecodedConfig | None:
+    """:func:`plan_decoded` for an opened split (a :class:`loaders.stream.Spec`): its shards,
+    image side, classes and targets; what ``make_loader`` and ``StyleGANShards`` store as
+    ``spec.decoded``."""
+    return plan_decoded(spec.shards, spec.size, len(spec.classes), cache, limit, spec.multilabel)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
-from .decoded_place import check_decoded_args, plan_decoded
+from .decoded_place import check_decoded_args, plan_split
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -382,8 +382,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     balance = check_balance(balance, spec.classes)
     if balance is not None and spec.multilabel:
         raise UsageError("balance needs a single-label build; this one is multi-label")
-    spec.decoded = plan_decoded(spec.shards, spec.size, len(spec.classes), decoded_cache, decoded_cache_limit,
-                                spec.multilabel)
+    spec.decoded = plan_split(spec, decoded_cache, decoded_cache_limit)
     rank, size = world()
     ctx = multiprocessing_context
     if isinstance(ctx, str):

@@ -22,12 +22,13 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .decoded_place import check_decoded_args, plan_split
 from .dist import world
 from .errors import LoaderError
 from .loader import _as_int, open_split
 from .sources import DEFAULT_CHUNK
 from .resume import output_order, slot_rng
-from .stream import SampleReader, decode_into, slot_plan, slot_samples, slot_seed
+from .stream import SampleReader, slot_plan, slot_samples, slot_seed
 
 __all__ = ["StyleGANShards"]
 
@@ -43,6 +44,12 @@ class StyleGANShards(IterableDataset):
     label is the sample's multi-hot vector (``float32 [C]``), as StyleGAN2-ADA's own
     dataset gives for vector labels.
 
+    GAN training passes over the same images thousands of times, so by default each
+    sample is decoded once per node and every later pass copies its pixels from the
+    node-local decoded cache (``make_loader``'s, shared with it and between ranks and
+    workers; see ``docs/loaders.md``). The stream (images, labels, flips) is bitwise
+    the same with the cache on and off.
+
     Args:
         source: build folder, ``manifest.json`` or URL (as for ``make_loader``).
         split: split name (default ``train``).
@@ -51,14 +58,30 @@ class StyleGANShards(IterableDataset):
         seed: seed of shard order, shuffle buffer and flips (default 0).
         shuffle_buffer: samples per worker in the shuffle buffer (default 1000).
         on_error, storage_options, cache_dir, cache_limit, retries: as for ``make_loader``.
+        decoded_cache: where decoded samples are kept (default ``"auto"``:
+            ``$SHARDGEN_DECODED_CACHE`` if set, a folder or ``off``; else
+            ``/dev/shm/shardgen-<user>`` when the decoded split fits, else
+            ``~/.cache/shardgen/decoded``); a folder; None or False: off. As for ``make_loader``.
+        decoded_cache_limit: most bytes the cache folder holds, all splits together (int or
+            ``"8GB"``; default ``"auto"``: half of its file system, within its free space).
+            As for ``make_loader``: when the split does not fit, the longest run of its
+            shards that fits is cached and the rest is decoded on every pass.
+
+    Raises:
+        UsageError: bad arguments (checked before the manifest is read for
+            ``decoded_cache`` and ``decoded_cache_limit``), a missing/invalid manifest, an
+            unknown or empty split, or a ``decoded_cache`` folder that cannot be written.
     """
 
     def __init__(self, source: Any, split: str = "train", xflip: bool = False, use_labels: bool = True,
                  seed: int = 0, shuffle_buffer: int = 1000, on_error: str = "raise",
                  storage_options: dict | None = None, cache_dir: str | None = None, cache_limit: Any = "10GB",
-                 retries: int = 5, chunk_size: int = DEFAULT_CHUNK):
+                 retries: int = 5, chunk_size: int = DEFAULT_CHUNK, decoded_cache: Any = "auto",
+                 decoded_cache_limit: Any = "auto"):
+        check_decoded_args(decoded_cache, decoded_cache_limit)
         self.spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries,
                                chunk_size)
+        self.spec.decoded = plan_split(self.spec, decoded_cache, decoded_cache_limit)
         self.xflip = bool(xflip)
         self.use_labels = bool(use_labels)
         self.seed = _as_int(seed, "seed", 0)
@@ -136,7 +159,6 @@ class StyleGANShards(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         spec = self.spec
         reader = SampleReader(spec)
-        targets = spec.targets
         flip_rng = random.Random(slot_seed(self.seed, self.rank, worker, 2))
         epoch = 0
         while True:
@@ -147,7 +169,7 @@ class StyleGANShards(IterableDataset):
                     continue
                 img = np.empty((1, spec.size, spec.size), np.uint8)
                 try:
-                    label = decode_into(img[0], s, spec.size, targets)
+                    label = reader.pixels_into(img[0], s)  # decoded, or copied from the decoded cache
                 except LoaderError:
                     if spec.on_error == "raise":
                         raise
@@ -157,7 +179,7 @@ class StyleGANShards(IterableDataset):
                     img = np.ascontiguousarray(img[:, :, ::-1])
                 onehot = np.zeros(self.label_shape, dtype=np.float32)
                 if self.has_labels:
-                    if targets.multilabel:
+                    if spec.multilabel:
                         onehot[:] = label
                     else:
                         onehot[label] = 1.0
