@@ -194,6 +194,15 @@ class ItemTable(Sequence[Item]):
     def label_codes(self) -> np.ndarray:
         return self._label.array()
 
+    @property
+    def split_names(self) -> list[str]:
+        """The distinct splits of a pre-split source, in the order their codes number them."""
+        return self._split.values
+
+    def split_codes(self) -> np.ndarray:
+        """int32 split code per item (-1: none)."""
+        return self._split.array()
+
     def group_codes(self) -> np.ndarray:
         """int32 group code per item (-1: no group)."""
         return self._group.array()

@@ -147,10 +147,10 @@ def _assign(src: _Source, ok: np.ndarray, together, ratios, seed: int) -> tuple[
     """``(split index of each usable sample, split names)``: the source's own, or by ratio."""
     rel = _Rows(src.items.relpaths, ok)
     if ratios is None:
-        of = [src.items[int(i)].split for i in ok]
-        names = sorted(set(of))
-        pos = {s: j for j, s in enumerate(names)}
-        return np.asarray([pos[s] for s in of], dtype=np.int16), names
+        codes, values = src.items.split_codes()[ok], src.items.split_names
+        names = sorted({values[c] for c in np.unique(codes).tolist()})
+        remap = np.asarray([names.index(v) if v in names else -1 for v in values] or [0], dtype=np.int16)
+        return remap[codes], names
     names = [s for s, _ in ratios]
     if src.multilabel:
         split_of = assign_multilabel(list(rel), [src.label_indices(int(i)) for i in ok], len(src.classes),
