@@ -8,7 +8,7 @@ grayscale PNGs in an ImageFolder layout of 4 classes (file names like real ones,
 dominates.
 
 Usage:
-    python tools/bench_memory.py [--images 200000] [--root bench-out/memory] [--workers 2]
+    python tools/bench_memory.py [--images 200000] [--root bench-out/memory] [--workers 2] [--scheduler local:2]
 """
 
 from __future__ import annotations
@@ -52,13 +52,16 @@ def make_tiny(root: str, n: int) -> str:
     return src
 
 
-def peak_rss(src: str, out: str, workers: int) -> tuple[int, float]:
-    """Peak RSS (bytes) of the build's main process, and its wall time (s)."""
+def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None) -> tuple[int, float]:
+    """Peak RSS (bytes) of the build's main process, and its wall time (s). With ``scheduler``
+    (``local:N``) the build runs on a Dask cluster: the main process is the Dask client, with
+    the local cluster's scheduler inside it (its workers are other processes, not counted)."""
+    extra = ["--scheduler", scheduler] if scheduler else []
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "shardgen", "build", src, out, "--size", "8", "--workers",
-                          str(workers), "--progress", "false", "--shard_size", "10000"],
+                          str(workers), "--progress", "false", "--shard_size", "10000", *extra],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     mon = PeakRSS(p.pid)
     mon.start()
@@ -76,14 +79,15 @@ def main(argv=None) -> int:
     ap.add_argument("--base", type=int, default=2_000, help="the small build subtracted (default 2,000)")
     ap.add_argument("--root", default=os.path.join(ROOT, "bench-out", "memory"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scheduler", default=None, help="e.g. local:2: measure the Dask build's client instead")
     args = ap.parse_args(argv)
     res = {}
     for n in (args.base, args.images):
         src = make_tiny(args.root, n)
-        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers)
+        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers, args.scheduler)
     (b_rss, _), (rss, secs) = res[args.base], res[args.images]
     per = (rss - b_rss) / (args.images - args.base)
-    out = {"images": args.images, "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
+    out = {"images": args.images, "scheduler": args.scheduler, "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
            "bytes_per_image": round(per), "build_seconds": round(secs, 1)}
     print(f"{args.images:,} images: build main process peak RSS {rss / 2**20:.0f} MiB "
           f"({args.base:,} images: {b_rss / 2**20:.0f} MiB) -> {per:.0f} bytes per image (goal <= 300); "
