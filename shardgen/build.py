@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -112,19 +112,6 @@ def _resolve(cfg: BuildConfig, urls=None):
     if not items:
         raise UsageError(f"SRC {cfg.src}: no images in the selected classes")
     return sr, items, classes, _ratios(cfg, sr), excluded
-
-
-class _KeySources(Sequence[str]):
-    """Each item's key path (keypath, else relpath), read from the table as it is asked for."""
-
-    def __init__(self, items: ItemTable) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.items.key_source(i)
 
 
 def _ratios(cfg: BuildConfig, sr):
@@ -376,7 +363,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
     work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
                                                                                          overwrite)
     run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls)
-    keys = make_keys(_KeySources(items), items.relpaths, StrColumn)
+    keys = make_keys(items.key_sources(), items.relpaths, StrColumn)
     jobs = chunk_jobs(sr.root, items.relpaths)
     old_handler = _sigterm_raises()
     try:

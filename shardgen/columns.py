@@ -174,6 +174,10 @@ class ItemTable(Sequence[Item]):
         kp = self.keypath(i, rel)
         return rel if kp is None else kp
 
+    def key_sources(self) -> Sequence[str]:
+        """Each item's :meth:`key_source`, read as it is asked for (no list)."""
+        return _KeySources(self)
+
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
@@ -225,6 +229,17 @@ class ItemTable(Sequence[Item]):
         else:
             return self
         return self.take(sorted(range(len(self)), key=self.relpaths.__getitem__))
+
+
+class _KeySources(Sequence[str]):
+    def __init__(self, items: ItemTable) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.items.key_source(i)
 
 
 #: One row per converted image: the facts :class:`~shardgen.convert.ImageRecord` holds that
