@@ -219,16 +219,24 @@ class ItemTable(Sequence[Item]):
         """A new table of ``fn(item)`` for each item."""
         return ItemTable.of(fn(it) for it in self)
 
-    def sorted(self) -> "ItemTable":
-        """The items sorted by relpath (``self`` when they already are)."""
+    @property
+    def label_sets(self) -> list[tuple[str, ...]]:
+        """The distinct multi-label sets."""
+        return self._labels.values
+
+    def sort_order(self) -> Sequence[int]:
+        """The item numbers in relpath order (stable; a ``range`` when they already are)."""
         prev = None
         for rel in self.relpaths:
             if prev is not None and rel < prev:
-                break
+                return sorted(range(len(self)), key=self.relpaths.__getitem__)
             prev = rel
-        else:
-            return self
-        return self.take(sorted(range(len(self)), key=self.relpaths.__getitem__))
+        return range(len(self))
+
+    def sorted(self) -> "ItemTable":
+        """The items sorted by relpath (``self`` when they already are)."""
+        order = self.sort_order()
+        return self if isinstance(order, range) else self.take(order)
 
 
 class _KeySources(Sequence[str]):

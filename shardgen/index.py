@@ -18,12 +18,16 @@ the listed images in the named splits.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import posixpath
 import re
+from array import array
 from dataclasses import dataclass
+from typing import Iterator
 
+from .columns import ItemTable
 from .errors import UsageError
 from .scan import Item, ScanResult, _group_of
 
@@ -104,15 +108,20 @@ def _label_set(cell: str, opts: IndexOptions, where: str) -> tuple[str, tuple[st
     return opts.label_sep.join(parts), tuple(parts)
 
 
-def _read_rows(index: str, opts: IndexOptions) -> tuple[list[tuple[int, dict]], dict[str, str]]:
-    """The CSV's rows (with line numbers) and role -> column of the roles it has."""
+@contextlib.contextmanager
+def _open_rows(index: str, opts: IndexOptions) -> Iterator[tuple[dict[str, str], Iterator[tuple[int, dict]]]]:
+    """``(role -> column of the roles the CSV has, its rows with line numbers)``: the header
+    is checked here, the rows are read one at a time."""
     try:
         f = open(index, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise UsageError(f"--index {index}: cannot open ({e.strerror or e})") from None
     with f:
         reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
+        try:
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
         named = dict(opts.columns)
         for role in ("path", "label"):
             if opts.column(role) not in cols:
@@ -122,17 +131,42 @@ def _read_rows(index: str, opts: IndexOptions) -> tuple[list[tuple[int, dict]], 
             if col not in cols:
                 raise UsageError(f"--index {index}: --columns names {col!r} for {role}, but the header has {cols}")
         reader.fieldnames = cols
-        try:
-            rows = list(enumerate(reader, start=2))
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
-    roles = {r: opts.column(r) for r in ("path", "label", "group", "split") if opts.column(r) in cols}
-    return rows, roles
+        roles = {r: opts.column(r) for r in ("path", "label", "group", "split") if opts.column(r) in cols}
+
+        def rows() -> Iterator[tuple[int, dict]]:
+            try:
+                yield from enumerate(reader, start=2)
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
+
+        yield roles, rows()
 
 
 def _cell(row: dict, roles: dict[str, str], role: str) -> str:
     col = roles.get(role)
     return (row.get(col) or "").strip() if col is not None else ""
+
+
+def _unique(table: ItemTable, lines: array, index: str) -> tuple[ItemTable, int]:
+    """The rows' items sorted by path, each path once; and how many rows repeated one.
+
+    Raises:
+        UsageError: a path listed again with other values (the earliest such line is named).
+    """
+    keep, conflicts, prev, first = [], [], None, -1
+    for i in table.sort_order():  # stable: the rows of one path in line order
+        rel = table.relpaths[i]
+        if rel != prev:
+            keep.append(i)
+            prev, first = rel, i
+        elif table[i] != table[first]:
+            conflicts.append((lines[i], rel, lines[first]))
+    if conflicts:
+        n, rel, n0 = min(conflicts)
+        raise UsageError(f"--index {index}: line {n}: {rel} is listed again with other values than on line {n0}")
+    repeats = len(table) - len(keep)
+    same = repeats == 0 and all(k == i for i, k in enumerate(keep))
+    return (table if same else table.take(keep)), repeats
 
 
 def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None) -> ScanResult:
@@ -144,32 +178,23 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
             rows only, or bad split lists.
     """
     opts = options or IndexOptions()
-    rows, roles = _read_rows(index, opts)
     bare = _BareNames(src)
-    items: dict[str, Item] = {}
-    repeats = 0
-    first_line: dict[str, int] = {}
-    for n, row in rows:
-        path, cell = _cell(row, roles, "path"), _cell(row, roles, "label")
-        where = f"--index {index}: line {n}"
-        if not path or not cell:
-            raise UsageError(f"{where}: empty path or label")
-        rel = bare.resolve(_normalise(src, path, where), where)
-        label, labels = _label_set(cell, opts, where)
-        group = _cell(row, roles, "group") or _group_of(regex, rel)
-        split = _cell(row, roles, "split") or None
-        item = Item(rel, label, split, group, None, labels)
-        if rel in items:
-            if items[rel] != item:
-                raise UsageError(f"{where}: {path} is listed again with other values than on line {first_line[rel]}")
-            repeats += 1
-            continue
-        items[rel] = item
-        first_line[rel] = n
-    splits_given = {i.split for i in items.values()}
+    table, lines = ItemTable(), array("q")
+    with _open_rows(index, opts) as (roles, rows):
+        for n, row in rows:
+            path, cell = _cell(row, roles, "path"), _cell(row, roles, "label")
+            where = f"--index {index}: line {n}"
+            if not path or not cell:
+                raise UsageError(f"{where}: empty path or label")
+            rel = bare.resolve(_normalise(src, path, where), where)
+            label, labels = _label_set(cell, opts, where)
+            group = _cell(row, roles, "group") or _group_of(regex, rel)
+            table.append(Item(rel, label, _cell(row, roles, "split") or None, group, None, labels))
+            lines.append(n)
+    out, repeats = _unique(table, lines, index)
+    splits_given = set(out.split_names) | ({None} if (out.split_codes() < 0).any() else set())
     if None in splits_given and len(splits_given) > 1:
         raise UsageError(f"--index {index}: the split column is filled for some rows but not all")
-    out = sorted(items.values(), key=lambda i: i.relpath)
     notes = [f"--index lists {repeats} path(s) more than once with the same values: each used once"] if repeats else []
     skipped = []
     if opts.split_lists is not None:
@@ -178,14 +203,15 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
                              "use one of them")
         from .splitlists import apply_split_lists
 
-        out, skipped, list_notes = apply_split_lists(out, opts.split_lists)
+        listed, skipped, list_notes = apply_split_lists(out, opts.split_lists)
+        out = ItemTable.of(listed)
         notes += list_notes
         splits = [name for name, _ in opts.split_lists]
     else:
         splits = sorted(s for s in splits_given if s) or None
     if opts.label_sep is not None:
-        labels = sorted({c for i in out for c in i.labels or ()})
+        labels = sorted({c for ls in out.label_sets for c in ls})
     else:
-        labels = sorted({i.label for i in out})
+        labels = sorted(out.label_names)
     return ScanResult("index", out, skipped, labels, splits, root=src, notes=notes,
                       single_reason="the index names one label", multilabel=opts.label_sep is not None)

@@ -134,17 +134,18 @@ def _same_value_groups(values: np.ndarray, rows: np.ndarray) -> list[list[int]]:
     return [g.tolist() for g in np.split(rows, cuts)] if len(rows) else []
 
 
-def _groups(src: _Source, ok: np.ndarray) -> tuple[list, list]:
-    """Exact-duplicate groups (sorted by first path) and ``--group`` groups, as item numbers."""
+def _duplicates(src: _Source, ok: np.ndarray) -> list[list[int]]:
+    """Exact-duplicate groups as item numbers, sorted by first path."""
     dups = _same_value_groups(src.records.rows["pixels"][ok], ok)
     dups.sort(key=lambda g: src.items.relpaths[g[0]])
-    codes = src.items.group_codes()[ok]
-    grouped = ok[codes >= 0]
-    return dups, _same_value_groups(codes[codes >= 0], grouped)
+    return dups
 
 
 def _assign(src: _Source, ok: np.ndarray, together, ratios, seed: int) -> tuple[np.ndarray, list[str]]:
-    """``(split index of each usable sample, split names)``: the source's own, or by ratio."""
+    """``(split index of each usable sample, split names)``: the source's own, or by ratio.
+    ``together``: groups of positions in ``ok`` (duplicates); ``--group`` groups come from
+    the items' group codes."""
+    groups = src.items.group_codes()[ok]
     rel = _Rows(src.items.relpaths, ok)
     if ratios is None:
         codes, values = src.items.split_codes()[ok], src.items.split_names
@@ -153,13 +154,15 @@ def _assign(src: _Source, ok: np.ndarray, together, ratios, seed: int) -> tuple[
         return remap[codes], names
     names = [s for s, _ in ratios]
     if src.multilabel:
+        pos = np.arange(len(ok))
+        together = together + _same_value_groups(groups[groups >= 0], pos[groups >= 0])
         split_of = assign_multilabel(list(rel), [src.label_indices(int(i)) for i in ok], len(src.classes),
                                      together, ratios, seed)
         pos = {s: j for j, s in enumerate(names)}
         return np.asarray([pos[s] for s in split_of], dtype=np.int16), names
     codes = np.asarray([src.index.get(c, -1) for c in src.items.label_names], dtype=np.int64)
     labels = codes[src.items.label_codes()[ok]] if len(ok) else np.zeros(0, np.int64)
-    return assign_split_indices(rel, labels, together, ratios, seed), names
+    return assign_split_indices(rel, labels, together, ratios, seed, groups), names
 
 
 class _Rows(Sequence[str]):
@@ -220,8 +223,8 @@ def make_plan(cfg, items: ItemTable, keys: Sequence[str], records: RecordTable, 
     okm = records.rows["ok"]
     ok = np.flatnonzero(okm).astype(np.int64)
     skips = [Skip(items.relpaths[i], records.reasons[i]) for i in np.flatnonzero(~okm).tolist()]
-    dup_groups, groups = _groups(src, ok)
-    together = [np.searchsorted(ok, g).tolist() for g in dup_groups + groups]
+    dup_groups = _duplicates(src, ok)
+    together = [np.searchsorted(ok, g).tolist() for g in dup_groups]
     split_of, split_names = _assign(src, ok, together, ratios, cfg.seed)
     in_dups = {i for g in dup_groups for i in g}
     split_at = {i: split_names[int(split_of[p])] for p, i in enumerate(ok.tolist()) if i in in_dups}

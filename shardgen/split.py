@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import xxhash
 
-__all__ = ["UnionFind", "joined", "joined_groups", "assign_splits", "assign_split_indices", "empty_split_notes", "shuffle_order", "largest_remainder"]
+__all__ = ["UnionFind", "joined", "assign_splits", "assign_split_indices", "component_ids", "empty_split_notes", "shuffle_order", "largest_remainder"]
 
 
 def joined(n: int, together: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -103,42 +103,77 @@ def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
     return base
 
 
+def component_ids(n: int, together: Sequence[Sequence[int]] = (), groups: np.ndarray | None = None) -> np.ndarray:
+    """A component number per sample of ``0..n-1`` (int64; the smallest member's index):
+    samples listed in one group of ``together``, or with the same non-negative ``groups``
+    code, share one. Arrays throughout; a Python union-find only over ``together``."""
+    comp = np.arange(n, dtype=np.int64)
+    if groups is not None and n:
+        has = np.flatnonzero(groups >= 0)
+        _, first, inverse = np.unique(groups[has], return_index=True, return_inverse=True)
+        comp[has] = has[first][inverse]
+    if together:
+        uf = UnionFind(n)
+        for grp in together:
+            for a, b in zip(grp, grp[1:]):
+                uf.union(int(comp[a]), int(comp[b]))
+        ids = np.fromiter(uf.parent.keys(), np.int64, len(uf.parent))
+        if len(ids):
+            roots = np.fromiter((uf.find(int(i)) for i in ids), np.int64, len(ids))
+            order = np.argsort(ids)
+            ids, roots = ids[order], roots[order]
+            pos = np.searchsorted(ids, comp).clip(0, len(ids) - 1)
+            hit = ids[pos] == comp
+            comp[hit] = roots[pos[hit]]
+    return comp
+
+
+def _path_ranks(relpaths: Sequence[str]) -> np.ndarray | None:
+    """Each path's rank in sorted order (int64), or None when they are sorted already."""
+    prev = None
+    for i, rel in enumerate(relpaths):
+        if prev is not None and rel < prev:
+            order = np.asarray(sorted(range(len(relpaths)), key=relpaths.__getitem__), dtype=np.int64)
+            ranks = np.empty_like(order)
+            ranks[order] = np.arange(len(order))
+            return ranks
+        prev = rel
+    return None
+
+
 class _Comps:
     """The components of a split assignment as arrays, in placement order within each class:
     largest first, then by the seeded hash of the first path (smallest), then that path.
 
     Attributes:
-        members: component -> its sample indices, for components of more than one sample.
         first: the first sample of each component (int64); ``size``, ``label`` alike.
     """
 
-    def __init__(self, relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
-                 seed: int) -> None:
+    def __init__(self, relpaths: Sequence[str], labels: Sequence[int], comp: np.ndarray, seed: int) -> None:
         n = len(relpaths)
-        self.members = {}
-        first = np.arange(n, dtype=np.int64)
-        size = np.ones(n, dtype=np.int64)
-        keep = np.ones(n, dtype=bool)
-        for ms in joined_groups(n, together):
-            f = min(ms, key=lambda i: relpaths[i])
-            keep[ms] = False
-            keep[f] = True
-            size[f] = len(ms)
-            self.members[f] = ms
-        self.first, self.size = first[keep], size[keep]
-        self.label = np.asarray(labels, dtype=np.int64)[self.first] if n else np.zeros(0, np.int64)
-        rank = np.fromiter((_h(seed, "split", relpaths[int(i)]) for i in self.first), np.uint64, len(self.first))
-        order = np.lexsort((rank, -self.size, self.label))
-        order = _ties_by(order, [self.label, self.size, rank], lambda c: relpaths[int(self.first[c])])
-        self.first, self.size, self.label = self.first[order], self.size[order], self.label[order]
+        ranks = _path_ranks(relpaths)
+        key = np.arange(n, dtype=np.int64) if ranks is None else ranks
+        _, inverse, size = np.unique(comp, return_inverse=True, return_counts=True)
+        best = np.full(len(size), n, dtype=np.int64)
+        np.minimum.at(best, inverse, key)  # the smallest path's rank in each component
+        first = best if ranks is None else np.argsort(ranks)[best]
+        self._by_comp = np.argsort(inverse, kind="stable")  # samples grouped by component
+        self._start = np.concatenate([[0], np.cumsum(size)])
+        label = np.asarray(labels, dtype=np.int64)[first] if n else np.zeros(0, np.int64)
+        rank = np.fromiter((_h(seed, "split", relpaths[int(i)]) for i in first), np.uint64, len(first))
+        order = np.lexsort((rank, -size, label))
+        order = _ties_by(order, [label, size, rank], lambda c: relpaths[int(first[c])])
+        self.first, self.size, self.label = first[order], size[order].astype(np.int64), label[order]
+        self.number = order  # each component's number, for samples()
 
-    def of_class(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(first, size)`` of class ``c``'s components, in placement order."""
+    def of_class(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(first, size, number)`` of class ``c``'s components, in placement order."""
         lo, hi = np.searchsorted(self.label, [c, c + 1])
-        return self.first[lo:hi], self.size[lo:hi]
+        return self.first[lo:hi], self.size[lo:hi], self.number[lo:hi]
 
-    def samples(self, first: int) -> list[int]:
-        return self.members.get(first) or [first]
+    def samples(self, number: int) -> np.ndarray:
+        """The samples of component ``number`` (ascending)."""
+        return self._by_comp[self._start[number]:self._start[number + 1]]
 
 
 def _ties_by(order: np.ndarray, cols: list[np.ndarray], key) -> np.ndarray:
@@ -162,23 +197,6 @@ def _ties_by(order: np.ndarray, cols: list[np.ndarray], key) -> np.ndarray:
             i = j
         i += 1
     return order
-
-
-def joined_groups(n: int, together: Sequence[Sequence[int]]) -> list[list[int]]:
-    """The groups of more than one of ``0..n-1`` that the lists in ``together`` join
-    (union-find over the listed items only), each ascending."""
-    uf = UnionFind(n) if together else None
-    if uf is None:
-        return []
-    touched = set()
-    for grp in together:
-        touched.update(grp)
-        for a, b in zip(grp, grp[1:]):
-            uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in sorted(touched):
-        members[uf.find(i)].append(i)
-    return [ms for ms in members.values() if len(ms) > 1]
 
 
 def _class_targets(n_c: int, w: list[Fraction], need: list[int]) -> list[int]:
@@ -217,12 +235,14 @@ def assign_splits(
 
 
 def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
-                         ratios: Sequence[tuple[str, float]], seed: int) -> np.ndarray:
+                         ratios: Sequence[tuple[str, float]], seed: int,
+                         groups: np.ndarray | None = None) -> np.ndarray:
     """:func:`assign_splits` as an int16 array of split indices (into ``ratios``); memory:
-    a few arrays of 8 bytes per sample, no Python object per sample."""
+    a few arrays of 8 bytes per sample, no Python object per sample. ``groups`` (an int
+    code per sample, -1: none) joins samples like ``together`` does, without lists."""
     w = _exact([r for _, r in ratios])
     k = len(ratios)
-    comps = _Comps(relpaths, labels, together, seed)
+    comps = _Comps(relpaths, labels, component_ids(len(relpaths), together, groups), seed)
     classes = sorted({int(c) for c in np.unique(comps.label)}, key=lambda c: (_h(seed, "class", str(c)), c))
     sizes = {c: int(comps.of_class(c)[1].sum()) for c in classes}
     goal = largest_remainder(len(relpaths), [r for _, r in ratios])
@@ -236,12 +256,12 @@ def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], togethe
         need = [goal[j] - placed[j] - pending[j] - floors[c][j] for j in range(k)]
         target = _class_targets(sizes[c], w, need)
         have = [0] * k
-        first, size = comps.of_class(c)
+        first, size, number = comps.of_class(c)
         singles = int(np.searchsorted(-size, -1))  # components of one sample come last
-        for f, n in zip(first[:singles].tolist(), size[:singles].tolist()):
+        for comp, n in zip(number[:singles].tolist(), size[:singles].tolist()):
             j = max(eligible, key=lambda j: (target[j] - have[j], -j))
             have[j] += n
-            out[comps.samples(f)] = j
+            out[comps.samples(comp)] = j
         picks = _greedy_singles([target[j] - have[j] for j in range(k)], eligible, len(first) - singles)
         out[first[singles:]] = picks
         have = [h + int(np.count_nonzero(picks == j)) for j, h in enumerate(have)]

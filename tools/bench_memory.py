@@ -9,6 +9,7 @@ dominates.
 
 Usage:
     python tools/bench_memory.py [--images 200000] [--root bench-out/memory] [--workers 2] [--scheduler local:2]
+        [--index single|multi]
 """
 
 from __future__ import annotations
@@ -52,11 +53,29 @@ def make_tiny(root: str, n: int) -> str:
     return src
 
 
-def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None) -> tuple[int, float]:
+def make_index(src: str, n: int, multi: bool) -> list[str]:
+    """A CSV index of the ``n`` images of :func:`make_tiny` (``path,label,patient``, three
+    images per patient; multi-label: every fifth image also has the finding ``Effusion``);
+    returns the build flags that read it."""
+    path = os.path.join(src, f"index-{'multi' if multi else 'single'}.csv")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.write("path,label,patient\n")
+            for i in range(n):
+                c = CLASSES[i % len(CLASSES)]
+                label = f"{c}|Effusion" if multi and i % 5 == 0 else c
+                f.write(f"{c}/{c}-{i:07d}.png,{label},p{i // 3}\n")
+        os.replace(path + ".tmp", path)
+    flags = ["--index", path, "--columns", "group=patient"]
+    return flags + (["--label_sep", "|"] if multi else [])
+
+
+def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None,
+             flags: list[str] | None = None) -> tuple[int, float]:
     """Peak RSS (bytes) of the build's main process, and its wall time (s). With ``scheduler``
     (``local:N``) the build runs on a Dask cluster: the main process is the Dask client, with
     the local cluster's scheduler inside it (its workers are other processes, not counted)."""
-    extra = ["--scheduler", scheduler] if scheduler else []
+    extra = (["--scheduler", scheduler] if scheduler else []) + list(flags or [])
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     t0 = time.perf_counter()
@@ -80,14 +99,17 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=os.path.join(ROOT, "bench-out", "memory"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", default=None, help="e.g. local:2: measure the Dask build's client instead")
+    ap.add_argument("--index", choices=("single", "multi"), default=None,
+                    help="build through a CSV index with a patient column (multi: multi-label)")
     args = ap.parse_args(argv)
     res = {}
     for n in (args.base, args.images):
         src = make_tiny(args.root, n)
-        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers, args.scheduler)
+        flags = make_index(src, n, args.index == "multi") if args.index else None
+        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers, args.scheduler, flags)
     (b_rss, _), (rss, secs) = res[args.base], res[args.images]
     per = (rss - b_rss) / (args.images - args.base)
-    out = {"images": args.images, "scheduler": args.scheduler, "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
+    out = {"images": args.images, "scheduler": args.scheduler, "index": args.index, "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
            "bytes_per_image": round(per), "build_seconds": round(secs, 1)}
     print(f"{args.images:,} images: build main process peak RSS {rss / 2**20:.0f} MiB "
           f"({args.base:,} images: {b_rss / 2**20:.0f} MiB) -> {per:.0f} bytes per image (goal <= 300); "
