@@ -26,7 +26,7 @@ import numpy as np
 
 from .items import Item
 
-__all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE"]
+__all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE", "ties_sorted"]
 
 _ENC = ("utf-8", "surrogateescape")
 
@@ -63,6 +63,28 @@ class StrColumn(Sequence[str]):
             yield blob[start:end].decode(*_ENC)
             start = end
 
+    def sort_order(self, prefix: int = 32) -> np.ndarray:
+        """The indices in the order of the strings (stable), as ``sorted`` orders them: by
+        the first ``prefix`` UTF-8 bytes in numpy, then equal prefixes by the strings
+        themselves. (UTF-8 bytes sort as code points do, except surrogate-escaped bytes:
+        then the strings are sorted in Python.)"""
+        n = len(self)
+        if not self._blob.isascii():
+            try:
+                self._blob.decode("utf-8")
+            except UnicodeDecodeError:
+                return np.asarray(sorted(range(n), key=self.__getitem__), dtype=np.int64)
+        blob = np.frombuffer(self._blob, np.uint8)
+        ends = np.frombuffer(self._ends, np.int64) if n else np.zeros(0, np.int64)
+        starts = np.concatenate([[0], ends[:-1]]) if n else ends
+        head = np.zeros((n, prefix), np.uint8)
+        for k in range(prefix):
+            at = starts + k
+            has = at < ends
+            head[has, k] = blob[at[has]]
+        head = head.view(f"S{prefix}").ravel()
+        return ties_sorted(np.argsort(head, kind="stable"), [head], self.__getitem__)
+
     def take(self, idx: Iterable[int]) -> "StrColumn":
         """A new column of the values at ``idx``, in that order."""
         out = StrColumn()
@@ -72,6 +94,29 @@ class StrColumn(Sequence[str]):
 
     def nbytes(self) -> int:
         return len(self._blob) + self._ends.itemsize * len(self._ends)
+
+
+def ties_sorted(order: np.ndarray, cols: list[np.ndarray], key: Callable[[int], Any]) -> np.ndarray:
+    """``order`` (a sort by ``cols``) with each run of equal ``cols`` values sorted by ``key``."""
+    if len(order) < 2:
+        return order
+    same = np.ones(len(order) - 1, dtype=bool)
+    for col in cols:
+        v = col[order]
+        same &= v[1:] == v[:-1]
+    if not same.any():
+        return order
+    order = order.copy()
+    i = 0
+    while i < len(same):
+        if same[i]:
+            j = i
+            while j < len(same) and same[j]:
+                j += 1
+            order[i:j + 1] = sorted(order[i:j + 1], key=key)
+            i = j
+        i += 1
+    return order
 
 
 class Interned:
@@ -229,7 +274,7 @@ class ItemTable(Sequence[Item]):
         prev = None
         for rel in self.relpaths:
             if prev is not None and rel < prev:
-                return sorted(range(len(self)), key=self.relpaths.__getitem__)
+                return self.relpaths.sort_order().tolist()
             prev = rel
         return range(len(self))
 

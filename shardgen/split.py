@@ -39,6 +39,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import xxhash
 
+from .columns import ties_sorted
+
 __all__ = ["UnionFind", "joined", "assign_splits", "assign_split_indices", "component_ids", "empty_split_notes", "shuffle_order", "largest_remainder"]
 
 
@@ -162,7 +164,7 @@ class _Comps:
         label = np.asarray(labels, dtype=np.int64)[first] if n else np.zeros(0, np.int64)
         rank = np.fromiter((_h(seed, "split", relpaths[int(i)]) for i in first), np.uint64, len(first))
         order = np.lexsort((rank, -size, label))
-        order = _ties_by(order, [label, size, rank], lambda c: relpaths[int(first[c])])
+        order = ties_sorted(order, [label, size, rank], lambda c: relpaths[int(first[c])])
         self.first, self.size, self.label = first[order], size[order].astype(np.int64), label[order]
         self.number = order  # each component's number, for samples()
 
@@ -174,29 +176,6 @@ class _Comps:
     def samples(self, number: int) -> np.ndarray:
         """The samples of component ``number`` (ascending)."""
         return self._by_comp[self._start[number]:self._start[number + 1]]
-
-
-def _ties_by(order: np.ndarray, cols: list[np.ndarray], key) -> np.ndarray:
-    """``order`` (a lexsort by ``cols``) with each run of equal ``cols`` values sorted by ``key``."""
-    if len(order) < 2:
-        return order
-    same = np.ones(len(order) - 1, dtype=bool)
-    for col in cols:
-        v = col[order]
-        same &= v[1:] == v[:-1]
-    if not same.any():
-        return order
-    order = order.copy()
-    i = 0
-    while i < len(same):
-        if same[i]:
-            j = i
-            while j < len(same) and same[j]:
-                j += 1
-            order[i:j + 1] = sorted(order[i:j + 1], key=key)
-            i = j
-        i += 1
-    return order
 
 
 def _class_targets(n_c: int, w: list[Fraction], need: list[int]) -> list[int]:
@@ -316,4 +295,4 @@ def shuffle_order(keys: Sequence[str], seed: int, split: str) -> np.ndarray:
     the xxh64 of seed, split and key, then by key (an int64 array)."""
     rank = np.fromiter((_h(seed, "shuffle", split, k) for k in keys), np.uint64, len(keys))
     order = np.argsort(rank, kind="stable")
-    return _ties_by(order, [rank], lambda i: keys[int(i)])
+    return ties_sorted(order, [rank], lambda i: keys[int(i)])
