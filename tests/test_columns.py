@@ -112,3 +112,14 @@ def test_split_assignment_does_not_depend_on_input_order_with_groups():
     order = shuffle_order(rel, 4, "train")
     assert isinstance(order, np.ndarray) and sorted(order.tolist()) == list(range(500))
     assert [rel[i] for i in order] == [rel[perm[i]] for i in shuffle_order([rel[p] for p in perm], 4, "train")]
+
+
+def test_str_column_sort_order_is_pythons_for_any_names():
+    """The numpy prefix sort agrees with ``sorted`` on long shared prefixes, non-ASCII names
+    and surrogate-escaped bytes (where UTF-8 byte order and code point order differ)."""
+    rng = random.Random(2)
+    pool = ["", "a", "ab", "A", "é", "日本", "x" * 40 + "b", "x" * 40 + "a", "x" * 40, "b/\udcff", "b/\u00e9"]
+    for trial in range(200):
+        vals = [rng.choice(pool) + str(rng.randint(0, 3)) * rng.randint(0, 2) for _ in range(rng.randint(0, 50))]
+        order = StrColumn(vals).sort_order(prefix=rng.choice([1, 4, 32])).tolist()
+        assert order == sorted(range(len(vals)), key=vals.__getitem__), trial
