@@ -258,8 +258,8 @@ class DaskPool:
             return 1
 
     def _results(self, futs: list) -> list:
-        """The finished tasks' results, fetched together; a task's own exception (a full disk on
-        the worker) passes through as it was raised there."""
+        """The finished tasks' results (each a list of the build's results); a task's own exception
+        (a full disk on the worker) passes through as it was raised there."""
         from distributed.comm import CommClosedError
 
         try:
@@ -268,7 +268,7 @@ class DaskPool:
                     return fut.result()  # raises the task's exception
                 if fut.status == "cancelled":
                     raise self._lost()
-            return self.client.gather(futs) if len(futs) > 1 else [futs[0].result(timeout=self.timeout_s)]
+            return [fut.result(timeout=self.timeout_s) for fut in futs]
         except (CommClosedError, TimeoutError) as e:
             raise self._lost() from e
         except Exception as e:
@@ -349,7 +349,7 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
     quiet = _QuietLogs()
     try:
         if spec.local_workers is not None:
-            local = _local_cluster(distributed, spec.local_workers)
+            local = _local_cluster(distributed, spec.local_workers, quiet)
             # Results straight from the workers: one hop, and no scheduler CPU on this machine.
             client = distributed.Client(local, timeout=spec.timeout_s, direct_to_workers=True)
         else:
