@@ -350,7 +350,7 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
     try:
         if spec.local_workers is not None:
             local = _local_cluster(distributed, spec.local_workers, quiet)
-            # Results straight from the workers: one hop, and no scheduler CPU on this machine.
+            # Results straight from the workers: one hop instead of two through the scheduler.
             client = distributed.Client(local, timeout=spec.timeout_s, direct_to_workers=True)
         else:
             client = distributed.Client(spec.address, timeout=spec.timeout_s)
