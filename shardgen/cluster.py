@@ -40,6 +40,8 @@ _POLL_S = 1.0
 _PING_AFTER_S = 5.0
 #: The most build jobs (64-file chunks, or shards) in one Dask task (:func:`~shardgen.cluster_tasks.batches`).
 _MOST_PER_TASK = 4
+#: Tasks submitted ahead per worker thread (:meth:`DaskPool.imap_unordered`).
+_WINDOW = 4
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
 
 
@@ -99,7 +101,7 @@ class DaskPool:
                  quiet: "_QuietLogs") -> None:
         self.client, self.local, self.max_pixels, self.name, self.timeout_s = client, local, max_pixels, name, timeout_s
         self.codecs = codec_versions().to_json()
-        self._futures: list[Any] = []
+        self._futures: set[Any] = set()
         self._checked = 0.0
         self._last_answer = time.monotonic()
         self._lost_since: float | None = None
@@ -221,33 +223,47 @@ class DaskPool:
     def imap_unordered(self, fn: Callable, jobs: Iterable[Any]) -> Iterator[Any]:
         """``fn(job)`` for every job, as Dask tasks of a few jobs each; results in completion order.
 
+        At most :data:`_WINDOW` tasks per worker thread are submitted ahead of the finished ones:
+        the scheduler holds a window of the build's jobs, not all of them (a 10-million-image
+        build has 156,000 chunks), and a task is submitted the moment a slot frees.
+
         Raises:
             ShardgenError: the scheduler went away (after ``timeout_s``), or every try of a task failed.
         """
         from distributed import as_completed
 
-        groups = _batches(list(jobs), self.slots(), _MOST_PER_TASK)
+        slots = self.slots()
+        groups = _batches(list(jobs), slots, _MOST_PER_TASK)
         # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
         # by the part before the token; the token keeps runs apart on a shared scheduler.
         phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
         prefix = f"shardgen-{phase}-{secrets.token_hex(8)}"
-        self._futures = self.client.map(_run_batch, [fn] * len(groups), groups, max_pixels=self.max_pixels,
-                                        codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(len(groups))],
-                                        pure=False)
-        ac = as_completed(self._futures, with_results=False)
-        pending = len(self._futures)
-        while pending:
+        window, ac, self._futures = _WINDOW * slots, as_completed([], with_results=False), set()
+        sent = self._submit(fn, groups, prefix, 0, window, ac)
+        while self._futures:
             batch = ac.next_batch(block=False)
             if not batch:
                 self._check_alive()
                 time.sleep(0.05)
                 continue
             self._last_answer = time.monotonic()
-            pending -= len(batch)
+            self._futures.difference_update(batch)
+            if len(self._futures) <= window // 2:  # the workers' next tasks before this batch's results
+                sent = self._submit(fn, groups, prefix, sent, sent + window - len(self._futures), ac)
             for results in self._results(batch):
                 yield from results
             self._check_alive()
-        self._futures = []
+
+    def _submit(self, fn: Callable, groups: list, prefix: str, start: int, stop: int, ac: Any) -> int:
+        """Submit ``groups[start:stop]`` as tasks ``prefix-<index>``; returns how far it got."""
+        stop = min(stop, len(groups))
+        if stop <= start:
+            return start
+        futs = self.client.map(_run_batch, [fn] * (stop - start), groups[start:stop], max_pixels=self.max_pixels,
+                               codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(start, stop)], pure=False)
+        self._futures.update(futs)
+        ac.update(futs)
+        return stop
 
     def slots(self) -> int:
         """The cluster's worker threads now (at least 1)."""
@@ -315,7 +331,7 @@ class DaskPool:
 
     def terminate(self) -> None:
         """Cancel the tasks not yet finished (best effort: the scheduler may be gone)."""
-        futs, self._futures = self._futures, []
+        futs, self._futures = list(self._futures), set()
         if futs:
             with contextlib.suppress(Exception):
                 self.client.cancel(futs, force=True, asynchronous=False)
