@@ -1,7 +1,8 @@
 """What a build's Dask workers run (:mod:`shardgen.cluster`): module-level, so pickled by reference.
 
-Each task goes through :func:`_run_task`, which checks the worker's library versions
-against the client's and sets Pillow's limit before running the build's own task object.
+Each task goes through :func:`_run_batch`, which checks the worker's library versions
+against the client's and sets Pillow's limit before running the build's own task object
+on each of its jobs (:func:`batches` cuts the build's jobs into tasks).
 """
 
 from __future__ import annotations
