@@ -27,7 +27,7 @@ from . import __version__
 from .codecs import codec_versions
 from .errors import ShardgenError, UsageError
 from .cluster_setup import QuietLogs as _QuietLogs, local_cluster as _local_cluster
-from .cluster_tasks import _probe, _run_task, _size, _worker_versions, short_error as _short
+from .cluster_tasks import _probe, _run_batch, _size, _worker_versions, batches as _batches, short_error as _short
 from .format import CodecVersions, TMP_PREFIX
 
 __all__ = ["Cluster", "DaskPool", "parse_scheduler", "connect", "DEFAULT_CONNECT_TIMEOUT_S"]
@@ -38,6 +38,10 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 _POLL_S = 1.0
 #: Seconds without a finished task after which the client checks that the scheduler still answers.
 _PING_AFTER_S = 5.0
+#: The most build jobs (64-file chunks, or shards) in one Dask task (:func:`~shardgen.cluster_tasks.batches`).
+_MOST_PER_TASK = 4
+#: Tasks submitted ahead per worker thread (:meth:`DaskPool.imap_unordered`).
+_WINDOW = 4
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
 
 
@@ -97,7 +101,7 @@ class DaskPool:
                  quiet: "_QuietLogs") -> None:
         self.client, self.local, self.max_pixels, self.name, self.timeout_s = client, local, max_pixels, name, timeout_s
         self.codecs = codec_versions().to_json()
-        self._futures: list[Any] = []
+        self._futures: set[Any] = set()
         self._checked = 0.0
         self._last_answer = time.monotonic()
         self._lost_since: float | None = None
@@ -115,6 +119,8 @@ class DaskPool:
         if "dashboard" not in services:
             return None
         link = self.client.dashboard_link
+        if self.local is not None:
+            return link  # started here, with its dashboard (fetching the page costs the scheduler 0.3 s of CPU)
         # A scheduler started with --no-dashboard still serves /health and /metrics on that port.
         import urllib.error
         import urllib.request
@@ -215,49 +221,70 @@ class DaskPool:
                                  "every worker shares with this machine, or an s3:// URL")
 
     def imap_unordered(self, fn: Callable, jobs: Iterable[Any]) -> Iterator[Any]:
-        """``fn(job)`` for every job, as Dask tasks; results in completion order.
+        """``fn(job)`` for every job, as Dask tasks of a few jobs each; results in completion order.
+
+        At most :data:`_WINDOW` tasks per worker thread are submitted ahead of the finished ones:
+        the scheduler holds a window of the build's jobs, not all of them (a 10-million-image
+        build has 156,000 chunks), and a task is submitted the moment a slot frees.
 
         Raises:
             ShardgenError: the scheduler went away (after ``timeout_s``), or every try of a task failed.
         """
         from distributed import as_completed
 
-        jobs = list(jobs)
+        slots = self.slots()
+        groups = _batches(list(jobs), slots, _MOST_PER_TASK)
         # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
         # by the part before the token; the token keeps runs apart on a shared scheduler.
         phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
         prefix = f"shardgen-{phase}-{secrets.token_hex(8)}"
-        self._futures = self.client.map(_run_task, [fn] * len(jobs), jobs, max_pixels=self.max_pixels,
-                                        codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(len(jobs))],
-                                        pure=False)
-        ac = as_completed(self._futures, with_results=False)
-        pending = len(self._futures)
-        while pending:
+        window, ac, self._futures = _WINDOW * slots, as_completed([], with_results=False), set()
+        sent = self._submit(fn, groups, prefix, 0, window, ac)
+        while self._futures:
             batch = ac.next_batch(block=False)
             if not batch:
                 self._check_alive()
                 time.sleep(0.05)
                 continue
             self._last_answer = time.monotonic()
-            for fut in batch:
-                pending -= 1
-                yield self._result(fut)
+            self._futures.difference_update(batch)
+            if len(self._futures) <= window // 2:  # the workers' next tasks before this batch's results
+                sent = self._submit(fn, groups, prefix, sent, sent + window - len(self._futures), ac)
+            for results in self._results(batch):
+                yield from results
             self._check_alive()
-        self._futures = []
 
-    def _result(self, fut: Any) -> Any:
-        """The task's result; its own exceptions (a full disk on the worker) pass through."""
+    def _submit(self, fn: Callable, groups: list, prefix: str, start: int, stop: int, ac: Any) -> int:
+        """Submit ``groups[start:stop]`` as tasks ``prefix-<index>``; returns how far it got."""
+        stop = min(stop, len(groups))
+        if stop <= start:
+            return start
+        futs = self.client.map(_run_batch, [fn] * (stop - start), groups[start:stop], max_pixels=self.max_pixels,
+                               codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(start, stop)], pure=False)
+        self._futures.update(futs)
+        ac.update(futs)
+        return stop
+
+    def slots(self) -> int:
+        """The cluster's worker threads now (at least 1)."""
+        try:
+            infos = (self.client.scheduler_info().get("workers") or {}).values()
+            return max(1, sum(int(w.get("nthreads") or 1) for w in infos))
+        except Exception:  # noqa: BLE001 - only a batch size depends on it
+            return 1
+
+    def _results(self, futs: list) -> list:
+        """The finished tasks' results (each a list of the build's results); a task's own exception
+        (a full disk on the worker) passes through as it was raised there."""
         from distributed.comm import CommClosedError
 
-        if fut.status == "error":  # the task's own exception (a full disk, a storage error), as raised there
-            try:
-                return fut.result()
-            finally:
-                fut.release()
         try:
-            if fut.status == "cancelled":
-                raise self._lost()
-            return fut.result(timeout=self.timeout_s)
+            for fut in futs:
+                if fut.status == "error":
+                    return fut.result()  # raises the task's exception
+                if fut.status == "cancelled":
+                    raise self._lost()
+            return [fut.result(timeout=self.timeout_s) for fut in futs]
         except (CommClosedError, TimeoutError) as e:
             raise self._lost() from e
         except Exception as e:
@@ -265,8 +292,9 @@ class DaskPool:
                 raise self._lost() from e
             raise
         finally:
-            with contextlib.suppress(Exception):
-                fut.release()
+            for fut in futs:
+                with contextlib.suppress(Exception):
+                    fut.release()
 
     def _ping(self) -> None:
         """No task finished for a while: the scheduler must still answer (a stopped one does not)."""
@@ -303,7 +331,7 @@ class DaskPool:
 
     def terminate(self) -> None:
         """Cancel the tasks not yet finished (best effort: the scheduler may be gone)."""
-        futs, self._futures = self._futures, []
+        futs, self._futures = list(self._futures), set()
         if futs:
             with contextlib.suppress(Exception):
                 self.client.cancel(futs, force=True, asynchronous=False)
@@ -337,8 +365,9 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
     quiet = _QuietLogs()
     try:
         if spec.local_workers is not None:
-            local = _local_cluster(distributed, spec.local_workers)
-            client = distributed.Client(local, timeout=spec.timeout_s)
+            local = _local_cluster(distributed, spec.local_workers, quiet)
+            # Results straight from the workers: one hop instead of two through the scheduler.
+            client = distributed.Client(local, timeout=spec.timeout_s, direct_to_workers=True)
         else:
             client = distributed.Client(spec.address, timeout=spec.timeout_s)
     except OSError as e:

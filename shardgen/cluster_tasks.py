@@ -1,7 +1,8 @@
 """What a build's Dask workers run (:mod:`shardgen.cluster`): module-level, so pickled by reference.
 
-Each task goes through :func:`_run_task`, which checks the worker's library versions
-against the client's and sets Pillow's limit before running the build's own task object.
+Each task goes through :func:`_run_batch`, which checks the worker's library versions
+against the client's and sets Pillow's limit before running the build's own task object
+on each of its jobs (:func:`batches` cuts the build's jobs into tasks).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import __version__
 from .codecs import codec_versions
 from .format import TMP_PREFIX, CodecVersions
 
-__all__ = ["short_error"]
+__all__ = ["short_error", "batches"]
 
 
 def short_error(e: BaseException) -> str:
@@ -30,15 +31,39 @@ def _worker_versions() -> dict[str, Any]:
     return {"shardgen": __version__, "codecs": codec_versions().to_json()}
 
 
-def _run_task(fn: Callable, job: Any, max_pixels: int, codecs: dict[str, str]) -> Any:
-    """One task on a worker: same libraries as the client (a worker may join late), Pillow's limit, run."""
+def _run_batch(fn: Callable, jobs: list, max_pixels: int, codecs: dict[str, str]) -> list:
+    """One Dask task on a worker: ``[fn(job) for job in jobs]``, after checking that the worker
+    has the client's libraries (a worker may join late) and setting Pillow's limit.
+
+    Several of the build's jobs per Dask task: each task costs the scheduler and the client
+    some milliseconds of CPU, which on a small machine the workers would otherwise get."""
     from .codecs import check_same_codecs
     from .image import configure_worker
 
     check_same_codecs(CodecVersions.parse(codecs), codec_versions(),
                       "a Dask worker has {lib} {got}, the client has {lib} {expected}")
     configure_worker(max_pixels)
-    return fn(job)
+    return [fn(job) for job in jobs]
+
+
+def batches(jobs: list, slots: int, most: int) -> list[list]:
+    """``jobs`` cut into consecutive batches, in order: large ones first, single jobs at the end.
+
+    Each batch takes about a quarter of the remaining jobs' share per worker thread, between 1
+    and ``most`` jobs, so the task count falls by up to ``most`` times while the last tasks stay
+    small enough for the workers to finish together (guided scheduling).
+
+    Args:
+        jobs: the build's jobs (chunks or shards).
+        slots: worker threads of the cluster (at least 1).
+        most: the largest batch.
+    """
+    out, i, slots = [], 0, max(1, slots)
+    while i < len(jobs):
+        n = max(1, min(most, (len(jobs) - i) // (4 * slots)))
+        out.append(jobs[i:i + n])
+        i += n
+    return out
 
 
 def _probe(path: str, token: str, loc: Any = None) -> str | None:

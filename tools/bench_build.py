@@ -20,7 +20,8 @@ Measured:
     then re-run (one round; ``tools/bench_build_resume.py`` runs several, side by side);
   * ``--dask N``: the same build with ``--scheduler local:N`` (a Dask LocalCluster of N processes,
     its start-up included), rounds interleaved with the multiprocessing build's; target >= 0.85 of its
-    throughput, and identical bytes;
+    throughput, and identical bytes; also the CPU seconds of each (all processes, fewest of the rounds),
+    which other load on a shared machine changes less than the wall clock;
   * ``--s3``: SRC uploaded to a local SeaweedFS (tests/s3server.py) and OUT on it, against the
     local-disk build; target >= 0.7 of its throughput, and identical shard checksums.
   * DICOM conversion per core (``process_bytes``, bytes in memory): ``--dicom_images`` generated
