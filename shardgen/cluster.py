@@ -21,6 +21,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
@@ -233,7 +234,8 @@ class DaskPool:
         from distributed import as_completed
 
         slots = self.slots()
-        groups = _batches(list(jobs), slots, _MOST_PER_TASK)
+        jobs = jobs if hasattr(jobs, "__len__") else list(jobs)
+        groups = _batches(jobs, len(jobs), slots, _MOST_PER_TASK)
         # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
         # by the part before the token; the token keeps runs apart on a shared scheduler.
         phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
@@ -254,12 +256,14 @@ class DaskPool:
                 yield from results
             self._check_alive()
 
-    def _submit(self, fn: Callable, groups: list, prefix: str, start: int, stop: int, ac: Any) -> int:
-        """Submit ``groups[start:stop]`` as tasks ``prefix-<index>``; returns how far it got."""
-        stop = min(stop, len(groups))
-        if stop <= start:
+    def _submit(self, fn: Callable, groups: Iterator[list], prefix: str, start: int, stop: int, ac: Any) -> int:
+        """Submit the next ``stop - start`` batches of ``groups`` as tasks ``prefix-<start>``...;
+        returns how far it got."""
+        batch = list(islice(groups, max(0, stop - start)))
+        if not batch:
             return start
-        futs = self.client.map(_run_batch, [fn] * (stop - start), groups[start:stop], max_pixels=self.max_pixels,
+        stop = start + len(batch)
+        futs = self.client.map(_run_batch, [fn] * len(batch), batch, max_pixels=self.max_pixels,
                                codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(start, stop)], pure=False)
         self._futures.update(futs)
         ac.update(futs)

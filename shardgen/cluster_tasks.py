@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
 from .codecs import codec_versions
@@ -46,7 +47,7 @@ def _run_batch(fn: Callable, jobs: list, max_pixels: int, codecs: dict[str, str]
     return [fn(job) for job in jobs]
 
 
-def batches(jobs: list, slots: int, most: int) -> list[list]:
+def batches(jobs: Iterable, total: int, slots: int, most: int) -> Iterator[list]:
     """``jobs`` cut into consecutive batches, in order: large ones first, single jobs at the end.
 
     Each batch takes about a quarter of the remaining jobs' share per worker thread, between 1
@@ -54,16 +55,18 @@ def batches(jobs: list, slots: int, most: int) -> list[list]:
     small enough for the workers to finish together (guided scheduling).
 
     Args:
-        jobs: the build's jobs (chunks or shards).
+        jobs: the build's jobs (chunks or shards), taken one at a time.
+        total: how many there are.
         slots: worker threads of the cluster (at least 1).
         most: the largest batch.
     """
-    out, i, slots = [], 0, max(1, slots)
-    while i < len(jobs):
-        n = max(1, min(most, (len(jobs) - i) // (4 * slots)))
-        out.append(jobs[i:i + n])
-        i += n
-    return out
+    it, i, slots = iter(jobs), 0, max(1, slots)
+    while i < total:
+        batch = list(islice(it, max(1, min(most, (total - i) // (4 * slots)))))
+        if not batch:
+            return
+        yield batch
+        i += len(batch)
 
 
 def _probe(path: str, token: str, loc: Any = None) -> str | None:

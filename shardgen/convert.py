@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import astuple, dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import xxhash
@@ -24,7 +24,7 @@ from .format import atomic_write_bytes, file_xxh64
 from .image import ImageSkip, process_file
 from .stamps import stamp_of, unchanged
 
-__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "chunk_jobs"]
+__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "SizedJobs", "chunk_jobs"]
 
 #: Files per conversion chunk (the unit of parallel work and of resume).
 CHUNK = 64
@@ -78,6 +78,20 @@ def _bin_ok(path: str, digest: str | None) -> bool:
         return digest is not None and file_xxh64(path)[0] == digest
     except OSError:
         return False
+
+
+class SizedJobs:
+    """A build phase's jobs, made one at a time as they are taken, with their count (the
+    Dask pool sizes its tasks by it; nothing holds them all)."""
+
+    def __init__(self, n: int, make: Callable[[], Iterator]) -> None:
+        self.n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator:
+        return self._make()
 
 
 class ChunkJobs(Sequence[tuple[int, list[tuple[str, str]]]]):
@@ -140,14 +154,13 @@ class ChunkTask:
         """For chunks ``0..n-1``: whether its record file exists (bool array)."""
         return np.fromiter((os.path.exists(self.paths(c)[1]) for c in range(n)), bool, n)
 
-    def pending_first(self, jobs: Sequence) -> Iterator:
+    def pending_first(self, jobs: Sequence) -> SizedJobs:
         """``jobs`` (``jobs[cid]`` is chunk ``cid``'s) with the chunks that have no record file
         (to convert) first, in order; the reuse checks of the others come last and even out
         the workers' ends. Jobs are made as they are taken."""
         done = self.done_mask(len(jobs))
-        for want in (False, True):
-            for cid in np.flatnonzero(done == want).tolist():
-                yield jobs[cid]
+        order = np.concatenate([np.flatnonzero(~done), np.flatnonzero(done)])
+        return SizedJobs(len(jobs), lambda: (jobs[int(cid)] for cid in order))
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> tuple[list[ImageRecord] | None, int]:
         """``(records, sources re-hashed)``; records None: the chunk must be converted."""

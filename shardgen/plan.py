@@ -17,8 +17,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .assemble import ShardJob, make_job
+from .assemble import make_job
 from .columns import ItemTable, RecordTable
+from .convert import SizedJobs
 from .format import path_fields, shard_pixels_xxh64, shard_relpath
 from .items import Skip
 from .mlsplit import assign_multilabel, positive_rates
@@ -82,11 +83,11 @@ class Plan:
     def shard_relpaths(self) -> list[str]:
         return [s.relpath for sp in self.splits.values() for s in sp.shards]
 
-    def jobs(self) -> Iterator[ShardJob]:
-        """Each shard's :class:`~shardgen.assemble.ShardJob`, made as it is asked for."""
-        for sp in self.splits.values():
-            for spec in sp.shards:
-                yield make_job(spec.relpath, spec.rows, spec.pixels_xxh64, self.source)
+    def jobs(self) -> SizedJobs:
+        """Each shard's :class:`~shardgen.assemble.ShardJob`, made as it is taken."""
+        specs = [spec for sp in self.splits.values() for spec in sp.shards]
+        return SizedJobs(len(specs), lambda: (make_job(s.relpath, s.rows, s.pixels_xxh64, self.source)
+                                              for s in specs))
 
     def dataset_json(self, split: str) -> Iterator[bytes]:
         """The bytes of ``split``'s ``dataset.json`` (StyleGAN2-ADA's labels), piece by piece:

@@ -29,12 +29,12 @@ def checksums(out: Path) -> dict[str, str]:
 def test_batches_keep_every_job_in_order_and_end_with_single_jobs():
     for n, slots, most in [(0, 2, 4), (1, 2, 4), (5, 2, 4), (331, 2, 4), (331, 8, 4), (90, 1, 16), (24, 2, 4)]:
         jobs = list(range(n))
-        got = batches(jobs, slots, most)
+        got = list(batches(iter(jobs), n, slots, most))  # jobs are taken one at a time
         assert [j for b in got for j in b] == jobs
         assert all(1 <= len(b) <= most for b in got)
         assert [len(b) for b in got] == sorted((len(b) for b in got), reverse=True)  # large first
         assert all(len(b) == 1 for b in got[-min(n, 4 * slots):])  # the tail evens out the workers
-    assert len(batches(list(range(331)), 2, 4)) < 331 / 3  # 331 chunks of 21,165 images: 96 tasks
+    assert len(list(batches(range(331), 331, 2, 4))) < 331 / 3  # 331 chunks of 21,165 images: 96 tasks
 
 
 def test_local_cluster_leaves_the_callers_environment_as_it_was(monkeypatch):
