@@ -39,10 +39,12 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 _POLL_S = 1.0
 #: Seconds without a finished task after which the client checks that the scheduler still answers.
 _PING_AFTER_S = 5.0
-#: The most build jobs (64-file chunks, or shards) in one Dask task (:func:`~shardgen.cluster_tasks.batches`).
-_MOST_PER_TASK = 4
-#: Tasks submitted ahead per worker thread (:meth:`DaskPool.imap_unordered`).
-_WINDOW = 4
+#: Per phase: the most build jobs in one Dask task (:func:`~shardgen.cluster_tasks.batches`),
+#: and the tasks submitted ahead per worker thread (:meth:`DaskPool.imap_unordered`). A shard
+#: job carries every sample's ``.json`` bytes (a few hundred bytes per sample): one per task
+#: and two ahead keep the client's share of them small; 64-file chunks are light.
+_MOST_PER_TASK = {"convert": 4, "shards": 1}
+_WINDOW = {"convert": 4, "shards": 2}
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
 
 
@@ -224,7 +226,7 @@ class DaskPool:
     def imap_unordered(self, fn: Callable, jobs: Iterable[Any]) -> Iterator[Any]:
         """``fn(job)`` for every job, as Dask tasks of a few jobs each; results in completion order.
 
-        At most :data:`_WINDOW` tasks per worker thread are submitted ahead of the finished ones:
+        At most ``_WINDOW[phase]`` tasks per worker thread are submitted ahead of the finished ones:
         the scheduler holds a window of the build's jobs, not all of them (a 10-million-image
         build has 156,000 chunks), and a task is submitted the moment a slot frees.
 
@@ -235,12 +237,12 @@ class DaskPool:
 
         slots = self.slots()
         jobs = jobs if hasattr(jobs, "__len__") else list(jobs)
-        groups = _batches(jobs, len(jobs), slots, _MOST_PER_TASK)
         # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
         # by the part before the token; the token keeps runs apart on a shared scheduler.
         phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
+        groups = _batches(jobs, len(jobs), slots, _MOST_PER_TASK[phase])
         prefix = f"shardgen-{phase}-{secrets.token_hex(8)}"
-        window, ac, self._futures = _WINDOW * slots, as_completed([], with_results=False), set()
+        window, ac, self._futures = _WINDOW[phase] * slots, as_completed([], with_results=False), set()
         sent = self._submit(fn, groups, prefix, 0, window, ac)
         while self._futures:
             batch = ac.next_batch(block=False)
@@ -365,8 +367,14 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
         import distributed
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'shardgen[dask]'") from None
+    import dask
+
     local = None
     quiet = _QuietLogs()
+    # Dask keeps the last 1,000 messages of every connection for debugging: for a build those
+    # are its jobs and results (several hundred bytes per image held by the client and by a
+    # local cluster's scheduler). No such log on the connections made here.
+    no_log = dask.config.set({"distributed.admin.low-level-log-length": 0})
     try:
         if spec.local_workers is not None:
             local = _local_cluster(distributed, spec.local_workers, quiet)
@@ -380,6 +388,8 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
         quiet.restore()
         raise ShardgenError(f"cannot reach the Dask scheduler {spec.name} within {spec.timeout_s:g} s "
                             f"({_short(e)})") from None
+    finally:
+        no_log.__exit__(None, None, None)
     pool = DaskPool(client, local, max_pixels, spec.name, spec.timeout_s, quiet)
     try:
         if spec.local_workers is None and not pool.workers():

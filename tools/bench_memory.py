@@ -75,12 +75,12 @@ def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None,
     """Peak RSS (bytes) of the build's main process, and its wall time (s). With ``scheduler``
     (``local:N``) the build runs on a Dask cluster: the main process is the Dask client, with
     the local cluster's scheduler inside it (its workers are other processes, not counted)."""
-    extra = (["--scheduler", scheduler] if scheduler else []) + list(flags or [])
+    extra = (["--scheduler", scheduler] if scheduler else ["--workers", str(workers)]) + list(flags or [])
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "shardgen", "build", src, out, "--size", "8", "--workers",
-                          str(workers), "--progress", "false", "--shard_size", "10000", *extra],
+    p = subprocess.Popen([sys.executable, "-m", "shardgen", "build", src, out, "--size", "8",
+                          "--progress", "false", "--shard_size", "10000", *extra],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     mon = PeakRSS(p.pid)
     mon.start()
