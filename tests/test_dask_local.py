@@ -72,3 +72,20 @@ def test_local_build_with_several_shards_per_task_is_byte_identical(tmp_path):
     want = checksums(tmp_path / "mp")
     assert sum(p.endswith(".tar") for p in want) >= 48
     assert checksums(tmp_path / "dask") == want
+
+
+def test_connections_keep_no_message_log_and_dask_config_is_left_alone():
+    """Dask logs the last 1,000 messages of every connection: for a build, its jobs (hundreds
+    of bytes per image on the client). Our connections keep none; the user's Dask config is
+    the same afterwards."""
+    import dask
+
+    before = dask.config.get("distributed.admin.low-level-log-length")
+    pool = connect(parse_scheduler("local:1"), 10**8)
+    try:
+        assert dask.config.get("distributed.admin.low-level-log-length") == before
+        assert pool.client.scheduler_comm.recent_message_log.maxlen == 0
+        sched = pool.local.scheduler  # a local cluster's scheduler runs in this process
+        assert sched.stream_comms and all(c.recent_message_log.maxlen == 0 for c in sched.stream_comms.values())
+    finally:
+        pool.shutdown()
