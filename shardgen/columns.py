@@ -269,6 +269,10 @@ class ItemTable(Sequence[Item]):
         """The distinct multi-label sets."""
         return self._labels.values
 
+    def label_set_codes(self) -> np.ndarray:
+        """int32 code per item into :attr:`label_sets` (-1: not multi-label)."""
+        return self._labels.array()
+
     def sort_order(self) -> Sequence[int]:
         """The item numbers in relpath order (stable; a ``range`` when they already are)."""
         prev = None

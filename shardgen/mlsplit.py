@@ -25,31 +25,14 @@ count: only the seed, the labels, the groups and the paths decide.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Sequence
 
-from .split import _exact, _h, joined
+import numpy as np
 
-__all__ = ["assign_multilabel", "positive_rates"]
+from .split import Components, _exact, component_ids
 
-
-class _Comp:
-    __slots__ = ("members", "size", "counts", "order")
-
-    def __init__(self, members: list[int], counts: Counter, order: tuple) -> None:
-        self.members, self.size, self.counts, self.order = members, len(members), counts, order
-
-
-def _components(relpaths: Sequence[str], labels: Sequence[Sequence[int]], together: Sequence[Sequence[int]],
-                seed: int) -> list[_Comp]:
-    members = joined(len(relpaths), together)
-    comps = []
-    for ms in members.values():
-        first = min(relpaths[i] for i in ms)
-        counts = Counter(c for i in ms for c in labels[i])
-        comps.append(_Comp(ms, counts, (-len(ms), _h(seed, "mlsplit", first), first)))
-    comps.sort(key=lambda c: c.order)
-    return comps
+__all__ = ["assign_multilabel", "assign_multilabel_indices", "positive_rates"]
 
 
 def assign_multilabel(relpaths: Sequence[str], labels: Sequence[Sequence[int]], n_classes: int,
@@ -68,25 +51,69 @@ def assign_multilabel(relpaths: Sequence[str], labels: Sequence[Sequence[int]], 
     Returns:
         The split name of each sample.
     """
+    sets: dict[tuple[int, ...], int] = {}
+    codes = np.asarray([sets.setdefault(tuple(ls), len(sets)) for ls in labels], dtype=np.int64)
     names = [s for s, _ in ratios]
+    out = assign_multilabel_indices(relpaths, list(sets), codes, n_classes, together, ratios, seed)
+    return [names[j] for j in out]
+
+
+class _Held:
+    """Each component's positives per class (CSR arrays), and the components holding each class."""
+
+    def __init__(self, comps: Components, label_sets: Sequence[Sequence[int]], codes: np.ndarray,
+                 n_classes: int) -> None:
+        ptr, cls, cnt = [0], [], []
+        for number, first, size in zip(comps.number.tolist(), comps.first.tolist(), comps.size.tolist()):
+            if size == 1:
+                counts = dict.fromkeys(label_sets[codes[first]], 1)
+            else:
+                counts = Counter(c for i in comps.samples(number).tolist() for c in label_sets[codes[i]])
+            cls.extend(counts)
+            cnt.extend(counts.values())
+            ptr.append(len(cls))
+        self.ptr, self.cls, self.cnt = ptr, cls, cnt
+        pos = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+        cls_arr = np.asarray(cls, dtype=np.int64)
+        order = np.lexsort((pos, cls_arr))
+        self._by_class, self._cls_sorted = pos[order], cls_arr[order]
+        self.n_classes = n_classes
+
+    def counts(self, p: int) -> zip:
+        """``(class, positives)`` pairs of the component at placement position ``p``."""
+        return zip(self.cls[self.ptr[p]:self.ptr[p + 1]], self.cnt[self.ptr[p]:self.ptr[p + 1]])
+
+    def holding(self, c: int) -> list[int]:
+        """Placement positions of the components holding class ``c``, in order."""
+        lo, hi = np.searchsorted(self._cls_sorted, [c, c + 1])
+        return self._by_class[lo:hi].tolist()
+
+
+def assign_multilabel_indices(relpaths: Sequence[str], label_sets: Sequence[Sequence[int]], codes: np.ndarray,
+                              n_classes: int, together: Sequence[Sequence[int]], ratios: Sequence[tuple[str, float]],
+                              seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """:func:`assign_multilabel` on compact inputs: each sample's label set is
+    ``label_sets[codes[i]]``; ``groups`` (an int code per sample, -1: none) joins samples as
+    ``together`` does. Returns an int16 array of split indices; no object per sample."""
     w = [float(x) for x in _exact([r for _, r in ratios])]
-    k = len(names)
-    comps = _components(relpaths, labels, together, seed)
-    positives = Counter(c for ls in labels for c in ls)
+    k = len(ratios)
+    comps = Components(relpaths, None, component_ids(len(relpaths), together, groups), seed, salt="mlsplit")
+    held = _Held(comps, label_sets, codes, n_classes)
+    per_set = np.bincount(codes, minlength=len(label_sets))
+    positives = Counter()
+    for ls, n in zip(label_sets, per_set.tolist()):
+        for c in ls:
+            positives[c] += n
     want_total = [x * len(relpaths) for x in w]
     want = [[x * positives[c] for x in w] for c in range(n_classes)]
     remaining = [positives[c] for c in range(n_classes)]
-    holding: dict[int, list[_Comp]] = defaultdict(list)
-    for comp in comps:
-        for c in comp.counts:
-            holding[c].append(comp)
-    where: dict[int, int] = {}  # id(comp) -> split index
+    where = np.full(len(comps.first), -1, dtype=np.int16)  # placement position -> split index
     open_splits = [j for j in range(k) if w[j] > 0]
 
-    def place(comp: _Comp, j: int) -> None:
-        where[id(comp)] = j
-        want_total[j] -= comp.size
-        for c, n in comp.counts.items():
+    def place(p: int, j: int) -> None:
+        where[p] = j
+        want_total[j] -= int(comps.size[p])
+        for c, n in held.counts(p):
             want[c][j] -= n
             remaining[c] -= n
 
@@ -95,17 +122,14 @@ def assign_multilabel(relpaths: Sequence[str], labels: Sequence[Sequence[int]], 
         if not live:
             break
         c = min(live, key=lambda x: (remaining[x], x))
-        for comp in holding[c]:
-            if id(comp) not in where:
-                place(comp, max(open_splits, key=lambda j: (want[c][j], want_total[j], -j)))
-    for comp in comps:
-        if id(comp) not in where:
-            place(comp, max(open_splits, key=lambda j: (want_total[j], -j)))
-    out = [""] * len(relpaths)
-    for comp in comps:
-        for i in comp.members:
-            out[i] = names[where[id(comp)]]
-    return out
+        for p in held.holding(c):
+            if where[p] < 0:
+                place(p, max(open_splits, key=lambda j: (want[c][j], want_total[j], -j)))
+    for p in np.flatnonzero(where < 0).tolist():
+        place(p, max(open_splits, key=lambda j: (want_total[j], -j)))
+    by_number = np.empty_like(where)
+    by_number[comps.number] = where
+    return by_number[comps.of_sample]
 
 
 def positive_rates(counts: dict[str, int], samples: int) -> dict[str, float]:

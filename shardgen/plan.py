@@ -22,7 +22,7 @@ from .columns import ItemTable, RecordTable
 from .convert import SizedJobs
 from .format import path_fields, shard_pixels_xxh64, shard_relpath
 from .items import Skip
-from .mlsplit import assign_multilabel, positive_rates
+from .mlsplit import assign_multilabel_indices, positive_rates
 from .split import assign_split_indices, shuffle_order
 
 __all__ = ["ShardSpec", "SplitPlan", "Plan", "make_plan"]
@@ -155,12 +155,9 @@ def _assign(src: _Source, ok: np.ndarray, together, ratios, seed: int) -> tuple[
         return remap[codes], names
     names = [s for s, _ in ratios]
     if src.multilabel:
-        pos = np.arange(len(ok))
-        together = together + _same_value_groups(groups[groups >= 0], pos[groups >= 0])
-        split_of = assign_multilabel(list(rel), [src.label_indices(int(i)) for i in ok], len(src.classes),
-                                     together, ratios, seed)
-        pos = {s: j for j, s in enumerate(names)}
-        return np.asarray([pos[s] for s in split_of], dtype=np.int16), names
+        sets = [tuple(sorted(src.index[c] for c in ls)) for ls in src.items.label_sets]
+        codes = src.items.label_set_codes()[ok]
+        return assign_multilabel_indices(rel, sets, codes, len(src.classes), together, ratios, seed, groups), names
     codes = np.asarray([src.index.get(c, -1) for c in src.items.label_names], dtype=np.int64)
     labels = codes[src.items.label_codes()[ok]] if len(ok) else np.zeros(0, np.int64)
     return assign_split_indices(rel, labels, together, ratios, seed, groups), names
@@ -196,15 +193,23 @@ def _counts(src: _Source, rows: np.ndarray) -> dict[str, int]:
     """Samples per class of ``rows`` (positives per class, multi-label)."""
     counts = {c: 0 for c in src.classes}
     if src.multilabel:
-        for i in rows.tolist():
-            for c in src.items[i].labels or ():
-                counts[c] += 1
+        sets = src.items.label_sets
+        per_set = np.bincount(src.items.label_set_codes()[rows], minlength=len(sets))
+        for ls, n in zip(sets, per_set.tolist()):
+            for c in ls:
+                counts[c] += n
         return counts
     per_code = np.bincount(src.items.label_codes()[rows], minlength=len(src.items.label_names))
     for code, name in enumerate(src.items.label_names):
         if name in counts:
             counts[name] += int(per_code[code])
     return counts
+
+
+def _no_finding(src: _Source, rows: np.ndarray) -> int:
+    """How many of ``rows`` have no positive class."""
+    empty = [k for k, ls in enumerate(src.items.label_sets) if not ls]
+    return int(np.isin(src.items.label_set_codes()[rows], empty).sum())
 
 
 def _split_plan(name: str, rows: np.ndarray, src: _Source, shard_size: int, seed: int) -> SplitPlan:
@@ -239,6 +244,5 @@ def make_plan(cfg, items: ItemTable, keys: Sequence[str], records: RecordTable, 
     if src.multilabel:
         by_split = {sp: ok[split_of == j] for j, sp in enumerate(split_names)}
         report.update({"positive_rates": {n: positive_rates(sp.counts, len(by_split[n])) for n, sp in splits.items()},
-                       "no_finding": {n: sum(1 for i in by_split[n].tolist() if not items[i].labels)
-                                      for n in splits}})
+                       "no_finding": {n: _no_finding(src, by_split[n]) for n in splits}})
     return Plan(splits, skips, duplicates, report, src)

@@ -41,7 +41,7 @@ import xxhash
 
 from .columns import ties_sorted
 
-__all__ = ["UnionFind", "joined", "assign_splits", "assign_split_indices", "component_ids", "empty_split_notes", "shuffle_order", "largest_remainder"]
+__all__ = ["UnionFind", "joined", "assign_splits", "assign_split_indices", "component_ids", "Components", "empty_split_notes", "shuffle_order", "largest_remainder"]
 
 
 def joined(n: int, together: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -143,15 +143,17 @@ def _path_ranks(relpaths: Sequence[str]) -> np.ndarray | None:
     return None
 
 
-class _Comps:
-    """The components of a split assignment as arrays, in placement order within each class:
-    largest first, then by the seeded hash of the first path (smallest), then that path.
+class Components:
+    """The components of a split assignment as arrays, in placement order within each class
+    (``labels`` None: one class): largest first, then by the seeded hash (``salt``) of the
+    first path (smallest), then that path.
 
     Attributes:
         first: the first sample of each component (int64); ``size``, ``label`` alike.
     """
 
-    def __init__(self, relpaths: Sequence[str], labels: Sequence[int], comp: np.ndarray, seed: int) -> None:
+    def __init__(self, relpaths: Sequence[str], labels: Sequence[int] | None, comp: np.ndarray, seed: int,
+                 salt: str = "split") -> None:
         n = len(relpaths)
         ranks = _path_ranks(relpaths)
         key = np.arange(n, dtype=np.int64) if ranks is None else ranks
@@ -159,10 +161,12 @@ class _Comps:
         best = np.full(len(size), n, dtype=np.int64)
         np.minimum.at(best, inverse, key)  # the smallest path's rank in each component
         first = best if ranks is None else np.argsort(ranks)[best]
+        self.of_sample = inverse  # each sample's component number
         self._by_comp = np.argsort(inverse, kind="stable")  # samples grouped by component
         self._start = np.concatenate([[0], np.cumsum(size)])
-        label = np.asarray(labels, dtype=np.int64)[first] if n else np.zeros(0, np.int64)
-        rank = np.fromiter((_h(seed, "split", relpaths[int(i)]) for i in first), np.uint64, len(first))
+        label = (np.asarray(labels, dtype=np.int64)[first] if n and labels is not None
+                 else np.zeros(len(first), np.int64))
+        rank = np.fromiter((_h(seed, salt, relpaths[int(i)]) for i in first), np.uint64, len(first))
         order = np.lexsort((rank, -size, label))
         order = ties_sorted(order, [label, size, rank], lambda c: relpaths[int(first[c])])
         self.first, self.size, self.label = first[order], size[order].astype(np.int64), label[order]
@@ -221,7 +225,7 @@ def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], togethe
     code per sample, -1: none) joins samples like ``together`` does, without lists."""
     w = _exact([r for _, r in ratios])
     k = len(ratios)
-    comps = _Comps(relpaths, labels, component_ids(len(relpaths), together, groups), seed)
+    comps = Components(relpaths, labels, component_ids(len(relpaths), together, groups), seed)
     classes = sorted({int(c) for c in np.unique(comps.label)}, key=lambda c: (_h(seed, "class", str(c)), c))
     sizes = {c: int(comps.of_class(c)[1].sum()) for c in classes}
     goal = largest_remainder(len(relpaths), [r for _, r in ratios])
