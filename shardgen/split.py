@@ -155,21 +155,24 @@ class Components:
     def __init__(self, relpaths: Sequence[str], labels: Sequence[int] | None, comp: np.ndarray, seed: int,
                  salt: str = "split") -> None:
         n = len(relpaths)
+        ix = np.int32 if n < 2**31 else np.int64  # 4 bytes per sample and component, not 8
         ranks = _path_ranks(relpaths)
-        key = np.arange(n, dtype=np.int64) if ranks is None else ranks
+        key = np.arange(n, dtype=ix) if ranks is None else ranks.astype(ix)
         _, inverse, size = np.unique(comp, return_inverse=True, return_counts=True)
-        best = np.full(len(size), n, dtype=np.int64)
+        inverse, size = inverse.astype(ix), size.astype(ix)
+        best = np.full(len(size), n, dtype=ix)
         np.minimum.at(best, inverse, key)  # the smallest path's rank in each component
-        first = best if ranks is None else np.argsort(ranks)[best]
+        del key
+        first = best if ranks is None else np.argsort(ranks).astype(ix)[best]
         self.of_sample = inverse  # each sample's component number
-        self._by_comp = np.argsort(inverse, kind="stable")  # samples grouped by component
-        self._start = np.concatenate([[0], np.cumsum(size)])
-        label = (np.asarray(labels, dtype=np.int64)[first] if n and labels is not None
-                 else np.zeros(len(first), np.int64))
+        self._by_comp = np.argsort(inverse, kind="stable").astype(ix)  # samples grouped by component
+        self._start = np.concatenate([[0], np.cumsum(size, dtype=np.int64)])
+        label = (np.asarray(labels, dtype=np.int64)[first].astype(np.int32) if n and labels is not None
+                 else np.zeros(len(first), np.int32))
         rank = np.fromiter((_h(seed, salt, relpaths[int(i)]) for i in first), np.uint64, len(first))
         order = np.lexsort((rank, -size, label))
-        order = ties_sorted(order, [label, size, rank], lambda c: relpaths[int(first[c])])
-        self.first, self.size, self.label = first[order], size[order].astype(np.int64), label[order]
+        order = ties_sorted(order, [label, size, rank], lambda c: relpaths[int(first[c])]).astype(ix)
+        self.first, self.size, self.label = first[order], size[order], label[order]
         self.number = order  # each component's number, for samples()
 
     def of_class(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
