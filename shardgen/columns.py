@@ -86,10 +86,12 @@ class StrColumn(Sequence[str]):
         return ties_sorted(np.argsort(head, kind="stable"), [head], self.__getitem__)
 
     def take(self, idx: Iterable[int]) -> "StrColumn":
-        """A new column of the values at ``idx``, in that order."""
+        """A new column of the values at ``idx``, in that order (bytes copied, nothing decoded)."""
         out = StrColumn()
-        for i in idx:
-            out.append(self[int(i)])
+        view, ends, blob, out_ends = memoryview(self._blob), self._ends, out._blob, out._ends
+        for i in np.asarray(idx, dtype=np.int64).tolist():
+            blob += view[ends[i - 1] if i else 0:ends[i]]
+            out_ends.append(len(blob))
         return out
 
     def nbytes(self) -> int:
@@ -145,6 +147,20 @@ class Interned:
     def __getitem__(self, i: int):
         c = self.codes[i]
         return None if c < 0 else self.values[c]
+
+    def take(self, idx: np.ndarray) -> "Interned":
+        """The rows at ``idx``: only the values they use, numbered in order of first use
+        (as appending those rows one by one would)."""
+        codes = self.array()[idx]
+        used, first = np.unique(codes[codes >= 0], return_index=True)
+        used = used[np.argsort(first)]
+        remap = np.full(len(self.values) + 1, -1, dtype=np.int32)  # the last slot maps -1 to -1
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        out = Interned()
+        out.values = [self.values[c] for c in used.tolist()]
+        out._codes = {v: k for k, v in enumerate(out.values)}
+        out.codes = array("i", remap[codes].astype(np.intc).tobytes())
+        return out
 
     def array(self) -> np.ndarray:
         """The codes as an int32 numpy array (a copy)."""
@@ -257,8 +273,17 @@ class ItemTable(Sequence[Item]):
         return self._group.array()
 
     def take(self, idx: Iterable[int]) -> "ItemTable":
-        """A new table of the items at ``idx``, in that order."""
-        return ItemTable.of(self[int(i)] for i in idx)
+        """A new table of the items at ``idx``, in that order (column by column: no Item made)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        t = ItemTable()
+        t.relpaths = self.relpaths.take(idx)
+        t._label, t._split = self._label.take(idx), self._split.take(idx)
+        t._group, t._labels = self._group.take(idx), self._labels.take(idx)
+        t._cut = array("i", np.frombuffer(self._cut, np.intc)[idx].tobytes()) if len(idx) else array("i")
+        t._cut_len = array("i", np.frombuffer(self._cut_len, np.intc)[idx].tobytes()) if len(idx) else array("i")
+        if self._odd_keypaths:
+            t._odd_keypaths = {p: self._odd_keypaths[o] for p, o in enumerate(idx.tolist()) if o in self._odd_keypaths}
+        return t
 
     def mapped(self, fn: Callable[[Item], Item]) -> "ItemTable":
         """A new table of ``fn(item)`` for each item."""

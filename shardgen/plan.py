@@ -232,8 +232,8 @@ def make_plan(cfg, items: ItemTable, keys: Sequence[str], records: RecordTable, 
     dup_groups = _duplicates(src, ok)
     together = [np.searchsorted(ok, g).tolist() for g in dup_groups]
     split_of, split_names = _assign(src, ok, together, ratios, cfg.seed)
-    in_dups = {i for g in dup_groups for i in g}
-    split_at = {i: split_names[int(split_of[p])] for p, i in enumerate(ok.tolist()) if i in in_dups}
+    in_dups = np.asarray(sorted({i for g in dup_groups for i in g}), dtype=np.int64)
+    split_at = {int(i): split_names[int(split_of[p])] for i, p in zip(in_dups, np.searchsorted(ok, in_dups))}
     duplicates, conflicts, cross = _dup_report(src, dup_groups, split_at)
     splits = {sp: _split_plan(sp, ok[split_of == j], src, cfg.shard_size, cfg.seed)
               for j, sp in enumerate(split_names)}

@@ -123,3 +123,29 @@ def test_str_column_sort_order_is_pythons_for_any_names():
         vals = [rng.choice(pool) + str(rng.randint(0, 3)) * rng.randint(0, 2) for _ in range(rng.randint(0, 50))]
         order = StrColumn(vals).sort_order(prefix=rng.choice([1, 4, 32])).tolist()
         assert order == sorted(range(len(vals)), key=vals.__getitem__), trial
+
+
+def test_item_table_take_equals_appending_the_items():
+    """``take`` copies columns (no Item made per row): the same table as appending the items
+    one by one, codes renumbered in order of first use, odd keypaths kept."""
+    rng = random.Random(7)
+    items = []
+    for i in range(300):
+        c = rng.choice(["A", "B", "C"])
+        kind = rng.randint(0, 3)
+        if kind == 0:
+            items.append(Item(f"{c}/images/{i}.png", c, keypath=f"{c}/{i}.png"))
+        elif kind == 1:
+            items.append(Item(f"{c}/{i}.png", c, split=rng.choice(["train", "test"]), group=f"p{i % 17}"))
+        elif kind == 2:
+            items.append(Item(f"{c}/odd{i}.png", c, keypath=f"other/{i}.png"))
+        else:
+            items.append(Item(f"m/{i}.png", "A|B", labels=("A", "B")))
+    t = ItemTable.of(items)
+    for idx in ([], [5], list(range(299, -1, -3)), [rng.randrange(300) for _ in range(200)]):
+        got, want = t.take(idx), ItemTable.of(items[i] for i in idx)
+        assert list(got) == list(want)
+        assert got.label_names == want.label_names and got.split_names == want.split_names
+        assert got.label_codes().tolist() == want.label_codes().tolist()
+        assert got.group_codes().tolist() == want.group_codes().tolist()
+        assert [got.key_source(i) for i in range(len(got))] == [want.key_source(i) for i in range(len(want))]
