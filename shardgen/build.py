@@ -105,7 +105,8 @@ def _resolve(cfg: BuildConfig, urls=None):
         why = "--classes names one class" if cfg.classes is not None else sr.single_reason
         sr.notes.append(f"the build has a single class, {classes[0]!r} ({why}): fine for unconditional "
                         "training; for a classifier, SRC must hold one folder per class")
-    keep = [i for i, c in enumerate(sr.items.label_names) if c in set(classes)]
+    wanted = set(classes)
+    keep = [code for code, c in enumerate(sr.items.label_names) if c in wanted]
     take = np.isin(sr.items.label_codes(), keep)
     items = sr.items if take.all() else sr.items.take(np.flatnonzero(take))
     excluded = len(sr.items) - len(items)

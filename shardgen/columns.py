@@ -94,9 +94,6 @@ class StrColumn(Sequence[str]):
             out_ends.append(len(blob))
         return out
 
-    def nbytes(self) -> int:
-        return len(self._blob) + self._ends.itemsize * len(self._ends)
-
 
 def ties_sorted(order: np.ndarray, cols: list[np.ndarray], key: Callable[[int], Any]) -> np.ndarray:
     """``order`` (a sort by ``cols``) with each run of equal ``cols`` values sorted by ``key``."""
@@ -284,10 +281,6 @@ class ItemTable(Sequence[Item]):
         if self._odd_keypaths:
             t._odd_keypaths = {p: self._odd_keypaths[o] for p, o in enumerate(idx.tolist()) if o in self._odd_keypaths}
         return t
-
-    def mapped(self, fn: Callable[[Item], Item]) -> "ItemTable":
-        """A new table of ``fn(item)`` for each item."""
-        return ItemTable.of(fn(it) for it in self)
 
     @property
     def label_sets(self) -> list[tuple[str, ...]]:

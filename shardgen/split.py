@@ -32,7 +32,6 @@ still be empty (2 images, three splits); :func:`empty_split_notes` says so.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from fractions import Fraction
 from typing import Mapping, Sequence
 
@@ -41,20 +40,8 @@ import xxhash
 
 from .columns import ties_sorted
 
-__all__ = ["UnionFind", "joined", "assign_splits", "assign_split_indices", "component_ids", "Components", "empty_split_notes", "shuffle_order", "largest_remainder"]
-
-
-def joined(n: int, together: Sequence[Sequence[int]]) -> dict[int, list[int]]:
-    """The items ``0..n-1`` grouped so that each list in ``together`` ends up in one group
-    (union-find): ``{root: [members ascending]}``."""
-    uf = UnionFind(n)
-    for grp in together:
-        for a, b in zip(grp, grp[1:]):
-            uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        members[uf.find(i)].append(i)
-    return members
+__all__ = ["UnionFind", "assign_splits", "assign_split_indices", "component_ids", "Components", "empty_split_notes",
+           "shuffle_order", "largest_remainder"]
 
 
 class UnionFind:
