@@ -12,10 +12,11 @@ share its entry. A file holds a 4 KiB header (magic and JSON), then ``pixels uin
 most 64 ASCII characters) and ``flags uint8 [n]`` (1: the sample is there). It is
 created at its full size, sparse, and fills sample by sample as the loader decodes.
 
-**Fill protocol.** Whoever decodes sample ``i`` takes a non-blocking ``fcntl`` lock on
-flag byte ``i``, checks the flag again, writes pixels, label and key with ``pwrite``
-and then the flag. A process that finds the lock held or the flag set does not write:
-no two processes fill the same sample. The kernel drops a dead process's locks, and a
+**Fill protocol.** Whoever is to decode sample ``i`` first claims it: a non-blocking
+``fcntl`` lock on flag byte ``i``, then the flag checked again; it decodes, writes
+pixels, label and key with ``pwrite`` and then the flag, and unlocks. A process that
+finds the lock held waits briefly for the flag (then copies) and never writes; one that
+finds the flag set copies: no two processes fill, or normally decode, the same sample. The kernel drops a dead process's locks, and a
 flag is written only after the data, so a filler killed at any point leaves at most
 one sample unset (it is decoded and filled again later), never a torn one: readers
 trust only set flags. Files are created complete (a temporary file with the header,
@@ -43,6 +44,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -177,40 +179,67 @@ class DecodedEntry:
             return np.asarray(label, dtype=np.float32).astype(np.uint8).tobytes()
         return struct.pack("<i", label)
 
-    def fill(self, pos: int, pixels: np.ndarray, label, key: str) -> bool:
-        """Store sample ``pos`` unless it is there or another process is storing it.
-
-        Returns whether this call stored it. A write error (a full disk) turns filling
-        off for this entry in this process; the sample is simply not cached.
-        """
+    def claim(self, pos: int) -> str:
+        """Take sample ``pos`` to decode it here: ``"ours"`` (this process holds its lock until
+        :meth:`release`: decode, :meth:`store`, release), ``"ready"`` (it is there: copy it),
+        or ``"busy"`` (another process is filling it right now)."""
         if not self.can_fill:
-            return False
-        kb = key.encode("ascii", "replace")
-        if len(kb) > KEY_BYTES or not key.isascii():
-            return False
+            return "busy"
         flag = self._flags + pos
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, flag, os.SEEK_SET)
         except OSError:
-            return False  # someone is filling it right now
-        try:
-            if os.pread(self.fd, 1, flag) != b"\0":
+            return "busy"
+        if os.pread(self.fd, 1, flag) != b"\0":
+            self.release(pos)
+            return "ready"
+        return "ours"
+
+    def release(self, pos: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self._flags + pos, os.SEEK_SET)
+
+    def wait_ready(self, pos: int, timeout: float) -> bool:
+        """Whether sample ``pos`` is there within ``timeout`` seconds (polled every ms): a
+        filler that is alive finishes in a few ms; a stuck one is not waited for longer."""
+        end = time.monotonic() + timeout
+        while True:
+            if self.ready(pos, pos + 1):
+                return True
+            if time.monotonic() >= end:
                 return False
+            time.sleep(0.001)
+
+    def store(self, pos: int, pixels: np.ndarray, label, key: str) -> bool:
+        """Write sample ``pos`` (claimed by this process); returns whether it was stored. A
+        write error (a full disk) turns filling off for this entry in this process; the
+        sample is simply not cached."""
+        kb = key.encode("ascii", "replace")
+        if len(kb) > KEY_BYTES or not key.isascii():
+            return False
+        try:
             data = np.ascontiguousarray(pixels, dtype=np.uint8)
             o = self._pix + pos * self.S * self.S
             if (os.pwrite(self.fd, data, o) != data.nbytes
                     or os.pwrite(self.fd, self._label_bytes(label), self._lab + self._lb * pos) != self._lb
                     or os.pwrite(self.fd, kb.ljust(KEY_BYTES, b"\0"), self._keys + KEY_BYTES * pos) != KEY_BYTES):
                 raise OSError("short write")
-            os.pwrite(self.fd, b"\1", flag)  # last: the sample is complete
+            os.pwrite(self.fd, b"\1", self._flags + pos)  # last: the sample is complete
             self.fills += 1
             return True
         except OSError as e:
             log.warning("decoded cache %s: not filling any more: %s", self.path, getattr(e, "strerror", None) or e)
             self.can_fill = False
             return False
+
+    def fill(self, pos: int, pixels: np.ndarray, label, key: str) -> bool:
+        """Store sample ``pos`` unless it is there or another process is storing it (claim,
+        store, release); returns whether this call stored it."""
+        if self.claim(pos) != "ours":
+            return False
+        try:
+            return self.store(pos, pixels, label, key)
         finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, flag, os.SEEK_SET)
+            self.release(pos)
 
     def close(self) -> None:
         """Close the file (the mapping goes when the last view of it does)."""

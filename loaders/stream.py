@@ -33,6 +33,8 @@ __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot
 log = logging.getLogger("loaders")
 
 ON_ERROR = ("raise", "skip")
+#: Seconds to wait for a sample another process is decoding into the cache (then decode it here).
+CLAIM_WAIT_S = 0.2
 
 
 @dataclass
@@ -170,12 +172,25 @@ class SampleReader:
         if e is None and self._decoded is not None and s.index >= 0:
             e = self._decoded.entry(s.index)
             if e is not None and not e.ready(s.pos, s.pos + 1):
-                label = decode_into(out, s, self.spec.size, self._targets)
-                e.fill(s.pos, out, label, s.key)
-                return label
+                return self._decode_once(e, out, s)
         if e is not None:
             return e.copy_into(out, s.pos)
         return decode_into(out, s, self.spec.size, self._targets)
+
+    def _decode_once(self, e, out: np.ndarray, s: RawSample) -> int:
+        """Decode ``s`` into ``out`` and the cache entry ``e`` once per node: claimed before it is
+        decoded; a process finding it claimed waits up to :data:`CLAIM_WAIT_S` for it."""
+        state = e.claim(s.pos)
+        if state == "ready" or (state == "busy" and e.wait_ready(s.pos, CLAIM_WAIT_S)):
+            return e.copy_into(out, s.pos)
+        try:
+            label = decode_into(out, s, self.spec.size, self._targets)
+            if state == "ours":
+                e.store(s.pos, out, label, s.key)
+            return label
+        finally:
+            if state == "ours":
+                e.release(s.pos)
 
     def count_skip(self, n: int = 1) -> None:
         if self.skipped is not None and n:
