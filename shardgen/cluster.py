@@ -39,10 +39,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 _POLL_S = 1.0
 #: Seconds without a finished task after which the client checks that the scheduler still answers.
 _PING_AFTER_S = 5.0
-#: Per phase: the most build jobs in one Dask task (:func:`~shardgen.cluster_tasks.batches`),
-#: and the tasks submitted ahead per worker thread (:meth:`DaskPool.imap_unordered`). A shard
-#: job carries every sample's ``.json`` bytes (a few hundred bytes per sample): one per task
-#: and two ahead keep the client's share of them small; 64-file chunks are light.
+#: Per phase: the most jobs per Dask task (:func:`~shardgen.cluster_tasks.batches`) and tasks
+#: sent ahead per worker thread; a shard job holds its samples' ``.json`` bytes: few in flight.
 _MOST_PER_TASK = {"convert": 4, "shards": 1}
 _WINDOW = {"convert": 4, "shards": 2}
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
@@ -305,7 +303,6 @@ class DaskPool:
     def _ping(self) -> None:
         """No task finished for a while: the scheduler must still answer (a stopped one does not)."""
         from distributed.comm import CommClosedError
-
         try:
             self.client.sync(self.client.scheduler.identity, callback_timeout=self.timeout_s)
         except (CommClosedError, TimeoutError, OSError) as e:
@@ -364,16 +361,12 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
         ShardgenError: the scheduler cannot be reached within ``spec.timeout_s``.
     """
     try:
+        import dask
         import distributed
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'shardgen[dask]'") from None
-    import dask
-
-    local = None
-    quiet = _QuietLogs()
-    # Dask keeps the last 1,000 messages of every connection for debugging: for a build those
-    # are its jobs and results (several hundred bytes per image held by the client and by a
-    # local cluster's scheduler). No such log on the connections made here.
+    local, quiet = None, _QuietLogs()
+    # Dask logs each connection's last 1,000 messages: a build's jobs. None on our connections.
     no_log = dask.config.set({"distributed.admin.low-level-log-length": 0})
     try:
         if spec.local_workers is not None:
