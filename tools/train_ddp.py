@@ -3,7 +3,7 @@
 
 One process per GPU (or per CPU slot with gloo):
 
-    torchrun --nproc_per_node=8 tools/train_ddp.py OUT --epochs 10 --model resnet18
+    torchrun --nproc_per_node=8 tools/train_ddp.py OUT --epochs 10 --model resnet18   # or resnet50
     torchrun --nproc_per_node=2 tools/train_ddp.py OUT --epochs 2 --workers 2 --batch_size 8   # CPU, gloo
     python tools/train_ddp.py s3://bucket/xray --epochs 1                                     # one process
     torchrun --nproc_per_node=8 tools/train_ddp.py OUT --checkpoint ck.pt --save_every 500 --resume  # preemptible
@@ -80,19 +80,41 @@ class BasicBlock(nn.Module):
         return F.relu(out + (x if self.down is None else self.down(x)), inplace=True)
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 (He et al. 2016) for 1-channel input."""
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (stride here, as torchvision's v1.5), 1x1 expand by 4, with a projection shortcut."""
 
-    def __init__(self, classes: int):
+    def __init__(self, cin: int, width: int, stride: int):
         super().__init__()
+        cout = 4 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + (x if self.down is None else self.down(x)), inplace=True)
+
+
+class ResNet(nn.Module):
+    """ResNet-18 or ResNet-50 (He et al. 2016) for 1-channel input."""
+
+    LAYOUTS = {"resnet18": (BasicBlock, 1, (2, 2, 2, 2)), "resnet50": (Bottleneck, 4, (3, 4, 6, 3))}
+
+    def __init__(self, classes: int, name: str = "resnet18"):
+        super().__init__()
+        block, expand, depths = self.LAYOUTS[name]
         self.stem = nn.Sequential(nn.Conv2d(1, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
                                   nn.MaxPool2d(3, 2, 1))
         blocks, c = [], 64
-        for w, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(c, w, s), BasicBlock(w, w, 1)]
-            c = w
+        for w, s, d in zip((64, 128, 256, 512), (1, 2, 2, 2), depths):
+            for i in range(d):
+                blocks.append(block(c, w, s if i == 0 else 1))
+                c = w * expand
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(512, classes)
+        self.head = nn.Linear(c, classes)
 
     def forward(self, x):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
@@ -150,7 +172,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="stop each epoch after this many steps (0: whole epoch)")
     ap.add_argument("--batch_size", type=int, default=64, help="per rank")
     ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
-    ap.add_argument("--model", choices=("small", "resnet18"), default="small")
+    ap.add_argument("--model", choices=("small", "resnet18", "resnet50"), default="small")
+    ap.add_argument("--decoded_cache", default="auto",
+                    help="make_loader's decoded_cache: 'auto' (default), a folder, or 'none' to turn it off")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -301,8 +325,10 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     loader = make_loader(args.source, split=args.split, batch_size=args.batch_size, mode="train",
                          num_workers=args.workers, seed=args.seed, with_keys=bool(args.trace),
-                         transform=ShiftFlip() if args.augment else None, balance=args.balance)
-    model = (ResNet18 if args.model == "resnet18" else SmallCNN)(len(loader.classes)).to(device)
+                         transform=ShiftFlip() if args.augment else None, balance=args.balance,
+                         decoded_cache=None if args.decoded_cache == "none" else args.decoded_cache)
+    classes = len(loader.classes)
+    model = (SmallCNN(classes) if args.model == "small" else ResNet(classes, args.model)).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
