@@ -26,6 +26,7 @@ from .sequence import Segment
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
 from .targets import PAD_LABEL, Targets
 from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
+from shardgen.format.png import decode_gray_png
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot_samples", "PAD_LABEL",
            "ON_ERROR", "slot_seed"]
@@ -361,21 +362,20 @@ def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int
     ``targets``: the split's :class:`~loaders.targets.Targets` (an int is the class count
     of a single-label build). ``s.cls`` holds the target member's bytes (``.cls``, or
     ``.labels.npy`` of a multi-label build). Returns the class index, or the float32
-    ``[C]`` multi-hot vector.
+    ``[C]`` multi-hot vector. PNGs as shardgen writes them take a fast numpy path
+    (:func:`~shardgen.format.png.decode_gray_png`); any other PNG, and errors, Pillow.
 
     Raises:
-        LoaderError: a member is missing or corrupt, the image is not ``size x size``
-            8-bit grayscale, or the target is not valid (an integer in ``[0, C)``, or a
-            float32 0/1 vector of length C).
+        LoaderError: a member is missing or corrupt, the image is not ``size x size`` 8-bit
+            grayscale, or the target is not valid (an int in ``[0, C)``, or a float32 0/1 [C]).
     """
     where = f"{s.shard}: sample {s.key}"
     if s.png is None:
         raise LoaderError(f"{where}: no .png member")
     label = (targets if isinstance(targets, Targets) else Targets(int(targets))).parse(s.cls, where)
-    try:
-        # The header (IHDR) alone, checked against the manifest before any pixel is
-        # decoded: the manifest bounds the size, so Pillow's global decompression-bomb
-        # limit (left as the user set it) is not what protects this decoder.
+    if decode_gray_png(s.png, out):
+        return label
+    try:  # The header first, checked against the manifest (not Pillow's global bomb limit).
         im = PngImagePlugin.PngImageFile(io.BytesIO(s.png))
         if im.size != (size, size) or im.mode != "L":
             raise LoaderError(f"{where}: image is {im.size[0]}x{im.size[1]} mode {im.mode}, "

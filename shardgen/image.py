@@ -1,33 +1,24 @@
 """Decode any supported image, convert it to 8-bit grayscale, fit it to a square and encode it.
 
 The per-image hot path of a build: PIL decodes (EXIF orientation, 16-bit, RGBA/LA,
-palette and CMYK handled), PIL resizes with an antialiasing area (box) filter, and a
-small PNG encoder (numpy "Average" filter + libdeflate level 1) writes the result.
-That encoder is ~10x faster than Pillow's PNG writer (zlib level 6), and its files are
-~4% smaller than zlib level 6 of the same filtered rows and ~6% larger than Pillow's
-(``tools/bench_encoder.py`` and ``tools/bench_build.py`` measure them).
-
-Why libdeflate: the same input, level and libdeflate version give the same bytes on every
-CPU (no CPU-dependent match finding; all state is initialised), and the ``deflate`` wheel
-bundles its own libdeflate, so the version is pinned with the package. ISA-L (used before)
-makes no such promise and very rarely produced a different stream for identical rows
-(issue 15); the system zlib behind the stdlib module differs between machines.
-:func:`encoder_info` is recorded in the manifest and in the build's config fingerprint.
+palette and CMYK handled), PIL resizes with an antialiasing area (box) filter, and
+:func:`shardgen.format.png.encode_png` (numpy "Up" filter + libdeflate level 1, ~10x
+faster than Pillow's PNG writer) writes the result; that module says why this encoder
+and records it (:func:`encoder_info`, in the manifest and the config fingerprint).
 """
 
 from __future__ import annotations
 
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 
-import deflate
 import numpy as np
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .dicom import DICOM_EXTENSIONS, DicomInfo, DicomSkip, decode_dicom, is_dicom
+from .format.png import DEFLATE_LEVEL, encode_png, encoder_info
 from .format.sample import pixels_digest
 
 __all__ = [
@@ -54,12 +45,6 @@ IMAGE_EXTENSIONS = frozenset(
 FITS = ("pad", "crop", "stretch")
 #: Largest accepted input, in pixels (width x height); larger files are skipped as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
-
-#: libdeflate compression level of the PNG data: 1 is the fastest, ~4% smaller than zlib level 6 here.
-DEFLATE_LEVEL = 1
-# libdeflate bundled in each ``deflate`` release (the binding does not report it at run time).
-_LIBDEFLATE_OF_BINDING = {"0.9.0": "1.26"}
-
 
 def configure_worker(max_pixels: int) -> None:
     """Set Pillow's own decompression-bomb limit to ``max_pixels`` in this process.
@@ -200,57 +185,6 @@ def fit_square(a: np.ndarray, size: int, fit: str) -> np.ndarray:
     # BOX = exact area averaging when shrinking (antialiased); bilinear when enlarging.
     resample = Image.BOX if a.shape[0] >= size and a.shape[1] >= size else Image.BILINEAR
     return np.asarray(im.resize((size, size), resample))
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
-
-
-def encoder_info() -> dict[str, str | int]:
-    """The PNG encoder, as recorded in ``manifest.json`` (``image.encoder`` and ``config.encoder``).
-
-    The same pixels give the same PNG bytes whenever these values are the same; a build
-    resumed with another encoder is refused as a config change.
-
-    Returns:
-        ``{"name": "libdeflate", "version": "1.26", "binding": "deflate 0.9.0", "level": 1,
-        "filter": "average"}`` (``version`` is ``"unknown"`` for a binding release not listed here).
-    """
-    return {"name": "libdeflate", "version": _LIBDEFLATE_OF_BINDING.get(deflate.__version__, "unknown"),
-            "binding": f"deflate {deflate.__version__}", "level": DEFLATE_LEVEL, "filter": "average"}
-
-
-def encode_png(a: np.ndarray) -> bytes:
-    """Encode an HxW uint8 array as an 8-bit grayscale PNG (deterministic bytes).
-
-    Every row uses PNG filter 3 (Average), computed with numpy, and the data is
-    compressed with libdeflate at :data:`DEFLATE_LEVEL` (zlib format): lossless, ~0.5 ms
-    for 256x256. The bytes depend only on the pixels and :func:`encoder_info`.
-    """
-    if a.dtype != np.uint8 or a.ndim != 2:
-        raise ValueError("encode_png takes a 2-D uint8 array")
-    h, w = a.shape
-    # Average predictor floor((up + left) / 2) in uint8: (x & y) + ((x ^ y) >> 1), no overflow.
-    up = np.empty_like(a)
-    up[0] = 0
-    up[1:] = a[:-1]
-    left = np.empty_like(a)
-    left[:, 0] = 0
-    left[:, 1:] = a[:, :-1]
-    pred = np.bitwise_and(up, left)
-    np.bitwise_xor(up, left, out=up)
-    np.right_shift(up, 1, out=up)
-    pred += up
-    raw = np.empty((h, w + 1), np.uint8)
-    raw[:, 0] = 3
-    np.subtract(a, pred, out=raw[:, 1:])
-    data = bytes(deflate.zlib_compress(raw, DEFLATE_LEVEL))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-        + _chunk(b"IDAT", data)
-        + _chunk(b"IEND", b"")
-    )
 
 
 def _open(fp, max_pixels: int) -> Image.Image:
