@@ -145,8 +145,12 @@ def decode_gray_png(png: bytes, out: np.ndarray) -> bool:
     if data is None:
         return False
     try:
+        # The first row's filter byte first (a few us): files of other encoders, such as
+        # builds made before the Up filter, go to Pillow without a wasted inflate.
+        if zlib.decompressobj().decompress(data[:256], 1) != bytes([_UP]):
+            return False
         raw = deflate.zlib_decompress(data, size * (size + 1))
-    except deflate.DeflateError:
+    except (zlib.error, deflate.DeflateError):
         return False
     if len(raw) != size * (size + 1):
         return False
