@@ -11,12 +11,15 @@
 #   FRACTION    share of each class to generate (default 1.0: 21,165 images)
 #   TRAIN_EXTRA extra train_ddp.py arguments (a CPU dry run uses: --steps 2 --batch_size 8)
 # Each step has its own time limit, so one hang costs that step only. Runs with the
-# python3 on PATH; set PY to use another.
+# python3 on PATH; set PY to use another. PARTS (bench_loader's --only list) and SYNC=0
+# (skip the --sync runs) make a shorter run.
 set -u
 OUT=${1:?usage: gpu_bench.sh OUTDIR [FRACTION] [TRAIN_EXTRA...]}
 FRACTION=${2:-1.0}
 shift $(( $# >= 2 ? 2 : 1 ))
 PY=${PY:-python3}
+PARTS=${PARTS:-ceiling,make_loader,epochs,webdataset,files,node}
+SYNC=${SYNC:-1}
 W=$(mktemp -d /tmp/gpu-bench.XXXX)
 CPUS=$(nproc)
 LW=$(( CPUS > 1 ? CPUS - 1 : 1 ))   # loader workers for training: one core left for the training process
@@ -38,13 +41,14 @@ step generate 120 "$PY" tools/make_sample_dataset.py "$W/src" --full --fraction 
 step build 90 "$PY" -m shardgen build "$W/src/COVID-19_Radiography_Dataset" "$W/b256" --size 256 \
     --workers "$CPUS" --shard_size 100 --progress false
 step loader 240 "$PY" tools/bench_loader.py --source "$W/b256" --workers "$CPUS" --batch_size 256 $PIN \
-    --only ceiling,make_loader,epochs,webdataset,files,node --rounds 1 --seconds 5 --work "$W/bench" \
+    --only "$PARTS" --rounds 1 --seconds 5 --work "$W/bench" \
     --json "$OUT/loader.json"
+step codec 60 "$PY" tools/bench_png.py --images 200 --rounds 3
 for model in resnet18 resnet50; do
     common=("$W/b256" --model "$model" --workers "$LW" --batch_size 256 --epochs 3 --eval_split "" "$@")
     step "$model synthetic" 90 "$PY" tools/train_ddp.py "${common[@]}" --synthetic
     step "$model cache on" 90 "$PY" tools/train_ddp.py "${common[@]}" --decoded_cache "$W/decoded-$model"
-    step "$model cache on, --sync" 90 "$PY" tools/train_ddp.py "${common[@]}" --decoded_cache "$W/decoded-$model" --sync
+    [ "$SYNC" = 1 ] && step "$model cache on, --sync" 90 "$PY" tools/train_ddp.py "${common[@]}" --decoded_cache "$W/decoded-$model" --sync
     step "$model cache off" 90 "$PY" tools/train_ddp.py "${common[@]}" --decoded_cache none
 done
 rm -rf "$W"
