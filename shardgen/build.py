@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +33,11 @@ from .config import DEFAULT_SPLITS, BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, chunk_jobs
 from .errors import ShardgenError, UsageError
 from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
-from .image import configure_worker
 from .index import IndexOptions
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
 from .plan import make_plan
+from .pool import AHEAD, run_jobs, worker_init
 from .progress import bar as progress_bar
 from .scan import Skip, scan
 from .split import empty_split_notes
@@ -158,22 +158,6 @@ def _check_empty_classes(sr) -> None:
                          "with --classes to keep an empty class")
 
 
-def _run_pool(pool, fn, jobs, on_result: Callable) -> None:
-    if pool is None:
-        for j in jobs:
-            on_result(fn(j))
-    else:
-        for r in pool.imap_unordered(fn, jobs):
-            on_result(r)
-
-
-def _worker_init(max_pixels: int) -> None:
-    """Start of each build worker process: Ctrl-C is the parent's to handle; Pillow's limit is ours."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    configure_worker(max_pixels)
-
-
 class _Terminated(Exception):
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -218,6 +202,8 @@ class _Run:
     kept: int = 0
     rehash: bool = False
     rehashed: int = 0
+    #: jobs handed to the process pool ahead of their results
+    window: int = 0
 
     def start_pool(self, n_jobs: int) -> None:
         """Start the worker processes (at least one: images are only ever decoded there, so
@@ -231,7 +217,8 @@ class _Run:
         # fork: fast start, and works when __main__ is not importable (stdin, notebooks).
         # Nothing here holds locks or threads at this point (the progress bars start later).
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self.pool = mp.get_context(method).Pool(n, initializer=_worker_init, initargs=(self.cfg.pixel_limit,))
+        self.pool = mp.get_context(method).Pool(n, initializer=worker_init, initargs=(self.cfg.pixel_limit,))
+        self.window = AHEAD * n
 
     def stop_pool(self, wait: bool) -> None:
         if self.pool is not None:
@@ -257,7 +244,7 @@ class _Run:
         task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window)
                 if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window,
                                             rehash=self.rehash))
-        _run_pool(self.pool, task, task.pending_first(jobs), got)
+        run_jobs(self.pool, task, task.pending_first(jobs), got, self.window)
         bar.close()
         return records
 
@@ -275,7 +262,7 @@ class _Run:
             bar.update(1)
 
         task = self.urls.shard_task(self.work) if self.out_remote else ShardTask(self.out, self.work)
-        _run_pool(self.pool, task, plan.jobs(), got)
+        run_jobs(self.pool, task, plan.jobs(), got, self.window)
         bar.close()
         return recs
 

@@ -29,6 +29,8 @@ from .items import Item
 __all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE", "ties_sorted"]
 
 _ENC = ("utf-8", "surrogateescape")
+#: Rows per batch of Python ints in :meth:`StrColumn.take`.
+_TAKE_BATCH = 16384
 
 
 class StrColumn(Sequence[str]):
@@ -89,32 +91,30 @@ class StrColumn(Sequence[str]):
         """A new column of the values at ``idx``, in that order (bytes copied, nothing decoded)."""
         out = StrColumn()
         view, ends, blob, out_ends = memoryview(self._blob), self._ends, out._blob, out._ends
-        for i in np.asarray(idx, dtype=np.int64).tolist():
-            blob += view[ends[i - 1] if i else 0:ends[i]]
-            out_ends.append(len(blob))
+        idx = np.asarray(idx, dtype=np.int64)
+        for at in range(0, len(idx), _TAKE_BATCH):  # a batch of Python ints at a time, not one per row
+            for i in idx[at:at + _TAKE_BATCH].tolist():
+                blob += view[ends[i - 1] if i else 0:ends[i]]
+                out_ends.append(len(blob))
         return out
 
 
 def ties_sorted(order: np.ndarray, cols: list[np.ndarray], key: Callable[[int], Any]) -> np.ndarray:
     """``order`` (a sort by ``cols``) with each run of equal ``cols`` values sorted by ``key``."""
-    if len(order) < 2:
+    n = len(order)
+    if n < 2:
         return order
-    same = np.ones(len(order) - 1, dtype=bool)
+    same = np.ones(n - 1, dtype=bool)
     for col in cols:
-        v = col[order]
-        same &= v[1:] == v[:-1]
+        for at in range(0, n - 1, _TAKE_BATCH):  # sorted values a batch at a time, not a copy of the column
+            v = col[order[at:at + _TAKE_BATCH + 1]]
+            same[at:at + len(v) - 1] &= v[1:] == v[:-1]
     if not same.any():
         return order
     order = order.copy()
-    i = 0
-    while i < len(same):
-        if same[i]:
-            j = i
-            while j < len(same) and same[j]:
-                j += 1
-            order[i:j + 1] = sorted(order[i:j + 1], key=key)
-            i = j
-        i += 1
+    edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))
+    for i, j in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
+        order[i:j + 1] = sorted(order[i:j + 1], key=key)  # the run order[i..j] of equal values
     return order
 
 
@@ -125,7 +125,7 @@ class Interned:
 
     def __init__(self) -> None:
         self.values: list = []
-        self._codes: dict = {}
+        self._codes: dict | None = {}
         self.codes = array("i")
 
     def append(self, value) -> None:
@@ -135,6 +135,9 @@ class Interned:
         """The code of ``value`` (added when new; None is -1)."""
         if value is None:
             return -1
+        if self._codes is None:
+            self.values = list(self.values)
+            self._codes = {v: k for k, v in enumerate(self.values)}
         c = self._codes.get(value)
         if c is None:
             c = self._codes[value] = len(self.values)
@@ -144,6 +147,12 @@ class Interned:
     def __getitem__(self, i: int):
         c = self.codes[i]
         return None if c < 0 else self.values[c]
+
+    def compact(self) -> None:
+        """Hold string values as one :class:`StrColumn` (about 60 bytes less per value, for
+        the many distinct groups of a large index); the next new value makes them a list again."""
+        if self.values and not isinstance(self.values, StrColumn) and all(isinstance(v, str) for v in self.values):
+            self.values, self._codes = StrColumn(self.values), None
 
     def take(self, idx: np.ndarray) -> "Interned":
         """The rows at ``idx``: only the values they use, numbered in order of first use
@@ -155,7 +164,7 @@ class Interned:
         remap[used] = np.arange(len(used), dtype=np.int32)
         out = Interned()
         out.values = [self.values[c] for c in used.tolist()]
-        out._codes = {v: k for k, v in enumerate(out.values)}
+        out._codes = None  # made again on the next append: a table taken from is rarely appended to
         out.codes = array("i", remap[codes].astype(np.intc).tobytes())
         return out
 
@@ -269,18 +278,30 @@ class ItemTable(Sequence[Item]):
         """int32 group code per item (-1: no group)."""
         return self._group.array()
 
+    def compact(self) -> None:
+        """Hold the distinct groups compactly (see :meth:`Interned.compact`); labels and
+        splits are few, and stay the lists that :attr:`label_names` and :attr:`split_names` give."""
+        self._group.compact()
+
     def take(self, idx: Iterable[int]) -> "ItemTable":
         """A new table of the items at ``idx``, in that order (column by column: no Item made)."""
-        idx = np.asarray(idx, dtype=np.int64)
         t = ItemTable()
-        t.relpaths = self.relpaths.take(idx)
-        t._label, t._split = self._label.take(idx), self._split.take(idx)
-        t._group, t._labels = self._group.take(idx), self._labels.take(idx)
-        t._cut = array("i", np.frombuffer(self._cut, np.intc)[idx].tobytes()) if len(idx) else array("i")
-        t._cut_len = array("i", np.frombuffer(self._cut_len, np.intc)[idx].tobytes()) if len(idx) else array("i")
-        if self._odd_keypaths:
-            t._odd_keypaths = {p: self._odd_keypaths[o] for p, o in enumerate(idx.tolist()) if o in self._odd_keypaths}
+        t._fill(self, np.asarray(idx, dtype=np.int64))
         return t
+
+    def keep_only(self, idx: Iterable[int]) -> None:
+        """Make this table the items at ``idx``, in that order: :meth:`take` in place, one
+        column at a time, so that at most one column is held twice."""
+        self._fill(self, np.asarray(idx, dtype=np.int64))
+
+    def _fill(self, src: "ItemTable", idx: np.ndarray) -> None:
+        self.relpaths = src.relpaths.take(idx)
+        self._label, self._split = src._label.take(idx), src._split.take(idx)
+        self._group, self._labels = src._group.take(idx), src._labels.take(idx)
+        self._cut = array("i", np.frombuffer(src._cut, np.intc)[idx].tobytes()) if len(idx) else array("i")
+        self._cut_len = array("i", np.frombuffer(src._cut_len, np.intc)[idx].tobytes()) if len(idx) else array("i")
+        odd = src._odd_keypaths
+        self._odd_keypaths = {p: odd[o] for p, o in enumerate(idx.tolist()) if o in odd} if odd else {}
 
     @property
     def label_sets(self) -> list[tuple[str, ...]]:
@@ -292,11 +313,12 @@ class ItemTable(Sequence[Item]):
         return self._labels.array()
 
     def sort_order(self) -> Sequence[int]:
-        """The item numbers in relpath order (stable; a ``range`` when they already are)."""
+        """The item numbers in relpath order (stable): an int64 array, or a ``range`` when
+        they already are in that order."""
         prev = None
         for rel in self.relpaths:
             if prev is not None and rel < prev:
-                return self.relpaths.sort_order().tolist()
+                return self.relpaths.sort_order()
             prev = rel
         return range(len(self))
 

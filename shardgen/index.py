@@ -27,6 +27,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
 from .columns import ItemTable
 from .errors import UsageError
 from .scan import Item, ScanResult, _group_of
@@ -153,20 +155,27 @@ def _unique(table: ItemTable, lines: array, index: str) -> tuple[ItemTable, int]
     Raises:
         UsageError: a path listed again with other values (the earliest such line is named).
     """
-    keep, conflicts, prev, first = [], [], None, -1
-    for i in table.sort_order():  # stable: the rows of one path in line order
-        rel = table.relpaths[i]
-        if rel != prev:
-            keep.append(i)
-            prev, first = rel, i
-        elif table[i] != table[first]:
-            conflicts.append((lines[i], rel, lines[first]))
+    keep, conflicts, prev, first = array("q"), [], None, -1
+    order = table.sort_order()  # stable: the rows of one path in line order
+    for at in range(0, len(order), 16384):  # Python ints a batch at a time
+        part = order[at:at + 16384]
+        for i in part.tolist() if isinstance(part, np.ndarray) else part:
+            rel = table.relpaths[i]
+            if rel != prev:
+                keep.append(i)
+                prev, first = rel, i
+            elif table[i] != table[first]:
+                conflicts.append((lines[i], rel, lines[first]))
+    del order
     if conflicts:
         n, rel, n0 = min(conflicts)
         raise UsageError(f"--index {index}: line {n}: {rel} is listed again with other values than on line {n0}")
     repeats = len(table) - len(keep)
-    same = repeats == 0 and all(k == i for i, k in enumerate(keep))
-    return (table if same else table.take(keep)), repeats
+    order = np.frombuffer(keep, dtype=np.int64)
+    same = repeats == 0 and bool((order == np.arange(len(order))).all())
+    if not same:
+        table.keep_only(order)
+    return table, repeats
 
 
 def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None) -> ScanResult:

@@ -126,13 +126,18 @@ def _same_value_groups(values: np.ndarray, rows: np.ndarray) -> list[list[int]]:
     two or more, each ascending."""
     if not len(rows):
         return []
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    many = counts[inverse] > 1
-    rows, inverse = rows[many], inverse[many]
-    order = np.lexsort((rows, inverse))
-    rows, inverse = rows[order], inverse[order]
-    cuts = np.flatnonzero(np.diff(inverse)) + 1
-    return [g.tolist() for g in np.split(rows, cuts)] if len(rows) else []
+    order = np.argsort(values, kind="stable")  # a few arrays of n: no np.unique (which makes many)
+    sv = values[order]
+    same = sv[1:] == sv[:-1]
+    if not same.any():
+        return []
+    mark = np.zeros(len(sv), dtype=bool)
+    mark[1:] |= same
+    mark[:-1] |= same
+    at = np.flatnonzero(mark)
+    sv = sv[at]
+    cuts = np.flatnonzero(sv[1:] != sv[:-1]) + 1
+    return [g.tolist() for g in np.split(rows[order[at]], cuts)]
 
 
 def _duplicates(src: _Source, ok: np.ndarray) -> list[list[int]]:

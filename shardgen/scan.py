@@ -360,7 +360,9 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
     if index is not None:
         from .index import scan_index
 
-        return scan_index(src, index, regex, options)
+        res = scan_index(src, index, regex, options)
+        res.items.compact()
+        return res
     skipped: list[Skip] = []
     tree = Tree(src, skipped)
     notes = list(tree.notes)
@@ -373,6 +375,7 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
     res = _rebase(res, base)
     res.root = os.path.join(src, base) if base else src
     res.notes = notes
+    res.items.compact()
     for label, dirs in sorted(res.class_dirs.items()):
         if res.layout != "split" and len(dirs) > 1:
             res.notes.append(f"class {label!r} is in {len(dirs)} folders ({', '.join(dirs[:3])}): merged into one class")

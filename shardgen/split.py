@@ -99,8 +99,10 @@ def component_ids(n: int, together: Sequence[Sequence[int]] = (), groups: np.nda
     comp = np.arange(n, dtype=np.int64)
     if groups is not None and n:
         has = np.flatnonzero(groups >= 0)
-        _, first, inverse = np.unique(groups[has], return_index=True, return_inverse=True)
-        comp[has] = has[first][inverse]
+        codes = groups[has]
+        first = np.full(int(codes.max()) + 1 if len(codes) else 0, n, dtype=np.int64)
+        np.minimum.at(first, codes, has)  # each code's smallest sample (no np.unique: less memory)
+        comp[has] = first[codes]
     if together:
         uf = UnionFind(n)
         for grp in together:
@@ -130,6 +132,22 @@ def _path_ranks(relpaths: Sequence[str]) -> np.ndarray | None:
     return None
 
 
+def _dense(comp: np.ndarray, ix) -> tuple[np.ndarray, np.ndarray]:
+    """``(each sample's component number, each component's size)``, numbered in ascending
+    order of ``comp``'s values, as ``np.unique(comp, return_inverse=True,
+    return_counts=True)`` gives them. When each value is its component's smallest member
+    (as :func:`component_ids` gives), without sorting: a few arrays instead of many."""
+    n = len(comp)
+    at = np.arange(n, dtype=np.int64)
+    if n and bool((comp <= at).all()) and bool((comp[comp] == comp).all()):
+        dense = np.cumsum(comp == at, dtype=np.int64) - 1
+        del at
+        inverse = dense[comp].astype(ix)
+        return inverse, np.bincount(inverse, minlength=int(dense[-1]) + 1).astype(ix)
+    _, inverse, size = np.unique(comp, return_inverse=True, return_counts=True)
+    return inverse.astype(ix), size.astype(ix)
+
+
 class Components:
     """The components of a split assignment as arrays, in placement order within each class
     (``labels`` None: one class): largest first, then by the seeded hash (``salt``) of the
@@ -145,8 +163,7 @@ class Components:
         ix = np.int32 if n < 2**31 else np.int64  # 4 bytes per sample and component, not 8
         ranks = _path_ranks(relpaths)
         key = np.arange(n, dtype=ix) if ranks is None else ranks.astype(ix)
-        _, inverse, size = np.unique(comp, return_inverse=True, return_counts=True)
-        inverse, size = inverse.astype(ix), size.astype(ix)
+        inverse, size = _dense(comp, ix)
         best = np.full(len(size), n, dtype=ix)
         np.minimum.at(best, inverse, key)  # the smallest path's rank in each component
         del key
