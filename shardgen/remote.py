@@ -4,12 +4,14 @@ A :class:`Location` is a URL and the fsspec options to open it: picklable, so th
 worker process (local or on a Dask cluster) opens its own filesystem and reads its
 sources and writes its files directly; no image bytes pass through the client.
 
-Writes to object storage are atomic in the same way as on disk: every shard and file of
-the build is written under a temporary name (``.tmp-<random>-<name>``, the format's
-:data:`TMP_PREFIX`) and then moved to its final name (server-side copy and delete), so no
-object under a final name is ever partial; ``manifest.json`` is written last. Scratch
-objects go up with one PUT (:func:`put_scratch`). Credentials stay in the options
-(or the environment) and are never written into the build or into a message.
+Writes to object storage are atomic, as on disk: on an object store (S3, GCS, Azure) an
+object becomes visible whole or not at all when its one PUT (or its multipart upload)
+completes, so every object of the build goes up with one PUT under its final name
+(:func:`put_atomic`) and no object under a final name is ever partial; elsewhere (a
+local folder, SFTP, ...) it is written under a temporary name (``.tmp-<random>-<name>``,
+the format's :data:`TMP_PREFIX`) and moved. ``manifest.json`` is written last. Objects
+are read with one GET each (:func:`read_object`: no HEAD first). Credentials stay in the
+options (or the environment) and are never written into the build or into a message.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, 
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
 
 __all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic",
-           "put_scratch", "RemoteOut"]
+           "put_scratch", "read_object", "single_get", "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 _CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
@@ -82,15 +84,32 @@ def location(url: str, storage_options: dict[str, Any] | None = None, endpoint_u
 _WHOLE_OBJECT_PUT = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
 
 
-def put_scratch(fs: Any, path: str, data: bytes) -> None:
-    """Write a scratch object (a chunk, its records, a shard's journal): one PUT on an object store,
-    which never shows a partial object and is checked on reuse anyway (records hold the chunk's
-    xxh64); :func:`put_atomic` elsewhere."""
+def _whole_object_put(fs: Any) -> bool:
     protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if _WHOLE_OBJECT_PUT & set(protos):
+    return bool(_WHOLE_OBJECT_PUT & set(protos))
+
+
+def put_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: one PUT on an object store (visible whole or not
+    at all), else under a temporary name, then moved to ``path``."""
+    if _whole_object_put(fs):
         fs.pipe_file(path, data)
     else:
-        put_atomic(fs, path, data)
+        _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
+
+
+def put_file_atomic(fs: Any, local: str, path: str) -> None:
+    """Upload the local file ``local`` to ``path`` atomically (as :func:`put_atomic`; a large
+    file's multipart upload is visible only once complete)."""
+    if _whole_object_put(fs):
+        fs.put_file(local, path)
+    else:
+        _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
+
+
+def put_scratch(fs: Any, path: str, data: bytes) -> None:
+    """Write a scratch object (a chunk, its records, a shard's journal): :func:`put_atomic`."""
+    put_atomic(fs, path, data)
 
 
 def _via_tmp(fs: Any, path: str, write: Any) -> None:
@@ -111,14 +130,29 @@ def _via_tmp(fs: Any, path: str, write: Any) -> None:
         raise
 
 
-def put_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name, then move it to ``path``."""
-    _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
+def single_get(fs: Any) -> dict[str, Any]:
+    """Keyword arguments for ``fs.cat``/``fs.cat_file`` that read a whole object with one GET:
+    s3fs otherwise asks for the object's size first (a HEAD, and a LIST when it is missing) to
+    split large objects into concurrent ranged reads; shardgen's objects (sources, scratch
+    files) are small. Empty for other filesystems."""
+    kind = type(fs)
+    if kind not in _SINGLE_GET:
+        import inspect
+
+        cat = getattr(kind, "_cat_file", None)
+        try:
+            _SINGLE_GET[kind] = cat is not None and "max_concurrency" in inspect.signature(cat).parameters
+        except (TypeError, ValueError):
+            _SINGLE_GET[kind] = False
+    return {"max_concurrency": 1} if _SINGLE_GET[kind] else {}
 
 
-def put_file_atomic(fs: Any, local: str, path: str) -> None:
-    """Upload the local file ``local`` to ``path`` under a temporary name, then move it there."""
-    _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
+_SINGLE_GET: dict[type, bool] = {}
+
+
+def read_object(fs: Any, path: str) -> bytes:
+    """The whole object (or file) at ``path``, with one GET on an object store (:func:`single_get`)."""
+    return fs.cat_file(path, **single_get(fs))
 
 
 def _is_local(fs: Any) -> bool:
@@ -161,8 +195,9 @@ def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None 
 
 
 def read_or_none(fs: Any, path: str) -> bytes | None:
+    """:func:`read_object`, or None when missing or unreadable."""
     try:
-        return fs.cat_file(path)
+        return read_object(fs, path)
     except (FileNotFoundError, OSError):
         return None
 

@@ -1,10 +1,11 @@
 """The build's two tasks when SRC or OUT is a URL: the same work, through fsspec.
 
 :class:`FsChunkTask` reads each source file through its :class:`~shardgen.remote.Location`
-and writes the chunk's ``.bin`` and ``.json`` with :func:`~shardgen.remote.put_atomic`;
+and writes the chunk's ``.bin`` and ``.json`` with :func:`~shardgen.remote.put_scratch`;
 :class:`FsShardTask` gathers a shard's PNGs from the chunks with ranged reads, writes the
 shard to a local temporary file with the one :class:`~shardgen.format.ShardWriter`, and
-uploads it under a temporary name before moving it to its final name. The bytes are those
+uploads it atomically (:func:`~shardgen.remote.put_file_atomic`: one PUT on an object store).
+Every whole-object read is one GET (:func:`~shardgen.remote.single_get`). The bytes are those
 of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask`.
 """
 
@@ -26,7 +27,7 @@ from .convert import ChunkResult, ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
-from .remote import Location, put_file_atomic, put_scratch, read_or_none
+from .remote import Location, put_file_atomic, put_scratch, read_object, read_or_none, single_get
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -54,7 +55,7 @@ class FsChunkTask(ChunkTask):
 
     def _src_hash(self, fs, path: str) -> str | None:
         try:
-            return xxhash.xxh64_hexdigest(fs.cat_file(path))
+            return xxhash.xxh64_hexdigest(read_object(fs, path))
         except OSError:
             return None
 
@@ -121,8 +122,10 @@ _BATCH = 16
 def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
     """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads, one ahead."""
 
+    one_get = single_get(fs)
+
     def fetch(batch: list[str]) -> dict[str, bytes | BaseException]:
-        got = fs.cat(batch, on_error="return") if len(batch) > 1 else _one(fs, batch[0])
+        got = fs.cat(batch, on_error="return", **one_get) if len(batch) > 1 else _one(fs, batch[0])
         return {fs._strip_protocol(k): v for k, v in got.items()}
 
     batches = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
@@ -137,7 +140,7 @@ def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseExcepti
 
 def _one(fs, path: str) -> dict[str, bytes | BaseException]:
     try:
-        return {path: fs.cat_file(path)}
+        return {path: read_object(fs, path)}
     except OSError as e:
         return {path: e}
 
