@@ -32,7 +32,7 @@ from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, 
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
 
 __all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic",
-           "put_scratch", "read_object", "single_get", "RemoteOut"]
+           "put_scratch", "put_scratch_pair", "read_object", "single_get", "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 _CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
@@ -110,6 +110,17 @@ def put_file_atomic(fs: Any, local: str, path: str) -> None:
 def put_scratch(fs: Any, path: str, data: bytes) -> None:
     """Write a scratch object (a chunk, its records, a shard's journal): :func:`put_atomic`."""
     put_atomic(fs, path, data)
+
+
+def put_scratch_pair(fs: Any, first: tuple[str, bytes], second: tuple[str, bytes]) -> None:
+    """Write two scratch objects, ``(path, data)`` each: both at once on an object store (one
+    round trip; a chunk's records name its ``.bin``'s xxh64, so records that arrive without
+    their ``.bin`` are never trusted), else ``first`` and then ``second``."""
+    if _whole_object_put(fs):
+        fs.pipe(dict([first, second]))
+    else:
+        put_atomic(fs, *first)
+        put_atomic(fs, *second)
 
 
 def _via_tmp(fs: Any, path: str, write: Any) -> None:
