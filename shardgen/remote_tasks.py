@@ -49,6 +49,8 @@ class FsChunkTask(ChunkTask):
                  dicom_window: str = "auto") -> None:
         super().__init__(work.url, size, fit, max_pixels, dicom_window)
         self.src, self.work_loc = src, work
+        #: one bit per chunk, set by :meth:`done_mask`: its records existed when OUT was listed
+        self.listed: bytes | None = None
 
     def paths(self, cid: int) -> tuple[str, str]:
         base = self.work_loc.join(f"chunks/c-{cid:06d}")
@@ -75,7 +77,7 @@ class FsChunkTask(ChunkTask):
 
     def _listed_absent(self, cid: int) -> bool:
         """The chunk had no record object when OUT was listed (:meth:`done_mask`) at the build's start."""
-        listed = getattr(self, "listed", None)
+        listed = self.listed
         return listed is not None and cid < 8 * len(listed) and not (listed[cid >> 3] >> (7 - (cid & 7))) & 1
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
