@@ -4,12 +4,14 @@ A :class:`Location` is a URL and the fsspec options to open it: picklable, so th
 worker process (local or on a Dask cluster) opens its own filesystem and reads its
 sources and writes its files directly; no image bytes pass through the client.
 
-Writes to object storage are atomic in the same way as on disk: every shard and file of
-the build is written under a temporary name (``.tmp-<random>-<name>``, the format's
-:data:`TMP_PREFIX`) and then moved to its final name (server-side copy and delete), so no
-object under a final name is ever partial; ``manifest.json`` is written last. Scratch
-objects go up with one PUT (:func:`put_scratch`). Credentials stay in the options
-(or the environment) and are never written into the build or into a message.
+Writes to object storage are atomic, as on disk: on an object store (S3, GCS, Azure) an
+object becomes visible whole or not at all when its one PUT (or its multipart upload)
+completes, so every object of the build goes up with one PUT under its final name
+(:mod:`shardgen.remote_io`) and no object under a final name is ever partial; elsewhere (a
+local folder, SFTP, ...) it is written under a temporary name (``.tmp-<random>-<name>``,
+the format's :data:`TMP_PREFIX`) and moved. ``manifest.json`` is written last. Objects
+are read with one GET each (no HEAD first). Credentials stay in the
+options (or the environment) and are never written into the build or into a message.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from typing import Any, Callable, Iterator
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, dump_json, wids_index_name)
+from .remote_io import (put_atomic, put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none,
+                        single_get)
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
 
 __all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic",
-           "put_scratch", "RemoteOut"]
+           "put_scratch", "put_scratch_pair", "read_object", "single_get", "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
 _CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
@@ -78,54 +81,6 @@ def location(url: str, storage_options: dict[str, Any] | None = None, endpoint_u
     return Location(url, storage_options_for(url, storage_options, endpoint_url))
 
 
-#: fsspec protocols whose single PUT makes an object visible whole or not at all.
-_WHOLE_OBJECT_PUT = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
-
-
-def put_scratch(fs: Any, path: str, data: bytes) -> None:
-    """Write a scratch object (a chunk, its records, a shard's journal): one PUT on an object store,
-    which never shows a partial object and is checked on reuse anyway (records hold the chunk's
-    xxh64); :func:`put_atomic` elsewhere."""
-    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if _WHOLE_OBJECT_PUT & set(protos):
-        fs.pipe_file(path, data)
-    else:
-        put_atomic(fs, path, data)
-
-
-def _via_tmp(fs: Any, path: str, write: Any) -> None:
-    """``write(tmp)`` to a temporary name beside ``path``, then move it to ``path`` (the
-    temporary object is removed if anything fails)."""
-    parent, _, name = path.rstrip("/").rpartition("/")
-    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
-    if _is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        write(tmp)
-        fs.mv(tmp, path)
-    except BaseException:
-        try:
-            fs.rm(tmp)
-        except Exception:  # noqa: BLE001 - the original error matters
-            pass
-        raise
-
-
-def put_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name, then move it to ``path``."""
-    _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
-
-
-def put_file_atomic(fs: Any, local: str, path: str) -> None:
-    """Upload the local file ``local`` to ``path`` under a temporary name, then move it there."""
-    _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
-
-
-def _is_local(fs: Any) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return bool({"file", "local"} & set(protos))
-
-
 @contextlib.contextmanager
 def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
     """Turn a storage failure while ``doing`` into one line (exit 2), credentials scrubbed.
@@ -158,13 +113,6 @@ def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None 
         else:
             raise
         raise UsageError(scrub(msg)) from None
-
-
-def read_or_none(fs: Any, path: str) -> bytes | None:
-    try:
-        return fs.cat_file(path)
-    except (FileNotFoundError, OSError):
-        return None
 
 
 # ---- OUT on object storage -------------------------------------------------------------------------

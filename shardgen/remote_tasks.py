@@ -1,10 +1,11 @@
 """The build's two tasks when SRC or OUT is a URL: the same work, through fsspec.
 
 :class:`FsChunkTask` reads each source file through its :class:`~shardgen.remote.Location`
-and writes the chunk's ``.bin`` and ``.json`` with :func:`~shardgen.remote.put_atomic`;
+and writes the chunk's ``.bin`` and ``.json`` together (:func:`~shardgen.remote_io.put_scratch_pair`);
 :class:`FsShardTask` gathers a shard's PNGs from the chunks with ranged reads, writes the
 shard to a local temporary file with the one :class:`~shardgen.format.ShardWriter`, and
-uploads it under a temporary name before moving it to its final name. The bytes are those
+uploads it atomically (:func:`~shardgen.remote_io.put_file_atomic`: one PUT on an object store).
+Every whole-object read is one GET (:func:`~shardgen.remote_io.single_get`). The bytes are those
 of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask`.
 """
 
@@ -26,7 +27,8 @@ from .convert import ChunkResult, ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
-from .remote import Location, put_file_atomic, put_scratch, read_or_none
+from .remote import Location
+from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none, single_get
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -47,6 +49,8 @@ class FsChunkTask(ChunkTask):
                  dicom_window: str = "auto") -> None:
         super().__init__(work.url, size, fit, max_pixels, dicom_window)
         self.src, self.work_loc = src, work
+        #: one bit per chunk, set by :meth:`done_mask`: its records existed when OUT was listed
+        self.listed: bytes | None = None
 
     def paths(self, cid: int) -> tuple[str, str]:
         base = self.work_loc.join(f"chunks/c-{cid:06d}")
@@ -54,18 +58,27 @@ class FsChunkTask(ChunkTask):
 
     def _src_hash(self, fs, path: str) -> str | None:
         try:
-            return xxhash.xxh64_hexdigest(fs.cat_file(path))
+            return xxhash.xxh64_hexdigest(read_object(fs, path))
         except OSError:
             return None
 
     def done_mask(self, n: int) -> np.ndarray:
-        """For chunks ``0..n-1``: whether its record object exists (one listing)."""
+        """For chunks ``0..n-1``: whether its record object exists (one listing). The task keeps
+        the answer (one bit per chunk), so that a chunk without records is converted without
+        asking the store again."""
         wfs = self.work_loc.fs()
         try:
             have = {p.rsplit("/", 1)[-1] for p in wfs.ls(self.work_loc.join("chunks"), detail=False)}
         except (FileNotFoundError, OSError):
             have = set()
-        return np.fromiter((f"c-{c:06d}.json" in have for c in range(n)), bool, n)
+        done = np.fromiter((f"c-{c:06d}.json" in have for c in range(n)), bool, n)
+        self.listed = np.packbits(done).tobytes()
+        return done
+
+    def _listed_absent(self, cid: int) -> bool:
+        """The chunk had no record object when OUT was listed (:meth:`done_mask`) at the build's start."""
+        listed = self.listed
+        return listed is not None and cid < 8 * len(listed) and not (listed[cid >> 3] >> (7 - (cid & 7))) & 1
 
     def _reusable(self, cid: int, entries: list[tuple[str, str]]) -> list[ImageRecord] | None:
         wfs, sfs = self.work_loc.fs(), self.src.fs()
@@ -86,7 +99,7 @@ class FsChunkTask(ChunkTask):
 
     def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> ChunkResult:
         cid, entries = job
-        recs = self._reusable(cid, entries)
+        recs = None if self._listed_absent(cid) else self._reusable(cid, entries)
         if recs is not None:
             return ChunkResult(cid, recs, True, len(recs))
         recs, buf = [], bytearray()
@@ -105,27 +118,31 @@ class FsChunkTask(ChunkTask):
             recs.append(ImageRecord(True, None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width,
                                     pr.height, pr.mode, pr.true_color, pr.dicom and pr.dicom.to_json()))
             buf += pr.png
-        wfs = self.work_loc.fs()
         bin_path, json_path = self.paths(cid)
-        put_scratch(wfs, bin_path, bytes(buf))
         rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
                     "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
-        put_scratch(wfs, json_path, json.dumps(rec_json).encode())
+        put_scratch_pair(self.work_loc.fs(), (bin_path, bytes(buf)), (json_path, json.dumps(rec_json).encode()))
         return ChunkResult(cid, recs, False)
 
 
 #: Sources fetched per request batch; the next batch is fetched while this one is converted.
 _BATCH = 16
+#: The first batch of a chunk is smaller, so that its conversion starts sooner.
+_FIRST = 4
 
 
 def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
-    """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads, one ahead."""
+    """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads (the
+    first :data:`_FIRST`), one batch ahead, each read one GET (:func:`~shardgen.remote_io.single_get`)."""
+
+    one_get = single_get(fs)
 
     def fetch(batch: list[str]) -> dict[str, bytes | BaseException]:
-        got = fs.cat(batch, on_error="return") if len(batch) > 1 else _one(fs, batch[0])
+        got = fs.cat(batch, on_error="return", **one_get) if len(batch) > 1 else _one(fs, batch[0])
         return {fs._strip_protocol(k): v for k, v in got.items()}
 
-    batches = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
+    batches = [paths[:_FIRST]] + [paths[i:i + _BATCH] for i in range(_FIRST, len(paths), _BATCH)]
+    batches = [b for b in batches if b]
     with ThreadPoolExecutor(1) as ex:
         ahead = ex.submit(fetch, batches[0]) if batches else None
         for i, batch in enumerate(batches):
@@ -137,7 +154,7 @@ def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseExcepti
 
 def _one(fs, path: str) -> dict[str, bytes | BaseException]:
     try:
-        return {path: fs.cat_file(path)}
+        return {path: read_object(fs, path)}
     except OSError as e:
         return {path: e}
 

@@ -302,6 +302,7 @@ def main(argv=None) -> int:
         result_extra.update(s3_column(run_build, src, a.root, a.size, a.workers, a.rounds, t_build, n, manifest))
     if not a.loop:
         result = {"images": n, "cores": cores, "size": a.size, "build_seconds": round(t_build, 2),
+                  "build_cpu_seconds": round(build_cpu, 2),
                   "build_images_per_s": round(build_rate, 1), **result_extra}
         print(json.dumps(result))
         return 0

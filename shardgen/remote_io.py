@@ -1,0 +1,117 @@
+"""Reading and writing single objects on any fsspec filesystem, with as few requests as possible.
+
+On an object store (S3, GCS, Azure) an object becomes visible whole or not at all when its one
+PUT (or its multipart upload) completes, so :func:`put_atomic` writes it with one PUT under its
+final name; elsewhere (a local folder, SFTP, ...) under a temporary name (``.tmp-<random>-<name>``,
+the format's :data:`~shardgen.format.TMP_PREFIX`) that is then moved. :func:`read_object` reads a
+whole object with one GET (s3fs would otherwise ask for its size first).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from .format import TMP_PREFIX
+
+__all__ = ["put_atomic", "put_file_atomic", "put_scratch", "put_scratch_pair", "single_get", "read_object",
+           "read_or_none"]
+
+
+#: fsspec protocols whose single PUT makes an object visible whole or not at all.
+_WHOLE_OBJECT_PUT = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
+
+
+def _whole_object_put(fs: Any) -> bool:
+    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return bool(_WHOLE_OBJECT_PUT & set(protos))
+
+
+def put_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: one PUT on an object store (visible whole or not
+    at all), else under a temporary name, then moved to ``path``."""
+    if _whole_object_put(fs):
+        fs.pipe_file(path, data)
+    else:
+        _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
+
+
+def put_file_atomic(fs: Any, local: str, path: str) -> None:
+    """Upload the local file ``local`` to ``path`` atomically (as :func:`put_atomic`; a large
+    file's multipart upload is visible only once complete)."""
+    if _whole_object_put(fs):
+        fs.put_file(local, path)
+    else:
+        _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
+
+
+def put_scratch(fs: Any, path: str, data: bytes) -> None:
+    """Write a scratch object (a chunk, its records, a shard's journal): :func:`put_atomic`."""
+    put_atomic(fs, path, data)
+
+
+def put_scratch_pair(fs: Any, first: tuple[str, bytes], second: tuple[str, bytes]) -> None:
+    """Write two scratch objects, ``(path, data)`` each: both at once on an object store (one
+    round trip; a chunk's records name its ``.bin``'s xxh64, so records that arrive without
+    their ``.bin`` are never trusted), else ``first`` and then ``second``."""
+    if _whole_object_put(fs):
+        fs.pipe(dict([first, second]))
+    else:
+        put_atomic(fs, *first)
+        put_atomic(fs, *second)
+
+
+def _via_tmp(fs: Any, path: str, write: Any) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then move it to ``path`` (the
+    temporary object is removed if anything fails)."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    if _is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        write(tmp)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm(tmp)
+        except Exception:  # noqa: BLE001 - the original error matters
+            pass
+        raise
+
+
+def single_get(fs: Any) -> dict[str, Any]:
+    """Keyword arguments for ``fs.cat``/``fs.cat_file`` that read a whole object with one GET:
+    s3fs otherwise asks for the object's size first (a HEAD, and a LIST when it is missing) to
+    split large objects into concurrent ranged reads; shardgen's objects (sources, scratch
+    files) are small. Empty for other filesystems."""
+    kind = type(fs)
+    if kind not in _SINGLE_GET:
+        import inspect
+
+        cat = getattr(kind, "_cat_file", None)
+        try:
+            _SINGLE_GET[kind] = cat is not None and "max_concurrency" in inspect.signature(cat).parameters
+        except (TypeError, ValueError):
+            _SINGLE_GET[kind] = False
+    return {"max_concurrency": 1} if _SINGLE_GET[kind] else {}
+
+
+_SINGLE_GET: dict[type, bool] = {}
+
+
+def read_object(fs: Any, path: str) -> bytes:
+    """The whole object (or file) at ``path``, with one GET on an object store (:func:`single_get`)."""
+    return fs.cat_file(path, **single_get(fs))
+
+
+def _is_local(fs: Any) -> bool:
+    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return bool({"file", "local"} & set(protos))
+
+
+def read_or_none(fs: Any, path: str) -> bytes | None:
+    """:func:`read_object`, or None when missing or unreadable."""
+    try:
+        return read_object(fs, path)
+    except (FileNotFoundError, OSError):
+        return None
