@@ -60,10 +60,13 @@ class Starting:
         """The thread: start the cluster, check its workers; keep it, or close it if the build has ended."""
         from .cluster_setup import greeting
 
+        pool = None
         try:
             pool = connect(dataclasses.replace(self._spec, log=None), max_pixels)
             line = greeting(pool, self._spec.name) if self._spec.log is not None else None
         except BaseException as e:  # noqa: BLE001 - raised again by wait()
+            if pool is not None:
+                pool.shutdown()
             self._error = e
             return
         with self._lock:
