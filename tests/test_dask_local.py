@@ -150,7 +150,8 @@ def test_cluster_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path):
     _, stderr = p.communicate(timeout=120)
     assert p.returncode == 1, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("shardgen build: error: cannot start the Dask cluster local:2 ("), stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("shardgen build: error: cannot start the Dask cluster local:2 ("), stderr
     assert "no-such-method" in lines[0]
     assert _group_gone(p.pid) and not (tmp_path / "out").exists()
 
