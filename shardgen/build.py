@@ -313,8 +313,8 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
             instead of trusting an unchanged stat stamp (:mod:`shardgen.stamps`); never changes
             the output. (Sources given as a URL are always read again.)
         cluster: a :class:`~shardgen.cluster.Cluster` (``--scheduler``): the conversion and
-            the shards run as Dask tasks there; the output is the same bytes. None: worker
-            processes on this machine.
+            the shards run as Dask tasks there; the output is the same bytes (a ``local:N``
+            cluster starts while SRC is scanned). None: worker processes on this machine.
         storage_options, endpoint_url: fsspec options (and the S3 endpoint) of a SRC or OUT
             given as a URL (:func:`shardgen.storage.storage_options_for`); never recorded.
 
@@ -330,13 +330,13 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
         urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
     if cluster is None:
         return _build(cfg, overwrite, progress, rehash, None, urls)
-    from .cluster import connect
+    from .cluster_start import start
 
-    dask = connect(cluster, cfg.pixel_limit)  # before any work: unreachable, or other library versions
+    dask = start(cluster, cfg.pixel_limit)  # tcp://: reached now; local:N: starts while SRC is scanned
     try:
         return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None)
     finally:
-        dask.shutdown()
+        dask.close()
 
 
 def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls) -> BuildResult:
@@ -345,14 +345,15 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=sr.root if is_url(sr.root) else os.path.realpath(sr.root),
                    index_path=os.path.realpath(cfg.index) if cfg.index else None)
+    keys = make_keys(items.key_sources(), items.relpaths, StrColumn)
+    jobs = chunk_jobs(sr.root, items.relpaths)
     if dask is not None:
+        dask = dask.wait()  # the cluster started meanwhile (cluster_start.Starting); no task has run
         dask.check_source([f"{sr.root}/{it.relpath}" for it in items[:20]], f"SRC {cfg.src}",
                           urls.src if urls else None)
     work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
                                                                                          overwrite)
     run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls)
-    keys = make_keys(items.key_sources(), items.relpaths, StrColumn)
-    jobs = chunk_jobs(sr.root, items.relpaths)
     old_handler = _sigterm_raises()
     try:
         run.start_pool(len(jobs))

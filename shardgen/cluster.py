@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import __version__
 from .codecs import codec_versions
 from .errors import ShardgenError, UsageError
-from .cluster_setup import QuietLogs as _QuietLogs, local_cluster as _local_cluster
+from .cluster_setup import NEED_DASK, QuietLogs as _QuietLogs, greeting, open_client
 from .cluster_tasks import _probe, _run_batch, _size, _worker_versions, batches as _batches, short_error as _short
 from .format import CodecVersions, TMP_PREFIX
 
@@ -358,31 +358,15 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
 
     Raises:
         UsageError: ``distributed`` is not installed; a worker's versions differ.
-        ShardgenError: the scheduler cannot be reached within ``spec.timeout_s``.
+        ShardgenError: the scheduler cannot be reached within ``spec.timeout_s``; the local cluster
+            does not start.
     """
     try:
-        import dask
         import distributed
     except ImportError:
-        raise UsageError("--scheduler needs Dask: pip install 'shardgen[dask]'") from None
-    local, quiet = None, _QuietLogs()
-    # Dask logs each connection's last 1,000 messages: a build's jobs. None on our connections.
-    no_log = dask.config.set({"distributed.admin.low-level-log-length": 0})
-    try:
-        if spec.local_workers is not None:
-            local = _local_cluster(distributed, spec.local_workers, quiet)
-            # Results straight from the workers: one hop instead of two through the scheduler.
-            client = distributed.Client(local, timeout=spec.timeout_s, direct_to_workers=True)
-        else:
-            client = distributed.Client(spec.address, timeout=spec.timeout_s)
-    except OSError as e:
-        if local is not None:
-            local.close()
-        quiet.restore()
-        raise ShardgenError(f"cannot reach the Dask scheduler {spec.name} within {spec.timeout_s:g} s "
-                            f"({_short(e)})") from None
-    finally:
-        no_log.__exit__(None, None, None)
+        raise UsageError(NEED_DASK) from None
+    quiet = _QuietLogs()
+    client, local = open_client(distributed, spec, quiet)
     pool = DaskPool(client, local, max_pixels, spec.name, spec.timeout_s, quiet)
     try:
         if spec.local_workers is None and not pool.workers():
@@ -394,7 +378,5 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
             raise ShardgenError(f"Dask scheduler {spec.name}: no worker joined within {spec.timeout_s:g} s") from None
         raise
     if spec.log is not None:
-        link = pool.dashboard
-        spec.log(f"dask: {len(pool.workers())} worker(s) at {spec.name}; dashboard: "
-                 + (link or "not served (pip install bokeh, and start the scheduler with its dashboard)"))
+        spec.log(greeting(pool, spec.name))
     return pool

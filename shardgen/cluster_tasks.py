@@ -16,7 +16,7 @@ from . import __version__
 from .codecs import codec_versions
 from .format import TMP_PREFIX, CodecVersions
 
-__all__ = ["short_error", "batches"]
+__all__ = ["short_error", "batches", "dask_setup"]
 
 
 def short_error(e: BaseException) -> str:
@@ -26,6 +26,19 @@ def short_error(e: BaseException) -> str:
 
 
 _short = short_error
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by each worker of a ``local:N`` cluster as it starts, before it joins (Dask's worker
+    preload, :func:`shardgen.cluster_setup.local_cluster`): Ctrl-C is the client's to handle (it
+    closes the cluster; a worker would print a traceback), and the build's task modules are
+    imported now, while the client scans SRC, instead of in the first task."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from . import assemble, convert  # noqa: F401
 
 
 def _worker_versions() -> dict[str, Any]:
