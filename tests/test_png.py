@@ -33,6 +33,9 @@ def test_fast_decoder_gives_the_pixels_pillow_gives(a):
     out = np.full(a.shape, 7, np.uint8)
     assert decode_gray_png(png, out)
     assert np.array_equal(out, a)
+    strided = np.full((a.shape[0], 2 * a.shape[1]), 7, np.uint8)[:, ::2]  # a view that is not C-contiguous
+    assert decode_gray_png(png, strided)
+    assert np.array_equal(strided, a)
 
 
 def _pillow_png(a, **kw) -> bytes:

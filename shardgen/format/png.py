@@ -111,10 +111,10 @@ def _undo_up(rows: np.ndarray, out: np.ndarray) -> None:
 
     Byte lanes of uint64 words are summed 256 rows at a time (each byte in a 16-bit lane
     cannot overflow it), ~4x numpy's uint8 ``cumsum``; widths that are not a multiple of
-    8 take that ``cumsum``.
+    8, and an ``out`` that is not C-contiguous, take that ``cumsum``.
     """
     h, w = out.shape
-    if w % 8:
+    if w % 8 or not out.flags.c_contiguous:
         np.cumsum(rows, axis=0, dtype=np.uint8, out=out)
         return
     words = np.ascontiguousarray(rows).view(np.uint64)
