@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | N
         raise AssertionError(f"shardgen {' '.join(map(str, args))} exited {p.returncode}\n"
                              f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
+
+
+def group_gone(pgid: int, within_s: float = 15) -> bool:
+    """No process is left in the process group ``pgid`` (exited ones are reaped by init shortly after)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def make_build(src: Path, out: Path, size: int = 64, shard_size: int = 25) -> Path:

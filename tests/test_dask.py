@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from conftest import ROOT, default_sigint, run_cli, sample_tool
+from conftest import ROOT, default_sigint, group_gone, run_cli, sample_tool
 from s3server import _detach_and_die_with_parent, free_ports
 
 distributed = pytest.importorskip("distributed")
@@ -156,22 +156,10 @@ def test_local_cluster_ctrl_c_then_resume_is_byte_identical(src, ref, tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("dask: 2 worker(s) at local:2; dashboard: http://"), stderr
     assert lines[1].startswith("shardgen build: error: interrupted while converting images"), stderr
-    assert _group_gone(p.pid, 15), "processes of the local cluster are left behind"
+    assert group_gone(p.pid, 15), "processes of the local cluster are left behind"
     r = run_cli("build", src, out, *OPTS, "--scheduler", "local:2", check=True)
     assert "reused" in r.stdout
     assert checksums(out) == ref
-
-
-def _group_gone(pgid: int, within_s: float) -> bool:
-    """No process is left in the group (exited ones are reaped by init shortly after)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_worker_sigkilled_mid_build_still_gives_the_same_bytes(cluster, src, ref, tmp_path):

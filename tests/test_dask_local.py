@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from conftest import ROOT, default_sigint, run_cli, sample_tool
+from conftest import ROOT, default_sigint, group_gone, run_cli, sample_tool
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")  # a dependency of distributed
@@ -113,18 +113,6 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
                             env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
 
 
-def _group_gone(pgid: int, within_s: float = 15) -> bool:
-    """No process is left in the group (exited ones are reaped by init shortly after)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _ignores_sigint(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
@@ -139,7 +127,7 @@ def test_src_without_images_is_one_line_and_leaves_no_worker(tmp_path):
     assert p.returncode == 2, stderr
     assert stderr.strip().splitlines() == [f"shardgen build: error: SRC {tmp_path / 'src'}: no images found "
                                            "(imagefolder layout)"], stderr
-    assert _group_gone(p.pid), "processes of the local cluster are left behind"
+    assert group_gone(p.pid), "processes of the local cluster are left behind"
     assert not (tmp_path / "out").exists()
 
 
@@ -153,7 +141,7 @@ def test_cluster_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path):
     assert len(lines) == 1, stderr
     assert lines[0].startswith("shardgen build: error: cannot start the Dask cluster local:2 ("), stderr
     assert "no-such-method" in lines[0]
-    assert _group_gone(p.pid) and not (tmp_path / "out").exists()
+    assert group_gone(p.pid) and not (tmp_path / "out").exists()
 
 
 def test_ctrl_c_while_the_cluster_starts_is_one_line_and_leaves_nothing(tmp_path):
@@ -177,7 +165,7 @@ def test_ctrl_c_while_the_cluster_starts_is_one_line_and_leaves_nothing(tmp_path
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["shardgen build: interrupted"], stderr
-    assert _group_gone(p.pid), "processes of the local cluster are left behind"
+    assert group_gone(p.pid), "processes of the local cluster are left behind"
 
 
 def test_closed_before_the_cluster_is_up_leaves_this_process_as_it_was(monkeypatch):
