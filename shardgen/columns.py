@@ -26,11 +26,19 @@ import numpy as np
 
 from .items import Item
 
-__all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE", "ties_sorted"]
+__all__ = ["StrColumn", "Interned", "ItemTable", "RecordTable", "RECORD_DTYPE", "ties_sorted", "iter_ints"]
 
 _ENC = ("utf-8", "surrogateescape")
-#: Rows per batch of Python ints in :meth:`StrColumn.take`.
+#: Rows per batch where a column is walked in Python or compared in slices.
 _TAKE_BATCH = 16384
+
+
+def iter_ints(idx: Sequence[int]) -> Iterator[int]:
+    """The values of ``idx`` (an int array or a ``range``) as Python ints, converted a
+    batch at a time: no list of one int object per row."""
+    for at in range(0, len(idx), _TAKE_BATCH):
+        part = idx[at:at + _TAKE_BATCH]
+        yield from part.tolist() if isinstance(part, np.ndarray) else part
 
 
 class StrColumn(Sequence[str]):
@@ -91,11 +99,9 @@ class StrColumn(Sequence[str]):
         """A new column of the values at ``idx``, in that order (bytes copied, nothing decoded)."""
         out = StrColumn()
         view, ends, blob, out_ends = memoryview(self._blob), self._ends, out._blob, out._ends
-        idx = np.asarray(idx, dtype=np.int64)
-        for at in range(0, len(idx), _TAKE_BATCH):  # a batch of Python ints at a time, not one per row
-            for i in idx[at:at + _TAKE_BATCH].tolist():
-                blob += view[ends[i - 1] if i else 0:ends[i]]
-                out_ends.append(len(blob))
+        for i in iter_ints(np.asarray(idx, dtype=np.int64)):
+            blob += view[ends[i - 1] if i else 0:ends[i]]
+            out_ends.append(len(blob))
         return out
 
 

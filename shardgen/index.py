@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .columns import ItemTable
+from .columns import ItemTable, iter_ints
 from .errors import UsageError
 from .scan import Item, ScanResult, _group_of
 
@@ -156,17 +156,13 @@ def _unique(table: ItemTable, lines: array, index: str) -> tuple[ItemTable, int]
         UsageError: a path listed again with other values (the earliest such line is named).
     """
     keep, conflicts, prev, first = array("q"), [], None, -1
-    order = table.sort_order()  # stable: the rows of one path in line order
-    for at in range(0, len(order), 16384):  # Python ints a batch at a time
-        part = order[at:at + 16384]
-        for i in part.tolist() if isinstance(part, np.ndarray) else part:
-            rel = table.relpaths[i]
-            if rel != prev:
-                keep.append(i)
-                prev, first = rel, i
-            elif table[i] != table[first]:
-                conflicts.append((lines[i], rel, lines[first]))
-    del order
+    for i in iter_ints(table.sort_order()):  # stable: the rows of one path in line order
+        rel = table.relpaths[i]
+        if rel != prev:
+            keep.append(i)
+            prev, first = rel, i
+        elif table[i] != table[first]:
+            conflicts.append((lines[i], rel, lines[first]))
     if conflicts:
         n, rel, n0 = min(conflicts)
         raise UsageError(f"--index {index}: line {n}: {rel} is listed again with other values than on line {n0}")
