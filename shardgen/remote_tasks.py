@@ -28,7 +28,8 @@ from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
 from .remote import Location
-from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none, single_get
+from .remote_get import read_many
+from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -133,12 +134,10 @@ _FIRST = 4
 
 def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
     """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads (the
-    first :data:`_FIRST`), one batch ahead, each read one GET (:func:`~shardgen.remote_io.single_get`)."""
-
-    one_get = single_get(fs)
+    first :data:`_FIRST`), one batch ahead, each read one GET (:func:`~shardgen.remote_get.read_many`)."""
 
     def fetch(batch: list[str]) -> dict[str, bytes | BaseException]:
-        got = fs.cat(batch, on_error="return", **one_get) if len(batch) > 1 else _one(fs, batch[0])
+        got = read_many(fs, batch) if len(batch) > 1 else _one(fs, batch[0])
         return {fs._strip_protocol(k): v for k, v in got.items()}
 
     batches = [paths[:_FIRST]] + [paths[i:i + _BATCH] for i in range(_FIRST, len(paths), _BATCH)]

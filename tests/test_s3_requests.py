@@ -42,6 +42,22 @@ HOOK = textwrap.dedent('''
             return await _orig(self, method, *args, **kwargs)
 
         s3fs.core.S3FileSystem._call_s3 = _call_s3
+
+        _orig_url = s3fs.core.S3FileSystem._url
+
+        async def _url(self, path, *args, **kwargs):
+            url = await _orig_url(self, path, *args, **kwargs)
+            line = f"presigned_get whole {self.split_path(path)[1]}\\n"
+            fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+            if os.environ.get("SHARDGEN_TEST_S3_REFUSE_URLS"):  # a store that refuses presigned URLs
+                url = url.replace("Signature=", "Signature=x")
+            return url
+
+        s3fs.core.S3FileSystem._url = _url
 ''')
 
 
@@ -58,22 +74,31 @@ def s3_sample(s3server, sample_src, tmp_path_factory):  # noqa: F811
     return f"s3://{BUCKET}/req/raw/{sample_src.name}", json.loads((out / "manifest.json").read_text())
 
 
-def test_s3_build_makes_one_get_per_source_and_one_put_per_object(s3server, s3_sample, tmp_path):  # noqa: F811
-    url, local_manifest = s3_sample
+def _logged_build(s3server, url: str, tmp_path: Path, dest: str, **env_extra: str) -> list[tuple[str, str, str]]:  # noqa: F811
+    """Build ``url`` into ``dest`` with every S3 call (and presigned GET) of every process logged."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HOOK)
     log = tmp_path / "requests.log"
-    env = dict(s3server.env(), PYTHONPATH=f"{ROOT}:{hook}", SHARDGEN_TEST_S3_LOG=str(log))
-    dest = f"s3://{BUCKET}/req/out"
+    env = dict(s3server.env(), PYTHONPATH=f"{ROOT}:{hook}", SHARDGEN_TEST_S3_LOG=str(log), **env_extra)
     run_cli("build", url, dest, *OPTS, env=env, check=True)
+    return _requests(log)
 
-    reqs = _requests(log)
+
+def _sources(reqs: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    return [(m, k) for m, r, k in reqs if "/req/raw/" in f"/{k}" and k.endswith(".png")]
+
+
+def test_s3_build_makes_one_get_per_source_and_one_put_per_object(s3server, s3_sample, tmp_path):  # noqa: F811
+    url, local_manifest = s3_sample
+    reqs = _logged_build(s3server, url, tmp_path, f"s3://{BUCKET}/req/out")
     kinds = collections.Counter(m for m, _, _ in reqs)
     images = sum(s["samples"] for s in local_manifest["splits"].values())
-    sources = [k for m, r, k in reqs if "/req/raw/" in f"/{k}" and k.endswith(".png")]
-    assert len(sources) == len(set(sources)) == images  # every source image read once ...
-    assert all(m == "get_object" for m, r, k in reqs if k in set(sources))  # ... with one GET, no HEAD
+    sources = _sources(reqs)
+    # every source image read once, with one presigned GET (shardgen.remote_get): no HEAD, and
+    # not through botocore's per-request machinery
+    assert sorted(m for m, _ in sources) == ["presigned_get"] * images
+    assert len({k for _, k in sources}) == images
     assert kinds["head_object"] <= 2, kinds  # (only OUT's state at the start)
     assert "copy_object" not in kinds and kinds["delete_objects"] <= 1, kinds  # no temporary object moved
     shards = [sh for s in local_manifest["splits"].values() for sh in s["shards"]]
@@ -90,3 +115,43 @@ def test_s3_build_makes_one_get_per_source_and_one_put_per_object(s3server, s3_s
     m = json.loads(fs.cat_file(f"{BUCKET}/req/out/manifest.json"))
     assert [sh["xxh64"] for s in m["splits"].values() for sh in s["shards"]] == [sh["xxh64"] for sh in shards]
     assert not [k for k in fs.find(f"{BUCKET}/req/out") if ".tmp-" in k or ".shardgen-work" in k]
+
+
+def test_s3_build_falls_back_to_s3fs_where_presigned_urls_are_refused(s3server, s3_sample, tmp_path):  # noqa: F811
+    """A store that refuses the presigned URLs (a signature version it does not take): the first
+    refused reads are retried through s3fs, which then reads every source; the same shards."""
+    url, local_manifest = s3_sample
+    dest = f"s3://{BUCKET}/req/out-refused"
+    reqs = _logged_build(s3server, url, tmp_path, dest, SHARDGEN_TEST_S3_REFUSE_URLS="1")
+    images = sum(s["samples"] for s in local_manifest["splits"].values())
+    sources = _sources(reqs)
+    got = collections.Counter(k for m, k in sources if m == "get_object")
+    assert sorted(got) == sorted({k for _, k in sources}) and len(got) == images
+    assert set(got.values()) == {1}  # each source read by s3fs once
+    # the refused URLs: at most one batch per build process before the fast path is switched off
+    assert 0 < sum(m == "presigned_get" for m, _ in sources) <= 2 * 16
+    fs = s3server.client()
+    fs.invalidate_cache()
+    m = json.loads(fs.cat_file(f"{BUCKET}/req/out-refused/manifest.json"))
+    shards = [sh["xxh64"] for s in local_manifest["splits"].values() for sh in s["shards"]]
+    assert [sh["xxh64"] for s in m["splits"].values() for sh in s["shards"]] == shards
+
+
+def test_read_many_returns_what_s3fs_cat_returns(s3server):  # noqa: F811
+    """Objects, a missing object and refused credentials: the presigned reads give the same
+    bytes and the same errors as ``fs.cat(..., on_error="return")``."""
+    import fsspec
+
+    from shardgen.remote_get import read_many
+
+    fs = s3server.client()
+    objs = {f"{BUCKET}/rm/{i}.png": bytes([i]) * (1000 + i) for i in range(20)}
+    fs.pipe(objs)
+    paths = [*objs, f"{BUCKET}/rm/missing.png", f"s3://{BUCKET}/rm/3.png"]
+    got = read_many(fs, paths)
+    assert {p: got[p] for p in objs} == objs and got[f"s3://{BUCKET}/rm/3.png"] == objs[f"{BUCKET}/rm/3.png"]
+    assert isinstance(got[f"{BUCKET}/rm/missing.png"], FileNotFoundError)
+    wrong = fsspec.filesystem("s3", key=s3server.access_key, secret="not-the-secret", skip_instance_cache=True,
+                              client_kwargs={"endpoint_url": s3server.endpoint})
+    refused = read_many(wrong, list(objs)[:3])
+    assert all(isinstance(v, PermissionError) for v in refused.values()), refused

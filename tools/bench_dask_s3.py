@@ -56,7 +56,8 @@ def dask_column(run_build, src: str, root: str, size: int, workers: int, rounds:
 
 def s3_column(run_build, src: str, root: str, size: int, workers: int | None, rounds: int, t_local: float, n: int,
               manifest: dict) -> dict:
-    """SRC and OUT on a local SeaweedFS against the local-disk build (best of ``rounds``)."""
+    """SRC and OUT on a local SeaweedFS, and SRC on it with OUT a local folder, against the
+    local-disk build (best of ``rounds`` each)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import fsspec
     from s3server import SeaweedS3
@@ -71,15 +72,25 @@ def s3_column(run_build, src: str, root: str, size: int, workers: int | None, ro
         print("uploading SRC to SeaweedFS ...", file=sys.stderr)
         fs.put(src, "bench/raw/" + os.path.basename(src), recursive=True)
         url, best, cpu, weed_cpu = "s3://bench/raw/" + os.path.basename(src), float("inf"), 0.0, 0.0
+        local_out, best_lo, cpu_lo, weed_lo = os.path.join(root, "out-s3src"), float("inf"), 0.0, 0.0
+        extra = ("--workers", str(workers)) if workers else ()
         for r in range(rounds):
             print(f"shardgen build s3:// -> s3:// (round {r + 1}/{rounds}) ...", file=sys.stderr)
             fs.rm("bench/out", recursive=True) if fs.exists("bench/out") else None
             w0 = process_cpu(server.proc.pid)
-            t = run_build(url, "s3://bench/out", size, workers, env=env,
-                          extra=("--workers", str(workers)) if workers else ())[0]
+            t = run_build(url, "s3://bench/out", size, workers, env=env, extra=extra)[0]
             if t < best:
                 best, cpu, weed_cpu = t, run_build.cpu_seconds, process_cpu(server.proc.pid) - w0
+            print(f"shardgen build s3:// -> local folder (round {r + 1}/{rounds}) ...", file=sys.stderr)
+            shutil.rmtree(local_out, ignore_errors=True)
+            w0 = process_cpu(server.proc.pid)
+            t = run_build(url, local_out, size, workers, env=env, extra=extra)[0]
+            if t < best_lo:
+                best_lo, cpu_lo, weed_lo = t, run_build.cpu_seconds, process_cpu(server.proc.pid) - w0
         same = shard_sums(json.loads(fs.cat_file("bench/out/manifest.json"))) == shard_sums(manifest)
+        with open(os.path.join(local_out, "manifest.json")) as f:
+            same_lo = shard_sums(json.load(f)) == shard_sums(manifest)
+        shutil.rmtree(local_out, ignore_errors=True)
     finally:
         server.stop()
         shutil.rmtree(os.path.join(root, "weed"), ignore_errors=True)
@@ -87,7 +98,11 @@ def s3_column(run_build, src: str, root: str, size: int, workers: int | None, ro
     # machine, it competes for the same cores); set them against the local build's CPU seconds.
     return {"s3_seconds": round(best, 2), "s3_images_per_s": round(n / best, 1),
             "s3_vs_local": round(t_local / best, 3), "s3_identical": same,
-            "s3_build_cpu_seconds": round(cpu, 2), "s3_server_cpu_seconds": round(weed_cpu, 2)}
+            "s3_build_cpu_seconds": round(cpu, 2), "s3_server_cpu_seconds": round(weed_cpu, 2),
+            # s3:// SRC, OUT a local folder: the sources' reads alone
+            "s3src_local_out_seconds": round(best_lo, 2), "s3src_local_out_vs_local": round(t_local / best_lo, 3),
+            "s3src_local_out_identical": same_lo, "s3src_local_out_build_cpu_seconds": round(cpu_lo, 2),
+            "s3src_local_out_server_cpu_seconds": round(weed_lo, 2)}
 
 
 def process_cpu(pid: int) -> float:
