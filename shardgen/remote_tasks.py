@@ -28,7 +28,7 @@ from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .image import ImageSkip, process_bytes
 from .remote import Location
-from .remote_get import read_many
+from .remote_get import read_many, read_ranges
 from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
 
 __all__ = ["FsChunkTask", "FsShardTask"]
@@ -168,7 +168,7 @@ def _read_pngs(fs, job: ShardJob) -> list[bytes | BaseException]:
     starts = [s.offset for s in job.samples]
     ends = [s.offset + s.length for s in job.samples]
     mpaths, mstarts, mends = merge_offset_ranges(paths, starts, ends, max_gap=_MAX_GAP, max_block=32 << 20)
-    blocks = fs.cat_ranges(mpaths, mstarts, mends, on_error="return")
+    blocks = read_ranges(fs, mpaths, mstarts, mends)
     by_path: dict[str, list[tuple[int, int, bytes | BaseException]]] = {}
     for p, a, b, data in zip(mpaths, mstarts, mends, blocks):
         by_path.setdefault(p, []).append((a, b, data))
