@@ -34,8 +34,9 @@ __all__ = ["read_many", "read_ranges"]
 
 #: Seconds a presigned URL stays valid: it is used at once.
 _EXPIRES_S = 600
-#: aiohttp timeouts (seconds): connecting, and between two reads of one response.
-_CONNECT_S, _READ_S = 30.0, 60.0
+#: aiohttp's timeouts (seconds), connecting and between two reads of one response, unless
+#: the filesystem's ``config_kwargs`` set botocore's (``--timeout`` does: 30 s by default).
+_CONNECT_S, _READ_S = 60.0, 60.0
 #: Requests in flight at once per call.
 _CONCURRENCY = 32
 
@@ -148,7 +149,9 @@ def _new_session(fs: Any) -> Any:
         tls = ssl.create_default_context(cafile=verify)
     else:
         tls = _default_tls()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_S, sock_read=_READ_S)
+    config = fs.config_kwargs or {}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.get("connect_timeout", _CONNECT_S),
+                                    sock_read=config.get("read_timeout", _READ_S))
     # trust_env: the HTTP(S)_PROXY and NO_PROXY variables, as botocore honours them; only when
     # one is set, since aiohttp then reads the environment again for every request (0.35 ms).
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls), timeout=timeout,
