@@ -29,30 +29,27 @@ HOOK = textwrap.dedent('''
     if _LOG:
         import s3fs.core
 
-        _orig = s3fs.core.S3FileSystem._call_s3
-
-        async def _call_s3(self, method, *args, **kwargs):
-            key = kwargs.get("Key") or kwargs.get("Prefix") or ""
-            line = f"{method} {'range' if kwargs.get('Range') else 'whole'} {key}\\n"
+        def _log(line):
             fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
+
+        _orig = s3fs.core.S3FileSystem._call_s3
+
+        async def _call_s3(self, method, *args, **kwargs):
+            key = kwargs.get("Key") or kwargs.get("Prefix") or ""
+            _log(f"{method} {'range' if kwargs.get('Range') else 'whole'} {key}\\n")
             return await _orig(self, method, *args, **kwargs)
 
         s3fs.core.S3FileSystem._call_s3 = _call_s3
 
         _orig_url = s3fs.core.S3FileSystem._url
 
-        async def _url(self, path, *args, **kwargs):
+        async def _url(self, path, *args, **kwargs):  # shardgen.remote_get's reads: one GET per URL
             url = await _orig_url(self, path, *args, **kwargs)
-            line = f"presigned_get whole {self.split_path(path)[1]}\\n"
-            fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+            _log(f"presigned_get whole {self.split_path(path)[1]}\\n")
             if os.environ.get("SHARDGEN_TEST_S3_REFUSE_URLS"):  # a store that refuses presigned URLs
                 url = url.replace("Signature=", "Signature=x")
             return url
