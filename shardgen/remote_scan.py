@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .dicom import has_dicom_magic
 from .errors import UsageError
@@ -32,10 +32,6 @@ def _remote_tree(loc: Location):
     """A :class:`~shardgen.scan.Tree` of the objects under ``loc`` (one recursive listing)."""
     fs = loc.fs()
     root = fs._strip_protocol(loc.url).rstrip("/")
-    try:
-        found = fs.find(root, withdirs=True, detail=True)
-    except FileNotFoundError:
-        found = {}
     folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
 
     def folder(rel: str) -> tuple[list[str], list[str]]:
@@ -45,19 +41,57 @@ def _remote_tree(loc: Location):
             folders[rel] = ([], [])
         return folders[rel]
 
-    for path, info in sorted(found.items()):
+    def add(path: str, is_dir: bool) -> None:
         rel = path[len(root) + 1:] if path.startswith(root + "/") else None
         if not rel or any(not _visible(p) for p in rel.split("/")):
-            continue
-        if info.get("type") == "directory":
+            return
+        if is_dir:
             folder(rel)
         else:
             parent, _, name = rel.rpartition("/")
             folder(parent)[1].append(name)
+
+    _list_into(fs, root, add)
     tree = _RemoteTree.__new__(_RemoteTree)
     tree.root, tree.notes, tree._sniffed, tree.fs = loc.url, [], {}, fs
     tree.folders = {k: (sorted(set(d)), sorted(set(f))) for k, (d, f) in folders.items()}
     return tree
+
+
+def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
+    """``add(path, is_dir)`` for every object (and folder) under ``root``.
+
+    On S3 the listing streams, a page of 1,000 keys at a time, through s3fs's own paginated
+    listing (``_iterdir``, the async generator behind its ``ls``; each page retried as any
+    s3fs request): s3fs's ``find`` would hold every object's info dict (about 1 KB) and keep
+    them all in its listings cache for the life of the process, 1 GB per million objects.
+    """
+    iterdir = getattr(fs, "_iterdir", None) if "s3" in _protocols(fs) else None
+    if iterdir is None:
+        try:
+            found = fs.find(root, withdirs=True, detail=True)
+        except FileNotFoundError:
+            found = {}
+        for path, info in found.items():
+            add(path, info.get("type") == "directory")
+        return
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(root)
+
+    async def walk() -> None:
+        async for info in iterdir(bucket, delimiter="", prefix=f"{key}/" if key else ""):
+            name = info["name"]
+            add(name.rstrip("/"), name.endswith("/") or info.get("type") == "directory")
+
+    try:
+        sync(fs.loop, walk)
+    except FileNotFoundError:
+        pass
+
+
+def _protocols(fs: Any) -> set[str]:
+    return set(fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
 def scan_url(loc: Location, index: str | None, group: str | None):
