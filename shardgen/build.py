@@ -291,6 +291,12 @@ class _Run:
             where = f" ({e.filename})" if e.filename else ""
             return ShardgenError(f"cannot write to {self.out} while {self.phase}: {e.strerror}{where}; "
                                  "fix that and run the same command again to resume")
+        if isinstance(e, OSError):  # storage that failed past its retries (a 500, a lost connection)
+            with contextlib.suppress(Exception):
+                self.clean_temporaries()
+            where = f" ({e.filename})" if e.filename else ""
+            return ShardgenError(f"storage error while {self.phase}: {e.strerror or e}{where}; {self.out} holds a "
+                                 "resumable build: run the same command again to resume")
         return None
 
 

@@ -28,7 +28,8 @@ import sys
 import weakref
 from typing import Any, Callable
 
-from .remote_io import single_get
+from .remote_io import read_object, retried, single_get
+from .retry import is_transient
 
 __all__ = ["read_many", "read_ranges"]
 
@@ -44,25 +45,44 @@ _CONCURRENCY = 32
 def read_many(fs: Any, paths: list[str]) -> dict[str, bytes | BaseException]:
     """Every object in ``paths`` (paths as ``fs`` takes them), read whole with one GET each,
     concurrently: ``{path: bytes, or the exception that reading it raised}``, as
-    ``fs.cat(paths, on_error="return")`` returns (keys as ``fs.cat`` gives them)."""
+    ``fs.cat(paths, on_error="return")`` returns; a read that fails with a transient error
+    is tried again (:data:`~shardgen.remote_io.STORAGE_RETRY`) before its error is returned."""
+
+    def through_s3fs(idx: list[int]) -> list[Any]:
+        part = [paths[i] for i in idx]
+        return _values(fs.cat(part, on_error="return", **single_get(fs)), part)
+
     reader = _reader(fs)
-    if reader is None:
-        return fs.cat(paths, on_error="return", **single_get(fs))
-    got = reader.read([(p, None, None) for p in paths],
-                      lambda idx: list(_values(fs.cat([paths[i] for i in idx], on_error="return", **single_get(fs)),
-                                               [paths[i] for i in idx])))
+    got = reader.read([(p, None, None) for p in paths], through_s3fs) if reader else through_s3fs(
+        list(range(len(paths))))
+    _retry_transient(got, lambda i: read_object(fs, paths[i]))
     return dict(zip(paths, got))
 
 
 def read_ranges(fs: Any, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes | BaseException]:
     """Bytes ``starts[i]:ends[i]`` of object ``paths[i]`` for each ``i``, one ranged GET each,
-    concurrently: bytes or the exception, as ``fs.cat_ranges(..., on_error="return")``."""
+    concurrently: bytes or the exception, as ``fs.cat_ranges(..., on_error="return")``; a read
+    that fails with a transient error is tried again before its error is returned."""
+
+    def through_s3fs(idx: list[int]) -> list[Any]:
+        return fs.cat_ranges([paths[i] for i in idx], [starts[i] for i in idx], [ends[i] for i in idx],
+                             on_error="return")
+
     reader = _reader(fs)
-    if reader is None:
-        return fs.cat_ranges(paths, starts, ends, on_error="return")
-    return reader.read(list(zip(paths, starts, ends)),
-                       lambda idx: fs.cat_ranges([paths[i] for i in idx], [starts[i] for i in idx],
-                                                 [ends[i] for i in idx], on_error="return"))
+    got = reader.read(list(zip(paths, starts, ends)), through_s3fs) if reader else through_s3fs(
+        list(range(len(paths))))
+    _retry_transient(got, lambda i: retried(lambda: fs.cat_file(paths[i], start=starts[i], end=ends[i])))
+    return got
+
+
+def _retry_transient(got: list[Any], read_one: Callable[[int], bytes]) -> None:
+    """Replace each transient error in ``got`` with ``read_one(i)``'s bytes, or its error."""
+    for i, v in enumerate(got):
+        if isinstance(v, BaseException) and is_transient(v):
+            try:
+                got[i] = read_one(i)
+            except Exception as e:  # noqa: BLE001 - returned, as the first error was
+                got[i] = e
 
 
 #: A read: ``(path, start, end)``, start and end None for the whole object.

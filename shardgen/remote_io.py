@@ -13,9 +13,21 @@ import secrets
 from typing import Any
 
 from .format import TMP_PREFIX
+from .retry import RetryPolicy, call
 
 __all__ = ["put_atomic", "put_file_atomic", "put_scratch", "put_scratch_pair", "single_get", "read_object",
-           "read_or_none"]
+           "read_or_none", "STORAGE_RETRY", "retried"]
+
+#: A build's reads and writes of objects: a transient error (a 500 or 503, a dropped
+#: connection, a timeout) is tried again 3 times, 0.5, 1 and 2 s later (jittered), and none
+#: is started 30 s after the first try. s3fs itself retries only throttling and transport
+#: errors, and botocore's own retries are off (``storage.timeout_options``).
+STORAGE_RETRY = RetryPolicy(attempts=4, backoff_s=0.5, max_wait_s=4.0, jitter=True, deadline_s=30.0)
+
+
+def retried(fn: Any) -> Any:
+    """``fn()`` under :data:`STORAGE_RETRY` (transient errors only, :func:`shardgen.retry.is_transient`)."""
+    return call(fn, STORAGE_RETRY)
 
 
 #: fsspec protocols whose single PUT makes an object visible whole or not at all.
@@ -29,20 +41,21 @@ def _whole_object_put(fs: Any) -> bool:
 
 def put_atomic(fs: Any, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: one PUT on an object store (visible whole or not
-    at all), else under a temporary name, then moved to ``path``."""
+    at all), else under a temporary name, then moved to ``path``; transient errors are
+    retried (:func:`retried`)."""
     if _whole_object_put(fs):
-        fs.pipe_file(path, data)
+        retried(lambda: fs.pipe_file(path, data))
     else:
-        _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data))
+        retried(lambda: _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data)))
 
 
 def put_file_atomic(fs: Any, local: str, path: str) -> None:
     """Upload the local file ``local`` to ``path`` atomically (as :func:`put_atomic`; a large
     file's multipart upload is visible only once complete)."""
     if _whole_object_put(fs):
-        fs.put_file(local, path)
+        retried(lambda: fs.put_file(local, path))
     else:
-        _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp))
+        retried(lambda: _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp)))
 
 
 def put_scratch(fs: Any, path: str, data: bytes) -> None:
@@ -55,7 +68,7 @@ def put_scratch_pair(fs: Any, first: tuple[str, bytes], second: tuple[str, bytes
     round trip; a chunk's records name its ``.bin``'s xxh64, so records that arrive without
     their ``.bin`` are never trusted), else ``first`` and then ``second``."""
     if _whole_object_put(fs):
-        fs.pipe(dict([first, second]))
+        retried(lambda: fs.pipe(dict([first, second])))
     else:
         put_atomic(fs, *first)
         put_atomic(fs, *second)
@@ -100,8 +113,9 @@ _SINGLE_GET: dict[type, bool] = {}
 
 
 def read_object(fs: Any, path: str) -> bytes:
-    """The whole object (or file) at ``path``, with one GET on an object store (:func:`single_get`)."""
-    return fs.cat_file(path, **single_get(fs))
+    """The whole object (or file) at ``path``, with one GET on an object store (:func:`single_get`);
+    transient errors are retried (:func:`retried`)."""
+    return retried(lambda: fs.cat_file(path, **single_get(fs)))
 
 
 def _is_local(fs: Any) -> bool:

@@ -30,6 +30,7 @@ from .image import ImageSkip, process_bytes
 from .remote import Location
 from .remote_get import read_many, read_ranges
 from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
+from .retry import is_transient
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -106,6 +107,8 @@ class FsChunkTask(ChunkTask):
         recs, buf = [], bytearray()
         for path, data in _prefetched(self.src.fs(), [p for _, p in entries]):
             if isinstance(data, BaseException):
+                if is_transient(data):  # the store's trouble, not the file's: fail, resumable
+                    raise data
                 why = getattr(data, "strerror", None) or data
                 recs.append(ImageRecord(False, f"unreadable: {why}", None))
                 continue
@@ -218,6 +221,8 @@ class FsShardTask(ShardTask):
             local = os.path.join(tmpdir, job.relpath.rsplit("/", 1)[-1])
             with ShardWriter(local) as w:
                 for s, png in zip(job.samples, pngs):
+                    if isinstance(png, BaseException) and is_transient(png):
+                        raise png
                     if isinstance(png, BaseException) or len(png) != s.length:
                         raise ShardgenError(f"scratch object {s.chunk_bin} is shorter than recorded; "
                                             "re-run with --overwrite")
