@@ -284,6 +284,17 @@ class ItemTable(Sequence[Item]):
         """int32 group code per item (-1: no group)."""
         return self._group.array()
 
+    @property
+    def group_names(self) -> Sequence[str]:
+        """The distinct groups, in the order their codes number them."""
+        return self._group.values
+
+    def set_splits(self, names: list[str], codes: np.ndarray) -> None:
+        """Give item ``i`` the split ``names[codes[i]]`` (-1: none); ``names`` in order of first use."""
+        self._split = Interned()
+        self._split.values, self._split._codes = list(names), None
+        self._split.codes = array("i", np.asarray(codes, np.intc).tobytes())
+
     def compact(self) -> None:
         """Hold the distinct groups compactly (see :meth:`Interned.compact`); labels and
         splits are few, and stay the lists that :attr:`label_names` and :attr:`split_names` give."""

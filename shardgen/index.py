@@ -208,8 +208,7 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
                              "use one of them")
         from .splitlists import apply_split_lists
 
-        listed, skipped, list_notes = apply_split_lists(out, opts.split_lists)
-        out = ItemTable.of(listed)
+        out, skipped, list_notes = apply_split_lists(out, opts.split_lists)
         notes += list_notes
         splits = [name for name, _ in opts.split_lists]
     else:
