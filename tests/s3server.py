@@ -75,8 +75,12 @@ class SeaweedS3:
     """
 
     def __init__(self, workdir: str | os.PathLike, weed: str | None = None,
-                 start_timeout: float = 60.0):
+                 start_timeout: float = 60.0, volumes: int = 20):
+        """``volumes``: the most 256 MB volumes the server makes (its capacity; past it every
+        write fails with ``500 InternalError``). 20 fit the tests; a full-size benchmark
+        build needs more."""
         self.weed = weed or find_weed()
+        self.volumes = volumes
         if not self.weed:
             raise FileNotFoundError("weed (SeaweedFS) is not installed")
         self.workdir = Path(workdir)
@@ -110,7 +114,7 @@ class SeaweedS3:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-filer.localSocket={self.workdir / 'filer.sock'}",
             f"-s3.localSocket={self.workdir / 's3.sock'}",
-            "-master.telemetry=false", "-master.electionTimeout=1s", "-master.volumeSizeLimitMB=256", "-volume.max=20",
+            "-master.telemetry=false", "-master.electionTimeout=1s", "-master.volumeSizeLimitMB=256", f"-volume.max={self.volumes}",
         ]
 
     @property

@@ -62,7 +62,9 @@ def s3_column(run_build, src: str, root: str, size: int, workers: int | None, ro
     import fsspec
     from s3server import SeaweedS3
 
-    server = SeaweedS3(os.path.join(root, "weed"))
+    # capacity for SRC, OUT and their leftovers between rounds (removed objects are not
+    # reclaimed at once): the tests' 20 volumes of 256 MB fill up at the full 21,165 images
+    server = SeaweedS3(os.path.join(root, "weed"), volumes=120)
     server.start()
     try:
         server.make_bucket("bench")
