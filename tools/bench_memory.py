@@ -115,14 +115,34 @@ def make_split_lists(src: str, n: int) -> list[str]:
     return ["--split_lists", f"train={paths[0]},test={paths[1]}"]
 
 
+def upload(server, src: str) -> str:
+    """``src`` put into the SeaweedFS ``server`` (bucket ``bench``), 2,000 objects per call; its URL."""
+    fs = server.filesystem()
+    name = os.path.basename(src)
+    batch: dict[str, bytes] = {}
+    for c in sorted(os.listdir(src)):
+        if not os.path.isdir(os.path.join(src, c)):
+            continue
+        for f in sorted(os.listdir(os.path.join(src, c))):
+            with open(os.path.join(src, c, f), "rb") as fh:
+                batch[f"bench/{name}/{c}/{f}"] = fh.read()
+            if len(batch) == 2000:
+                fs.pipe(batch)
+                batch = {}
+    if batch:
+        fs.pipe(batch)
+    return f"s3://bench/{name}"
+
+
 def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None,
-             flags: list[str] | None = None, shard_size: int = 10_000) -> tuple[int, float, float]:
+             flags: list[str] | None = None, shard_size: int = 10_000,
+             env_extra: dict | None = None) -> tuple[int, float, float]:
     """Peak RSS (bytes) of the build's main process, its wall time and its own CPU time (s). With ``scheduler``
     (``local:N``) the build runs on a Dask cluster: the main process is the Dask client, with
     the local cluster's scheduler inside it (its workers are other processes, not counted)."""
     extra = (["--scheduler", scheduler] if scheduler else ["--workers", str(workers)]) + list(flags or [])
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "shardgen", "build", src, out, "--size", "8",
                           "--progress", "false", "--shard_size", str(shard_size), *extra],
@@ -151,19 +171,40 @@ def main(argv=None) -> int:
     ap.add_argument("--shard_size", type=int, default=10_000,
                     help="samples per shard (default 10,000, as the figures in benchmarks.md; the build's own default is "
                          "1,000). A Dask build holds a window of shard jobs in flight, so its constant grows with this")
+    ap.add_argument("--s3", action="store_true",
+                    help="SRC uploaded to a SeaweedFS server on loopback (tests/s3server.py), OUT local")
     args = ap.parse_args(argv)
     if args.split_lists and not args.index:
         ap.error("--split_lists needs --index")
+    if args.s3 and args.index:
+        ap.error("--s3 builds take no --index (not supported with a SRC URL)")
+    server = None
+    if args.s3:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from s3server import SeaweedS3
+
+        server = SeaweedS3(os.path.join(args.root, "weed"), volumes=40)
+        server.start()
+        server.make_bucket("bench")
     res = {}
-    for n in (args.base, args.images):
-        src = make_tiny(args.root, n)
-        flags = make_index(src, n, args.index == "multi") if args.index else None
-        if args.split_lists:
-            flags += make_split_lists(src, n)
-        res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers, args.scheduler, flags, args.shard_size)
+    try:
+        for n in (args.base, args.images):
+            src = make_tiny(args.root, n)
+            flags = make_index(src, n, args.index == "multi") if args.index else None
+            if args.split_lists:
+                flags += make_split_lists(src, n)
+            if server is not None:
+                print(f"uploading {n:,} images to SeaweedFS ...", file=sys.stderr)
+                src = upload(server, src)
+            res[n] = peak_rss(src, os.path.join(args.root, "out"), args.workers, args.scheduler, flags,
+                              args.shard_size, server.env() if server else None)
+    finally:
+        if server is not None:
+            server.stop()
+            shutil.rmtree(os.path.join(args.root, "weed"), ignore_errors=True)
     (b_rss, _, _), (rss, secs, cpu) = res[args.base], res[args.images]
     per = (rss - b_rss) / (args.images - args.base)
-    out = {"images": args.images, "scheduler": args.scheduler, "index": args.index,
+    out = {"images": args.images, "scheduler": args.scheduler, "index": args.index, "s3": args.s3,
            "split_lists": args.split_lists, "shard_size": args.shard_size,
            "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
            "bytes_per_image": round(per), "build_seconds": round(secs, 1),
