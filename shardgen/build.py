@@ -82,7 +82,7 @@ def _resolve(cfg: BuildConfig, urls=None):
         from .remote_scan import scan_url
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
-            sr = scan_url(urls.src, cfg.index, cfg.group)
+            sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
     else:
         sr = scan(cfg.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
     if not sr.items:

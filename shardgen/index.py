@@ -32,6 +32,7 @@ import numpy as np
 from .columns import ItemTable, iter_ints
 from .errors import UsageError
 from .scan import Item, ScanResult, _group_of
+from .storage import is_url
 
 __all__ = ["IndexOptions", "scan_index"]
 
@@ -61,6 +62,8 @@ class IndexOptions:
 
 
 def _normalise(src: str, path: str, where: str) -> str:
+    if os.path.isabs(path) and is_url(src):
+        raise UsageError(f"{where}: {path} is a local path; with a SRC URL the paths are relative to SRC {src}")
     rel = os.path.relpath(path, src) if os.path.isabs(path) else path
     rel = posixpath.normpath(rel.replace(os.sep, "/"))
     if rel == "." or rel == ".." or rel.startswith("../"):
@@ -69,7 +72,10 @@ def _normalise(src: str, path: str, where: str) -> str:
 
 
 class _BareNames:
-    """Finds a bare file name anywhere under SRC; SRC is walked once, on first need."""
+    """Finds a bare file name anywhere under SRC; SRC is walked once, on first need.
+
+    :class:`shardgen.remote_scan.RemoteBareNames` does the same for a SRC URL from one listing.
+    """
 
     def __init__(self, src: str) -> None:
         self.src = src
@@ -174,8 +180,16 @@ def _unique(table: ItemTable, lines: array, index: str) -> tuple[ItemTable, int]
     return table, repeats
 
 
-def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None) -> ScanResult:
+def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None,
+               names=None) -> ScanResult:
     """Read the CSV index; see the module docstring.
+
+    Args:
+        src: the source folder (or URL: then ``names`` resolves the bare names).
+        index: the CSV file (a local path).
+        regex: the ``--group`` regex, or None.
+        options: how to read the CSV (None: the defaults).
+        names: the bare-name resolver (``resolve(rel, where) -> rel``); None: a walk of the folder ``src``.
 
     Raises:
         UsageError: unreadable CSV, missing columns, empty cells, conflicting duplicates,
@@ -183,7 +197,7 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
             rows only, or bad split lists.
     """
     opts = options or IndexOptions()
-    bare = _BareNames(src)
+    bare = names if names is not None else _BareNames(src)
     table, lines = ItemTable(), array("q")
     with _open_rows(index, opts) as (roles, rows):
         for n, row in rows:

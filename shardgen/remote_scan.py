@@ -9,7 +9,7 @@ from .errors import UsageError
 from .remote import Location
 from .scan import Tree, _is_image, _visible
 
-__all__ = ["scan_url"]
+__all__ = ["RemoteBareNames", "scan_url"]
 
 
 class _RemoteTree(Tree):
@@ -90,21 +90,81 @@ def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
         pass
 
 
+class RemoteBareNames:
+    """:class:`shardgen.index._BareNames` for a SRC URL: a bare file name of the index is looked
+    up in one streaming listing of SRC (made on first need), with the local walk's rules (hidden
+    folders left out; of two places, the first and second in the walk's order are named).
+
+    Memory: one relative path per object, in lists keyed by file name, as the local walk holds.
+    """
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        self._where: dict[str, list[str]] | None = None
+
+    def _list(self) -> dict[str, list[str]]:
+        fs = self.loc.fs()
+        root = fs._strip_protocol(self.loc.url).rstrip("/")
+        where: dict[str, list[str]] = {}
+
+        def add(path: str, is_dir: bool) -> None:
+            rel = path[len(root) + 1:] if path.startswith(root + "/") else None
+            if is_dir or not rel:
+                return
+            parent, _, name = rel.rpartition("/")
+            if parent and any(not _visible(p) for p in parent.split("/")):
+                return
+            where.setdefault(name, []).append(rel)
+
+        _list_into(fs, root, add)
+        return where
+
+    def resolve(self, rel: str, where: str) -> str:
+        """``rel``, or where its bare name lies under SRC when it is not directly in SRC."""
+        if "/" in rel:
+            return rel
+        if self._where is None:
+            self._where = self._list()
+        found = self._where.get(rel, [])
+        if rel in found:
+            return rel
+        if len(found) > 1:
+            first, second = sorted(found, key=lambda p: p.split("/")[:-1])[:2]  # os.walk's order
+            raise UsageError(f"{where}: file name {rel} is ambiguous: found at {first} and {second} under SRC")
+        return found[0] if found else rel
+
+
+def _scan_index_url(loc: Location, index: str, regex, options):
+    """The ScanResult of ``--index`` with a SRC URL: the paths are relative to SRC as given."""
+    from .index import scan_index
+
+    res = scan_index(loc.url, index, regex, options, names=RemoteBareNames(loc))
+    res.items.compact()
+    res.root = loc.url
+    return res
+
+
 def _protocols(fs: Any) -> set[str]:
     return set(fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
-def scan_url(loc: Location, index: str | None, group: str | None):
+def scan_url(loc: Location, index: str | None, group: str | None, options=None):
     """:func:`shardgen.scan.scan` for a SRC given as a URL (same layouts, same rules).
 
+    Args:
+        loc: SRC.
+        index: the ``--index`` CSV (a local file), or None.
+        group: the ``--group`` regex, or None.
+        options: the index's :class:`~shardgen.index.IndexOptions` (None: the defaults).
+
     Raises:
-        UsageError: nothing under the URL, no class folders, or ``--index`` (not supported with a URL SRC).
+        UsageError: nothing under the URL, no class folders, or any error of :func:`~shardgen.index.scan_index`.
     """
     from .scan import _compile_group, _rebase, _scan_tree, _unwrap
 
-    if index is not None:
-        raise UsageError("--index is not supported with a SRC URL yet: give a folder, or copy the images locally")
     regex = _compile_group(group)
+    if index is not None:
+        return _scan_index_url(loc, index, regex, options)
     tree = _remote_tree(loc)
     if not tree.subdirs("") and not tree.files(""):
         raise UsageError(f"SRC {loc.url}: nothing found there")

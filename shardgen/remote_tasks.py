@@ -11,6 +11,7 @@ of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -109,7 +110,9 @@ class FsChunkTask(ChunkTask):
             if isinstance(data, BaseException):
                 if is_transient(data):  # the store's trouble, not the file's: fail, resumable
                     raise data
-                why = getattr(data, "strerror", None) or data
+                # a missing object reads as a missing local file does (the same skip reason)
+                why = os.strerror(errno.ENOENT) if isinstance(data, FileNotFoundError) else (
+                    getattr(data, "strerror", None) or data)
                 recs.append(ImageRecord(False, f"unreadable: {why}", None))
                 continue
             src_hash = xxhash.xxh64_hexdigest(data)
