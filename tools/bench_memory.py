@@ -176,8 +176,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.split_lists and not args.index:
         ap.error("--split_lists needs --index")
-    if args.s3 and args.index:
-        ap.error("--s3 builds take no --index (not supported with a SRC URL)")
     server = None
     if args.s3:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
