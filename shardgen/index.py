@@ -8,7 +8,8 @@ that is not directly in SRC is looked up anywhere under SRC (one walk, on first 
 ships ``images_001/images/...`` to ``images_012/``; a name found in two places is a usage
 error naming both. A path listed twice with the same label, group and split is used once
 (with a note); listed twice with different values, or pointing outside SRC, is a usage
-error naming the line.
+error naming the line. With a SRC URL (:func:`shardgen.remote_scan.scan_url`) the CSV stays a
+local file, bare names are looked up in one listing of SRC, and an absolute path is a usage error.
 
 With ``--label_sep`` the label cell holds a set of labels (``Cardiomegaly|Effusion``) and
 the build is multi-label; ``--no_finding`` names the value meaning "no positive class"
