@@ -21,11 +21,11 @@ from test_s3 import BUCKET, one_line_error, s3server  # noqa: F401  (the session
 
 MISSING = "99999999_000.png"
 OPTS = ["--columns", COLUMNS, "--label_sep", "|", "--no_finding", NO_FINDING, "--size", "32",
-        "--shard_size", "10", "--workers", "2", "--progress", "false"]
+        "--shard_size", "10", "--progress", "false"]
 
 
 def _index_build(src: str, index: Path, lists: Path, out: Path, env: dict | None = None, check: bool = True):
-    return run_cli("build", src, out, "--index", index, *OPTS, "--group", r"^(\d+)_",
+    return run_cli("build", src, out, "--index", index, *OPTS, "--workers", "2", "--group", r"^(\d+)_",
                    "--split_lists", f"train={lists / 'train_val_list.txt'},test={lists / 'test_list.txt'}",
                    env=env, check=check)
 
@@ -104,3 +104,14 @@ def test_s3_index_ambiguous_bare_name_is_the_local_error(nih_s3, s3server, tmp_p
                      env=s3server.env())
     line = one_line_error(local, "ambiguous", name)
     assert one_line_error(remote) == line
+
+
+def test_s3_index_dask_build_matches_the_local_build(nih_s3, s3server, tmp_path):  # noqa: F811
+    out = tmp_path / "dask"
+    meta = nih_s3["meta"]
+    p = run_cli("build", nih_s3["url"], out, "--index", meta / "Data_Entry_2017.csv", *OPTS, "--group", r"^(\d+)_",
+                "--split_lists", f"train={meta / 'train_val_list.txt'},test={meta / 'test_list.txt'}",
+                "--scheduler", "local:2", env=s3server.env())
+    assert p.returncode == 0, p.stderr
+    assert _shards(out) == _shards(nih_s3["local"])
+    assert _skips(out) == _skips(nih_s3["local"])
