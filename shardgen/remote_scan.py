@@ -35,10 +35,16 @@ def _remote_tree(loc: Location):
     folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
 
     def folder(rel: str) -> tuple[list[str], list[str]]:
-        if rel not in folders:
-            parent, _, name = rel.rpartition("/")
-            folder(parent)[0].append(name)
-            folders[rel] = ([], [])
+        # not recursive: a closure that calls itself is a reference cycle, and the cycle kept
+        # every name of the listing alive after the scan until the garbage collector ran
+        missing, up = [], rel
+        while up not in folders:
+            missing.append(up)
+            up = up.rpartition("/")[0]
+        for m in reversed(missing):
+            parent, _, name = m.rpartition("/")
+            folders[parent][0].append(name)
+            folders[m] = ([], [])
         return folders[rel]
 
     def add(path: str, is_dir: bool) -> None:
@@ -54,7 +60,10 @@ def _remote_tree(loc: Location):
     _list_into(fs, root, add)
     tree = _RemoteTree.__new__(_RemoteTree)
     tree.root, tree.notes, tree._sniffed, tree.fs = loc.url, [], {}, fs
-    tree.folders = {k: (sorted(set(d)), sorted(set(f))) for k, (d, f) in folders.items()}
+    for dirs, files in folders.values():  # in place: no second copy of every name list
+        dirs[:] = sorted(set(dirs))
+        files[:] = sorted(set(files))
+    tree.folders = folders
     return tree
 
 
