@@ -75,13 +75,17 @@ class PeakRSS(threading.Thread):
     def run(self) -> None:
         while not self.stop:
             try:
-                with open(f"/proc/{self.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
-            except OSError:
+                self.sample()
+            except (OSError, IndexError, ValueError):  # the process is gone
                 return
             time.sleep(0.05)
+
+    def sample(self) -> None:
+        """One reading of the process (its RSS)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
 
 
 def kill_after_chunks(p: subprocess.Popen, out: str, n: int, poll_s: float = 0.005) -> None:

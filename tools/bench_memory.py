@@ -39,20 +39,11 @@ class ClientMonitor(PeakRSS):
         super().__init__(pid)
         self.cpu = 0.0
 
-    def run(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        while not self.stop:
-            try:
-                with open(f"/proc/{self.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
-                with open(f"/proc/{self.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                self.cpu = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            except (OSError, IndexError, ValueError):
-                return
-            time.sleep(0.05)
+    def sample(self) -> None:
+        super().sample()
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        self.cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def make_tiny(root: str, n: int) -> str:
