@@ -47,9 +47,8 @@ def _remote_tree(loc: Location):
             folders[m] = ([], [])
         return folders[rel]
 
-    def add(path: str, is_dir: bool) -> None:
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else None
-        if not rel or any(not _visible(p) for p in rel.split("/")):
+    def add(rel: str, is_dir: bool) -> None:
+        if any(not _visible(p) for p in rel.split("/")):
             return
         if is_dir:
             folder(rel)
@@ -68,13 +67,18 @@ def _remote_tree(loc: Location):
 
 
 def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
-    """``add(path, is_dir)`` for every object (and folder) under ``root``.
+    """``add(rel, is_dir)`` for every object (and folder) under ``root``, ``rel`` its path
+    relative to ``root``.
 
     On S3 the listing streams, a page of 1,000 keys at a time, through s3fs's own paginated
     listing (``_iterdir``, the async generator behind its ``ls``; each page retried as any
     s3fs request): s3fs's ``find`` would hold every object's info dict (about 1 KB) and keep
     them all in its listings cache for the life of the process, 1 GB per million objects.
     """
+    def relative(path: str, is_dir: bool) -> None:
+        if path.startswith(root + "/") and len(path) > len(root) + 1:
+            add(path[len(root) + 1:], is_dir)
+
     iterdir = getattr(fs, "_iterdir", None) if "s3" in _protocols(fs) else None
     if iterdir is None:
         try:
@@ -82,7 +86,7 @@ def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
         except FileNotFoundError:
             found = {}
         for path, info in found.items():
-            add(path, info.get("type") == "directory")
+            relative(path, info.get("type") == "directory")
         return
     from fsspec.asyn import sync
 
@@ -91,7 +95,7 @@ def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
     async def walk() -> None:
         async for info in iterdir(bucket, delimiter="", prefix=f"{key}/" if key else ""):
             name = info["name"]
-            add(name.rstrip("/"), name.endswith("/") or info.get("type") == "directory")
+            relative(name.rstrip("/"), name.endswith("/") or info.get("type") == "directory")
 
     try:
         sync(fs.loop, walk)
@@ -116,9 +120,8 @@ class RemoteBareNames:
         root = fs._strip_protocol(self.loc.url).rstrip("/")
         where: dict[str, list[str]] = {}
 
-        def add(path: str, is_dir: bool) -> None:
-            rel = path[len(root) + 1:] if path.startswith(root + "/") else None
-            if is_dir or not rel:
+        def add(rel: str, is_dir: bool) -> None:
+            if is_dir:
                 return
             parent, _, name = rel.rpartition("/")
             if parent and any(not _visible(p) for p in parent.split("/")):
