@@ -287,19 +287,18 @@ class _Run:
                 self.clean_temporaries()
             return BuildInterrupted(f"interrupted while {self.phase}; {self.out} holds a resumable build: "
                                     "run the same command again to resume", int(signum))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                                   errno.EPERM):
+        if not isinstance(e, OSError):
+            return None
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             clean_temporaries_quietly(self.out)
-            where = f" ({e.filename})" if e.filename else ""
             return ShardgenError(f"cannot write to {self.out} while {self.phase}: {e.strerror}{where}; "
                                  "fix that and run the same command again to resume")
-        if isinstance(e, OSError):  # storage that failed past its retries (a 500, a lost connection)
-            with contextlib.suppress(Exception):
-                self.clean_temporaries()
-            where = f" ({e.filename})" if e.filename else ""
-            return ShardgenError(f"storage error while {self.phase}: {e.strerror or e}{where}; {self.out} holds a "
-                                 "resumable build: run the same command again to resume")
-        return None
+        # storage that failed past its retries (a 500, a lost connection)
+        with contextlib.suppress(Exception):
+            self.clean_temporaries()
+        return ShardgenError(f"storage error while {self.phase}: {e.strerror or e}{where}; {self.out} holds a "
+                             "resumable build: run the same command again to resume")
 
 
 def _sigterm_raises():
