@@ -250,7 +250,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
                 overlap_epochs: bool = True, io_timeout: float | None = DEFAULT_TIMEOUT_S,
                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 balance: str | dict[str, float] | None = None,
-                decoded_cache: Any = "auto", decoded_cache_limit: Any = "auto") -> ShardLoader:
+                decoded_cache: Any = "auto", decoded_cache_limit: Any = "auto", verify: bool = True) -> ShardLoader:
     """Stream a shardgen split as batches, the same number on every rank.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (call
@@ -358,6 +358,12 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             does not fit, the longest run of its shards (manifest order) that fits is
             cached and the rest is decoded every epoch; older entries of other splits are
             evicted first. A decoded sample takes ``S*S + 69`` bytes (65.6 KB at 256x256).
+        verify: no sample of a shard is yielded before the shard's bytes have matched the
+            manifest's size and xxh64 (default true), local or remote, with or without
+            ``cache_dir``; the decoded cache is filled only from shards checked so.
+            ``False`` is **unsafe**: shard bytes are trusted as they arrive (a shard changed
+            in place, or a hostile mirror, is trained on); only for storage you own
+            (``docs/security.md``).
 
     Returns:
         A :class:`ShardLoader`.
@@ -378,7 +384,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
     check_decoded_args(decoded_cache, decoded_cache_limit)
     spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size,
-                      io_timeout)
+                      io_timeout, verify)
     balance = check_balance(balance, spec.classes)
     if balance is not None and spec.multilabel:
         raise UsageError("balance needs a single-label build; this one is multi-label")

@@ -8,8 +8,8 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from shardgen.format import DATASET_JSON, parse_dataset_json
-from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build
+from shardgen.format import DATASET_JSON
+from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build, read_dataset_json
 
 from .errors import UsageError
 from .sources import DEFAULT_CHUNK, parse_size
@@ -36,7 +36,7 @@ def split_labels(spec: Spec) -> np.ndarray:
     name = f"{spec.root.rstrip('/')}/{spec.split}/{DATASET_JSON}"
     try:
         fs, base = spec.remote_fs()
-        labels = parse_dataset_json(fs.cat_file(f"{base.rstrip('/')}/{spec.split}/{DATASET_JSON}"))
+        labels = read_dataset_json(fs, f"{base.rstrip('/')}/{spec.split}/{DATASET_JSON}")
     except Exception as e:
         raise UsageError(f"{name}: cannot read the labels: {type(e).__name__}: {e}") from None
     if len(labels) != sum(s.samples for s in spec.shards):
@@ -51,10 +51,12 @@ def split_labels(spec: Spec) -> np.ndarray:
 
 def open_split(source: Any, split: str, storage_options: dict | None = None, on_error: str = "raise",
                cache_dir: str | None = None, cache_limit: Any = "10GB", retries: int = 5,
-               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S) -> Spec:
+               chunk_size: int = DEFAULT_CHUNK, io_timeout: float | None = DEFAULT_TIMEOUT_S,
+               verify: bool = True) -> Spec:
     """Read the manifest of ``source`` and describe ``split`` for the workers.
 
-    ``io_timeout``: connect and read timeout of each remote request, in seconds (see
+    ``io_timeout``: connect and read timeout of each remote request, in seconds;
+    ``verify``: check every shard against the manifest before yielding its samples (see
     :func:`make_loader`).
 
     Raises:
@@ -79,7 +81,13 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
         cache_dir=None if cache_dir is None else str(cache_dir),
         cache_limit=parse_size(cache_limit) if cache_dir is not None else 0,
         retries=as_int(retries, "retries", 0), chunk_size=as_int(chunk_size, "chunk_size", 4096),
-        timeout=io_timeout, multilabel=build.manifest.multilabel,
+        timeout=io_timeout, multilabel=build.manifest.multilabel, verify=_as_bool(verify, "verify"),
     )
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return value
 
 

@@ -25,7 +25,8 @@ from .plan import SlotPlan, plan_slot
 from .sequence import Segment
 from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
 from .targets import PAD_LABEL, Targets
-from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers, parse_dataset_json
+from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers
+from shardgen.storage import read_dataset_json
 from shardgen.format.png import decode_gray_png
 
 __all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot_samples", "PAD_LABEL",
@@ -63,6 +64,7 @@ class Spec:
     _split_id: str | None = field(default=None, repr=False, compare=False)
     decoded: Any = None            # a loaders.decoded.DecodedConfig: the decoded cache (None: off)
     _store: Any = field(default=None, repr=False, compare=False)
+    verify: bool = True            # no sample of a shard is yielded before its size and xxh64 match (unsafe off)
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -87,7 +89,7 @@ class Spec:
             self._keys = False
             try:
                 fs, base = self.remote_fs()
-                labels = parse_dataset_json(fs.cat_file(f"{base.rstrip('/')}/{self.split}/{DATASET_JSON}"))
+                labels = read_dataset_json(fs, f"{base.rstrip('/')}/{self.split}/{DATASET_JSON}")
                 keys = [key for key, _ in labels]
                 if len(keys) == sum(s.samples for s in self.shards):
                     out, pos = [], 0

@@ -66,6 +66,8 @@ class StyleGANShards(IterableDataset):
             ``"8GB"``; default ``"auto"``: half of its file system, within its free space).
             As for ``make_loader``: when the split does not fit, the longest run of its
             shards that fits is cached and the rest is decoded on every pass.
+        verify: check each shard's size and xxh64 before any of its samples is yielded
+            (default true; ``False`` is unsafe, as for ``make_loader``).
 
     Raises:
         UsageError: bad arguments (checked before the manifest is read for
@@ -77,10 +79,10 @@ class StyleGANShards(IterableDataset):
                  seed: int = 0, shuffle_buffer: int = 1000, on_error: str = "raise",
                  storage_options: dict | None = None, cache_dir: str | None = None, cache_limit: Any = "10GB",
                  retries: int = 5, chunk_size: int = DEFAULT_CHUNK, decoded_cache: Any = "auto",
-                 decoded_cache_limit: Any = "auto"):
+                 decoded_cache_limit: Any = "auto", verify: bool = True):
         check_decoded_args(decoded_cache, decoded_cache_limit)
         self.spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries,
-                               chunk_size)
+                               chunk_size, verify=verify)
         self.spec.decoded = plan_split(self.spec, decoded_cache, decoded_cache_limit)
         self.xflip = bool(xflip)
         self.use_labels = bool(use_labels)

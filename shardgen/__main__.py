@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .cli import CLI
     from .cliargs import ArgvError, check_argv
+    from .redact import safe
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             command = check_argv(CLI, args)
         except ArgvError as e:
             where = f"shardgen {e.command}" if e.command else "shardgen"
-            print(f"{where}: error: {e}", file=sys.stderr)
+            print(safe(f"{where}: error: {e}"), file=sys.stderr)
             raise SystemExit(e.exit_code) from None
         fire.Fire(CLI, command=command, name="shardgen")
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit

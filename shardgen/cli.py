@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable
 
 from .errors import BuildFailed, ShardgenError, UsageError
+from .redact import safe, safe_json
 
 __all__ = ["CLI", "as_list", "as_bool", "as_int", "as_str"]
 
@@ -26,15 +27,22 @@ def _guard(name: str) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except ShardgenError as e:
-                print(f"shardgen {name}: error: {e}", file=sys.stderr)
+                _say(f"shardgen {name}: error: {e}", err=True)
                 raise SystemExit(e.exit_code) from None
             except KeyboardInterrupt:
-                print(f"shardgen {name}: interrupted", file=sys.stderr)
+                _say(f"shardgen {name}: interrupted", err=True)
                 raise SystemExit(130) from None
 
         return wrapper
 
     return deco
+
+
+def _say(text: str, err: bool = False, as_json: bool = False) -> None:
+    """Print ``text`` (stdout, or stderr with ``err``): every line the CLI prints goes through
+    here, so secrets in URLs are redacted and terminal controls from a build are escaped
+    (``as_json``: ``text`` is JSON, whose strings get ``\\uXXXX`` escapes instead, so it stays JSON)."""
+    print(safe_json(text) if as_json else safe(text), file=sys.stderr if err else sys.stdout)
 
 
 def as_list(value: Any, flag: str) -> list[str] | None:
@@ -185,9 +193,9 @@ class CLI:
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"), rehash=as_bool(rehash, "rehash"),
                            cluster=_cluster(scheduler, workers), **_storage(endpoint_url, storage_options))
-        print(format_summary(result))
+        _say(format_summary(result))
         for note in result.notes:
-            print(f"note: {note}", file=sys.stderr)
+            _say(f"note: {note}", err=True)
         if strict:
             problems = [f"{len(result.skipped)} file(s) skipped; see {cfg.out}/skipped.jsonl"] if result.skipped else []
             problems += [f"split {sp} is empty" for sp in result.empty_splits]
@@ -213,7 +221,7 @@ class CLI:
         result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"),
                             workers=None if workers is None else as_int(workers, "workers", 1),
                             progress=as_bool(progress, "progress"))
-        print(format_result(result))
+        _say(format_result(result))
         if not result.ok:
             raise SystemExit(1)
 
@@ -237,7 +245,7 @@ class CLI:
 
         result = diff_builds(as_str(a, "a"), as_str(b, "b"), decode=as_bool(decode, "decode"),
                              progress=as_bool(progress, "progress"))
-        print(format_diff(result))
+        _say(format_diff(result))
         if not result.same:
             raise SystemExit(1)
 
@@ -257,7 +265,10 @@ class CLI:
 
         secs = check_timeout(timeout if isinstance(timeout, (int, float)) else as_str(timeout, "timeout"), "--timeout")
         data = build_info(as_str(source, "source"), timeout=secs)
-        print(_json.dumps(data, indent=1, ensure_ascii=False) if as_bool(json, "json") else format_info(data))
+        if as_bool(json, "json"):
+            _say(_json.dumps(data, indent=1, ensure_ascii=False), as_json=True)
+        else:
+            _say(format_info(data))
 
     @_guard("preview")
     def preview(self, source, split="train", per_class=8, out="preview.png", thumb=None, overwrite=False):
@@ -279,7 +290,7 @@ class CLI:
                          overwrite=as_bool(overwrite, "overwrite"))
         short = [f"{c} {n}" for c, n in zip(r.classes, r.shown) if n < r.per_class]
         note = f"; fewer than {r.per_class} in split: {', '.join(short)}" if short else ""
-        print(f"wrote {r.out} ({r.width}x{r.height}: {len(r.classes)} classes x {r.per_class} images "
+        _say(f"wrote {r.out} ({r.width}x{r.height}: {len(r.classes)} classes x {r.per_class} images "
               f"of split {r.split}, {r.thumb}px tiles{note})")
 
     @_guard("stylegan")
@@ -307,10 +318,10 @@ class CLI:
                             uncompressed=as_bool(uncompressed, "uncompressed"),
                             overwrite=as_bool(overwrite, "overwrite"), progress=as_bool(progress, "progress"))
         counts = ", ".join(f"{c} {n:,}" for c, n in r.class_counts.items())
-        print(f"wrote {r.dest} ({r.kind}, {human_bytes(r.bytes)}): {r.images:,} images {r.size}x{r.size} L "
+        _say(f"wrote {r.dest} ({r.kind}, {human_bytes(r.bytes)}): {r.images:,} images {r.size}x{r.size} L "
               f"from {', '.join(r.splits)}; labels: {counts}")
         if r.label_dim != r.classes:
-            print(f"note: StyleGAN2-ADA will use {r.label_dim} label dimensions (highest label + 1), "
+            _say(f"note: StyleGAN2-ADA will use {r.label_dim} label dimensions (highest label + 1), "
                   f"not {r.classes}: the last class(es) have no images here", file=sys.stderr)
 
     @_guard("export")
@@ -337,10 +348,10 @@ class CLI:
                            split=as_str(split, "split"), overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"))
         per = ", ".join(f"{sp} {sum(c.values()):,}" for sp, c in r.counts.items())
-        print(f"wrote {r.dest} ({r.layout}, {human_bytes(r.bytes)}): {r.images:,} images ({per}) "
+        _say(f"wrote {r.dest} ({r.layout}, {human_bytes(r.bytes)}): {r.images:,} images ({per}) "
               f"in {len(next(iter(r.counts.values())))} classes")
         for note in r.notes:
-            print(f"note: {note}", file=sys.stderr)
+            _say(f"note: {note}", err=True)
 
     @_guard("upload")
     def upload(self, out, dest, endpoint_url=None, workers=8, storage_options=None, overwrite=False,
@@ -381,5 +392,5 @@ class CLI:
         except KeyboardInterrupt:
             raise UploadInterrupted("interrupted; re-run the same command to resume "
                                     "(shards already there are skipped)") from None
-        print(format_upload(result))
+        _say(format_upload(result))
 

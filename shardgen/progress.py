@@ -52,5 +52,8 @@ def bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, *,
 
 
 def note(msg: str) -> None:
-    """One line on stderr that does not break a progress bar being drawn."""
-    _bar_class().write(msg, file=sys.stderr)
+    """One line on stderr that does not break a progress bar being drawn (secrets redacted,
+    terminal controls escaped: :func:`shardgen.redact.safe`)."""
+    from .redact import safe
+
+    _bar_class().write(safe(msg), file=sys.stderr)

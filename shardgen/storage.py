@@ -21,13 +21,14 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import UsageError
+from .errors import InvalidBuild, UsageError
 from .retry import timed_out
 from .format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
+from .format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
-           "S3FS_RETRIES", "timeout_options", "check_timeout"]
+           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json"]
 
 
 def is_url(path: str) -> bool:
@@ -263,8 +264,18 @@ class Build:
         Raises:
             OSError: unreadable; ValueError: not a valid ``dataset.json``.
         """
-        with self.open(f"{split}/{DATASET_JSON}") as f:
-            return parse_dataset_json(f.read())
+        return read_dataset_json(self.fs, self.join(f"{split}/{DATASET_JSON}"))
+
+
+def read_dataset_json(fs: Any, path: str) -> list[tuple[str, Any]]:
+    """``[(key, label), ...]`` of the ``dataset.json`` at ``path`` on ``fs``, read at most
+    :data:`~shardgen.format.validate.MAX_DATASET_JSON_BYTES`.
+
+    Raises:
+        OSError: unreadable; ValueError: too large, or not a valid ``dataset.json``.
+    """
+    with fs.open(path, "rb") as f:
+        return parse_dataset_json(read_capped(f, MAX_DATASET_JSON_BYTES, path.rsplit("/", 2)[-2] + "/" + DATASET_JSON))
 
 
 def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> bytes:
@@ -275,7 +286,9 @@ def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> byte
     """
     try:
         with fs.open(mpath, "rb") as f:
-            return f.read()
+            return read_capped(f, MAX_MANIFEST_BYTES, url)
+    except FileTooLarge as e:
+        raise InvalidBuild(str(e)) from None
     except Exception as e:
         if timed_out(e):
             limit = f"within the {timeout:g} s timeout" if timeout else "in time"
@@ -301,8 +314,9 @@ def open_build(source: str, storage_options: dict[str, Any] | None = None,
         timeout: connect and read timeout of each remote request in seconds (default 30).
 
     Raises:
-        UsageError: the manifest is missing, unreadable (a timeout included), not JSON or
-            not a shardgen manifest.
+        UsageError: the manifest is missing or unreadable (a timeout included).
+        InvalidBuild: the manifest is not JSON, not a valid shardgen manifest
+            (``format.validate_manifest``), or larger than ``MAX_MANIFEST_BYTES``.
     """
     source = str(source)
     if source.startswith("file://"):
@@ -313,10 +327,10 @@ def open_build(source: str, storage_options: dict[str, Any] | None = None,
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{root}/{name}: manifest does not parse as JSON ({e})") from None
+        raise InvalidBuild(f"{root}/{name}: manifest does not parse as JSON ({e})") from None
     try:
         manifest = Manifest.parse(obj)
     except ManifestError as e:
-        raise UsageError(f"{root}/{name}: not a valid shardgen manifest: {e.problems[0]}") from None
+        raise InvalidBuild(f"{root}/{name}: not a valid shardgen manifest: {e.problems[0]}") from None
     return Build(root=root, fs=fs, path=path.rstrip("/") or "/", manifest=manifest,
                  storage_options=dict(storage_options or {}))

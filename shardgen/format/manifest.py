@@ -14,6 +14,8 @@ from typing import Any
 
 from .names import FORMAT, SPLIT_RE
 from .sample import IMAGE_EXT
+from .validate import (IMAGE_EXTS, IMAGE_MODES, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_SAMPLES, MIN_SAMPLE_BYTES,
+                       class_name_problem, is_hex16, key_problem, shard_path_problem, shown)
 
 __all__ = ["SINGLE", "MULTILABEL", "TASKS", "ManifestError", "ShardEntry", "SplitEntry", "ImageSpec", "CodecVersions",
            "Manifest", "validate_manifest", "parse_dataset_json"]
@@ -211,48 +213,114 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _shard_problem(name: str, sh: Any) -> str | None:
+def _shard_problem(name: str, i: int, sh: Any, seen: set[str]) -> str | None:
+    """Why shard entry ``i`` of split ``name`` is not valid (None when it is)."""
+    where = f"splits.{name}.shards[{i}]"
     if not isinstance(sh, dict) or not all(k in sh for k in ("path", "samples", "bytes", "xxh64")):
-        return f"split {name!r} has a shard entry without path/samples/bytes/xxh64"
-    if not isinstance(sh["path"], str) or not _is_count(sh["samples"]) or not _is_count(sh["bytes"]) \
-            or not isinstance(sh["xxh64"], str):
-        return f"split {name!r} has a shard entry with a wrong type: {json.dumps(sh)[:120]}"
-    if sh.get("pixels_xxh64") is not None and not isinstance(sh["pixels_xxh64"], str):
-        return f"split {name!r} has a shard entry whose pixels_xxh64 is not a hex string"
-    p = sh["path"]
-    if not p or p.startswith("/") or "\\" in p or ".." in p.split("/"):
-        return f"split {name!r} lists an unsafe shard path {p!r} (must be relative, inside the build)"
+        return f"{where}: a shard entry needs path, samples, bytes and xxh64"
+    bad = shard_path_problem(sh["path"], name)
+    if bad:
+        return f"{where}.{bad}"
+    if sh["path"] in seen:
+        return f"{where}.path: {shown(sh['path'])} is listed twice"
+    seen.add(sh["path"])
+    for k in ("samples", "bytes"):
+        if not _is_count(sh[k]):
+            return f"{where}.{k}: {shown(sh[k])} is not a non-negative integer"
+    if sh["samples"] > sh["bytes"] // MIN_SAMPLE_BYTES:
+        return (f"{where}.samples: {sh['samples']:,} samples cannot fit in {sh['bytes']:,} bytes "
+                f"(a sample takes at least {MIN_SAMPLE_BYTES} bytes)")
+    for k in ("xxh64", "pixels_xxh64"):
+        if (k == "xxh64" or sh.get(k) is not None) and not is_hex16(sh.get(k)):
+            return f"{where}.{k}: {shown(sh.get(k))} is not 16 lowercase hex digits"
+    return None
+
+
+def _image_problem(image: Any) -> str | None:
+    if not isinstance(image, dict) or not _is_count(image.get("size")):
+        return "image.size: 'image' must hold an integer 'size'"
+    if not 1 <= image["size"] <= MAX_IMAGE_SIZE:
+        return f"image.size: {image['size']} is not from 1 to {MAX_IMAGE_SIZE}"
+    if image.get("ext", IMAGE_EXT) not in IMAGE_EXTS:
+        return f"image.ext: {shown(image.get('ext'))} is not one of {', '.join(IMAGE_EXTS)}"
+    if image.get("mode", "L") not in IMAGE_MODES:
+        return f"image.mode: {shown(image.get('mode'))} is not one of {', '.join(IMAGE_MODES)}"
+    return None
+
+
+def _classes_problem(classes: Any) -> str | None:
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes: 'classes' must be a non-empty list of names"
+    if len(classes) > MAX_CLASSES:
+        return f"classes: {len(classes):,} classes, more than the {MAX_CLASSES:,} a build may have"
+    for i, c in enumerate(classes):
+        bad = class_name_problem(c)
+        if bad:
+            return f"classes[{i}]: {bad}"
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        return f"classes: {shown(twice)} is listed twice"
+    return None
+
+
+def _split_problem(name: Any, s: Any, classes: Any, seen: set[str]) -> str | None:
+    """Why split ``name`` is not valid: its name, its shards, and counts that agree."""
+    if not isinstance(name, str) or not SPLIT_RE.match(name) or len(name) > 64:
+        return f"splits: bad split name {shown(name)}"
+    if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
+        return f"splits.{name}: split {name!r} has no 'shards' list"
+    for i, sh in enumerate(s["shards"]):
+        bad = _shard_problem(name, i, sh, seen)
+        if bad:
+            return bad
+    total = sum(sh["samples"] for sh in s["shards"])
+    if "samples" in s and s["samples"] != total:
+        return f"splits.{name}.samples: {shown(s['samples'])}, but its shards hold {total:,}"
+    counts = s.get("class_counts")
+    if counts is not None:
+        if not isinstance(counts, dict):
+            return f"splits.{name}.class_counts: not an object"
+        names = set(classes) if isinstance(classes, list) else set()
+        for c, n in counts.items():
+            if c not in names:
+                return f"splits.{name}.class_counts: {shown(c)} is not one of the build's classes"
+            if not _is_count(n) or n > total:
+                return f"splits.{name}.class_counts.{shown(c)}: {shown(n)} is not a count of at most {total:,}"
     return None
 
 
 def validate_manifest(m: Any) -> list[str]:
-    """Every structural problem of a parsed manifest (empty when valid)."""
+    """Every problem of a parsed manifest (empty when valid), each ``field: what is wrong``.
+
+    Beyond the structure, the values must be safe to use (``docs/security.md``): shard
+    paths inside the build and listed once, checksums of 16 hex digits, sizes and counts
+    that agree with each other and stay within :mod:`.validate`'s bounds, class names
+    without control characters, an image extension and mode from the allow-lists.
+    """
     if not isinstance(m, dict):
         return ["manifest is not a JSON object"]
     problems: list[str] = []
     if m.get("format") != FORMAT:
-        problems.append(f"unknown format {m.get('format')!r} (expected {FORMAT!r})")
+        problems.append(f"format: unknown format {shown(m.get('format'))} (expected {FORMAT!r})")
     classes = m.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        problems.append("'classes' must be a non-empty list of names")
+    problems += [p for p in (_classes_problem(classes), _image_problem(m.get("image"))) if p]
     if m.get("task", SINGLE) not in TASKS:
-        problems.append(f"unknown task {m.get('task')!r} (expected one of {', '.join(TASKS)})")
-    image = m.get("image")
-    if not isinstance(image, dict) or not _is_count(image.get("size")):
-        problems.append("'image' must hold an integer 'size'")
+        problems.append(f"task: unknown task {shown(m.get('task'))} (expected one of {', '.join(TASKS)})")
+    if "skipped" in m and not _is_count(m["skipped"]):
+        problems.append(f"skipped: {shown(m['skipped'])} is not a count")
     splits = m.get("splits")
     if not isinstance(splits, dict) or not splits:
-        problems.append("'splits' must be a non-empty object")
+        problems.append("splits: 'splits' must be a non-empty object")
         return problems
+    seen: set[str] = set()
     for name, s in splits.items():
-        if not SPLIT_RE.match(str(name)):
-            problems.append(f"bad split name {name!r}")
-        if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
-            problems.append(f"split {name!r} has no 'shards' list")
-            continue
-        bad = next((p for p in (_shard_problem(name, sh) for sh in s["shards"]) if p), None)
+        bad = _split_problem(name, s, classes, seen)
         if bad:
             problems.append(bad)
+    if not problems:
+        total = sum(sh["samples"] for s in splits.values() for sh in s["shards"])
+        if total > MAX_SAMPLES:
+            problems.append(f"splits: {total:,} samples, more than the {MAX_SAMPLES:,} a build may have")
     return problems
 
 
@@ -280,9 +348,13 @@ def parse_dataset_json(raw: bytes) -> list[tuple[str, Any]]:
     out = []
     for e in labels:
         if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)):
-            raise ValueError(f"bad label entry {json.dumps(e)[:80]}")
+            raise ValueError(f"bad label entry {shown(json.dumps(e))}")
         label = e[1] if _is_count(e[1]) else _vector(e[1])
         if label is None:
-            raise ValueError(f"bad label entry {json.dumps(e)[:80]}")
-        out.append((e[0].split(".", 1)[0], label))
+            raise ValueError(f"bad label entry {shown(json.dumps(e))}")
+        key = e[0].split(".", 1)[0]
+        bad = key_problem(key)
+        if bad:
+            raise ValueError(bad)
+        out.append((key, label))
     return out

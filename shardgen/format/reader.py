@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .validate import member_name_problem, shown
 from .writer import BLOCK
 
 __all__ = ["ShardReadError", "TarReader", "Member", "Sample", "split_member_name", "find_sample_headers"]
@@ -97,15 +98,23 @@ class TarReader:
     Args:
         stream: object with ``read(n) -> bytes``; its ``skip(n)`` is used when present.
         want: member extensions whose data is read (None: all); others are skipped.
+        limit: the most bytes any one member may declare (None: no limit). A header that
+            declares more is a :class:`ShardReadError` before anything is read or allocated:
+            pass the shard's size from the manifest, or less (``format.member_limit``).
+
+    Every member name :meth:`samples` yields follows the key rule and the member
+    extensions' allow-list (``format.validate``); a name that breaks it is a
+    :class:`ShardReadError` (or, with a ``problems`` list, a problem and the member is skipped).
 
     Attributes:
         offset: bytes of the tar consumed so far.
         index: samples passed so far (read or skipped).
     """
 
-    def __init__(self, stream, want: tuple[str, ...] | frozenset | None = None) -> None:
+    def __init__(self, stream, want: tuple[str, ...] | frozenset | None = None, limit: int | None = None) -> None:
         self.stream = stream
         self.want = None if want is None else frozenset(want)
+        self.limit = limit
         self._skip_fn = getattr(stream, "skip", None)
         self.offset = 0
         self.index = 0
@@ -162,7 +171,13 @@ class TarReader:
             size = _number(h[124:136])
         except ValueError:
             raise ShardReadError(f"corrupt tar header at byte {at:,} (size)") from None
+        self._check_size(size, at)
         return h, size
+
+    def _check_size(self, size: int, at: int) -> None:
+        if size < 0 or (self.limit is not None and size > self.limit):
+            raise ShardReadError(f"corrupt tar header at byte {at:,}: a member of {size:,} bytes "
+                                 f"(at most {self.limit:,} allowed)")
 
     def _member(self) -> Member | None:
         """Next member's header; a regular file's data is left unread (see :meth:`_consume`)."""
@@ -187,7 +202,12 @@ class TarReader:
                     except ValueError:
                         raise ShardReadError(f"corrupt pax header before byte {self.offset:,}") from None
                     name = pax.get("path", name)
-                    size_override = int(pax["size"]) if "size" in pax else None
+                    try:
+                        size_override = int(pax["size"]) if "size" in pax else None
+                    except ValueError:
+                        raise ShardReadError(f"corrupt pax header before byte {self.offset:,} (size)") from None
+                    if size_override is not None:
+                        self._check_size(size_override, self.offset)
                 continue
             if name is None:
                 raw = h[0:100].split(b"\0", 1)[0]
@@ -235,14 +255,17 @@ class TarReader:
             if m is None:
                 return None
             parsed = split_member_name(m.name)
-            if m.type in _REGULAR and parsed is not None:
+            bad = member_name_problem(m.name) if problems is None and parsed is not None else None
+            if m.type in _REGULAR and parsed is not None and bad is None:
                 return m, parsed[0], parsed[1]
             if m.type in _REGULAR:
                 self._consume(m, False)
+            if bad is not None:
+                raise ShardReadError(f"{bad} (before byte {self.offset:,})")
             what = "not a regular file" if m.type not in _REGULAR else "name has no extension"
             if problems is None:
-                raise ShardReadError(f"member {m.name!r} before byte {self.offset:,}: {what}")
-            problems.append(f"member {m.name!r}: {what}")
+                raise ShardReadError(f"member {shown(m.name)} before byte {self.offset:,}: {what}")
+            problems.append(f"member {shown(m.name)}: {what}")
 
     def _sample(self, problems: list[str] | None, read: bool) -> Sample | None:
         head = self._next_file(problems)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cpus import usable_cpus
-from ..errors import ShardgenError, UsageError
+from ..errors import InvalidBuild, ShardgenError, UsageError
 from ..format import ShardEntry
 from ..progress import bar as progress_bar
 from ..storage import Build, filesystem, open_build, split_url
@@ -65,7 +65,7 @@ def _open_or_problem(source: str, storage_options) -> tuple[Build | None, Proble
     """The build, or (a folder without a usable manifest) the problem with it."""
     try:
         return open_build(source, storage_options), None
-    except UsageError as e:
+    except (UsageError, InvalidBuild) as e:
         root, name = split_url(str(source)[7:] if str(source).startswith("file://") else str(source))
         fs, path = filesystem(root, storage_options)
         try:
