@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..format import KEY_RE, HashingReader, Sample, ShardEntry, ShardReadError, TarReader, shard_pixels_xxh64
+from ..format.validate import member_limit
 from ..storage import Build
 from .result import Problem
 from .samples import Checker
@@ -141,7 +142,8 @@ def _stream(build: Build, f, entry: ShardEntry, scan: _Scan) -> tuple[HashingRea
         with f:
             stream = HashingReader(f)
             try:
-                for s in TarReader(stream).samples(scan.member_problems):
+                limit = min(entry.bytes, member_limit(build.manifest.image.size))
+                for s in TarReader(stream, limit=limit).samples(scan.member_problems):
                     scan.report_members()
                     scan.add(s)
                 scan.report_members()
