@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from .dest import shard_samples
 from .errors import ShardgenError
-from .format import DATASET_JSON, ShardEntry, ShardReadError, TarReader, pixels_digest
+from .format import DATASET_JSON, ShardEntry, pixels_digest
 from .progress import bar as progress_bar
 from .storage import Build, open_build
 
@@ -190,43 +191,53 @@ def _pixel_digest(png: bytes) -> str:
         return pixels_digest(im.tobytes())
 
 
+def _row(s, classes: list[str], ext: str, decode: bool, where: str) -> tuple[tuple[str, str, str], bool]:
+    """(key, class name, pixel digest) of sample ``s``, and whether its image was decoded."""
+    try:
+        meta = json.loads(s.parts.get("json") or b"{}")
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    cls = meta.get("class")
+    if isinstance(meta.get("label_names"), list):  # a multi-label sample
+        cls = "|".join(map(str, meta["label_names"]))
+    elif not isinstance(cls, str):
+        raw = s.parts.get("cls", b"").strip()
+        cls = classes[int(raw)] if raw.isdigit() and int(raw) < len(classes) else "?"
+    pixels = meta.get("pixels")
+    if not decode and isinstance(pixels, str) and _HEX16_RE.match(pixels):
+        return (s.key, cls, pixels), False
+    try:
+        pixels = _pixel_digest(s.parts[ext])
+    except Exception as e:  # PIL raises many types for broken data
+        raise DiffError(f"{where}: {s.key}: image does not decode "
+                        f"({str(e) or type(e).__name__}); run shardgen verify") from None
+    return (s.key, cls, pixels), True
+
+
 def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str, str]], int]:
     """(key, class name, pixel digest) of every sample of shard ``i`` in shard order, and images decoded.
 
+    The shard is read through :func:`shardgen.dest.shard_samples`: its size and xxh64 must be
+    the manifest's, and no member may declare more bytes than the shard and image size allow.
+
     Raises:
-        DiffError: the shard is missing, unreadable, or a sample has no image that decodes.
+        DiffError: the shard is missing, unreadable, does not match the manifest, or a sample
+            has no image that decodes.
     """
     build, sh = side.build, side.shards[i]
     rel = sh.entry.path
-    ext = build.manifest.image.ext
-    classes = build.classes
     out = []
     decoded = 0
     try:
-        with build.open_shard(rel) as f:
-            for s in TarReader(f).samples():
-                try:
-                    meta = json.loads(s.parts.get("json") or b"{}")
-                except ValueError:
-                    meta = {}
-                meta = meta if isinstance(meta, dict) else {}
-                cls = meta.get("class")
-                if isinstance(meta.get("label_names"), list):  # a multi-label sample
-                    cls = "|".join(map(str, meta["label_names"]))
-                elif not isinstance(cls, str):
-                    raw = s.parts.get("cls", b"").strip()
-                    cls = classes[int(raw)] if raw.isdigit() and int(raw) < len(classes) else "?"
-                pixels = meta.get("pixels")
-                if decode or not (isinstance(pixels, str) and _HEX16_RE.match(pixels)):
-                    try:
-                        pixels = _pixel_digest(s.parts[ext])
-                    except Exception as e:  # PIL raises many types for broken data
-                        raise DiffError(f"{build.root}/{rel}: {s.key}: image does not decode "
-                                        f"({str(e) or type(e).__name__}); run shardgen verify") from None
-                    decoded += 1
-                out.append((s.key, cls, pixels))
-    except (ShardReadError, OSError, ValueError) as e:
-        raise DiffError(f"{build.root}/{rel}: {e}; run shardgen verify") from None
+        for s in shard_samples(build, sh.entry):
+            row, dec = _row(s, build.classes, build.manifest.image.ext, decode, f"{build.root}/{rel}")
+            out.append(row)
+            decoded += dec
+    except DiffError:
+        raise
+    except ShardgenError as e:  # names the shard already
+        raise DiffError(f"{str(e).removesuffix('; run shardgen verify')}; run shardgen verify") from None
     if sh.keys is not None and [k for k, _, _ in out] != sh.keys:
         raise DiffError(f"{build.root}/{rel}: its keys differ from {sh.split}/{DATASET_JSON}; "
                         "run shardgen verify")

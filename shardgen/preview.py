@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .dest import label_of, labels_of, samples_of
+from .dest import label_of, labels_of, shard_samples, sweep, write_error
 from .errors import ShardgenError, UsageError
 from .format import atomic_write_bytes
 from .storage import is_url, open_build
@@ -78,9 +78,31 @@ def _thumbnail(a: np.ndarray, thumb: int) -> Image.Image:
     return im
 
 
+def _add_tile(tiles: list[list[Image.Image]], rel: str, smp, classes: list[str], ext: str, multi: bool,
+              per_class: int, thumb: int) -> int:
+    """Add ``smp`` to the rows it belongs to that are not full yet; returns how many tiles were added."""
+    if multi:
+        rows = labels_of(rel, smp, len(classes)) or (len(classes),)
+    else:
+        rows = (label_of(rel, smp, len(classes)),)
+    rows = tuple(r for r in rows if len(tiles[r]) < per_class)
+    if not rows:
+        return 0
+    try:
+        with Image.open(io.BytesIO(smp.parts[ext])) as im:
+            a = np.asarray(im.convert("L"))
+    except Exception as e:  # any broken member: name it
+        raise ShardgenError(f"{rel}: {smp.key}: cannot use sample ({type(e).__name__}: {e}); "
+                            f"run shardgen verify") from None
+    for r in rows:
+        tiles[r].append(_thumbnail(a, thumb))
+    return len(rows)
+
+
 def _collect_tiles(build, split: str, per_class: int, thumb: int) -> list[list[Image.Image]]:
     """The first ``per_class`` images of each class in shard order, as thumbnails; stops reading
-    once every row is full."""
+    at the end of the shard that fills the last row (every shard drawn from is checked whole
+    against the manifest)."""
     classes, ext, counts = build.classes, build.manifest.image.ext, build.split(split).class_counts
     multi = build.manifest.multilabel
     want = [int(counts.get(c, per_class)) for c in classes]
@@ -88,27 +110,12 @@ def _collect_tiles(build, split: str, per_class: int, thumb: int) -> list[list[I
         want.append(int((build.manifest.report.get("no_finding") or {}).get(split, per_class)))
     tiles: list[list[Image.Image]] = [[] for _ in want]
     missing = sum(min(per_class, n) for n in want)
-    if missing <= 0:
-        return tiles
-    for rel, smp in samples_of(build, [split]):
-        if multi:
-            rows = labels_of(rel, smp, len(classes)) or (len(classes),)
-        else:
-            rows = (label_of(rel, smp, len(classes)),)
-        rows = tuple(r for r in rows if len(tiles[r]) < per_class)
-        if not rows:
-            continue
-        try:
-            with Image.open(io.BytesIO(smp.parts[ext])) as im:
-                a = np.asarray(im.convert("L"))
-        except Exception as e:  # any broken member: name it
-            raise ShardgenError(f"{rel}: {smp.key}: cannot use sample ({type(e).__name__}: {e}); "
-                                f"run shardgen verify") from None
-        for r in rows:
-            tiles[r].append(_thumbnail(a, thumb))
-        missing -= len(rows)
+    for entry in build.split(split).shards:
         if missing <= 0:
             break
+        for smp in shard_samples(build, entry):  # read to the shard's end: its checksum is checked there
+            if missing > 0:
+                missing -= _add_tile(tiles, entry.path, smp, classes, ext, multi, per_class, thumb)
     return tiles
 
 
@@ -148,9 +155,11 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
         overwrite: replace ``out`` if it exists (default: refuse, as ``stylegan`` does).
 
     Raises:
-        UsageError: unknown split, bad sizes, ``out`` exists (without ``overwrite``) or
-            cannot be written.
-        ShardgenError: a shard is missing or a sample is broken (named in the message).
+        UsageError: unknown split, bad sizes, ``out`` exists (without ``overwrite``) or its
+            folder does not exist.
+        ShardgenError: ``out`` cannot be written (a full or read-only disk: exit 1, nothing left
+            behind); a shard is missing, broken or does not match the manifest, or a sample is
+            broken (named in the message).
     """
     if per_class < 1:
         raise UsageError(f"--per_class must be at least 1, got {per_class}")
@@ -179,9 +188,10 @@ def make_preview(source: str, split: str = "train", per_class: int = 8, out: str
     width, height = sheet.size
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=False, compress_level=6)
+    sweep(folder)
     try:
         atomic_write_bytes(out, buf.getvalue())
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot write ({e.strerror or e})") from None
+        raise write_error(out, e, "--out") from None
     return PreviewResult(out=out, split=split, width=width, height=height, thumb=thumb, per_class=per_class,
                          label_width=label_width, classes=classes, shown=[len(t) for t in tiles])
