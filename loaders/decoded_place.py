@@ -3,6 +3,13 @@ decoded_cache_limit=...)``), planned in the main process: the place (``auto``: a
 ``$SHARDGEN_DECODED_CACHE`` folder, else ``/dev/shm`` when the split fits, else the user's
 cache folder), the byte budget, eviction of other splits' entries, and the shards cached.
 The entries themselves are :mod:`loaders.decoded`.
+
+The place must be private (:mod:`loaders.private_dir`: a folder of this user, not a
+symbolic link, not writable by group or others), checked on every start. A default
+place that is not (``/dev/shm/shardgen-<user>`` made by another local user, say) is
+not used: the cache goes to a private ``<place>-<random>`` folder next to it instead,
+with a warning; a folder given as ``decoded_cache=`` that is not private is a
+:class:`~loaders.errors.UsageError`.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ import fcntl
 import getpass
 import logging
 import os
+import stat
 import time
 from typing import Any
 
 from .decoded import DecodedConfig, entry_bytes, entry_name, label_bytes
 from .errors import UsageError
+from .private_dir import make_private_dir, private_fallback
 from .sources import parse_size
 
 __all__ = ["plan_decoded", "plan_split", "check_decoded_args", "auto_places", "ENV_PLACE"]
@@ -53,10 +62,11 @@ def _entries(root: str) -> list[tuple[float, str, int, int]]:
     for n in os.listdir(root):
         if n.endswith(".dec") and not n.startswith("."):
             try:
-                st = os.stat(os.path.join(root, n))
+                st = os.lstat(os.path.join(root, n))
             except FileNotFoundError:
                 continue
-            out.append((st.st_mtime, n, st.st_size, st.st_blocks * 512))
+            if stat.S_ISREG(st.st_mode):
+                out.append((st.st_mtime, n, st.st_size, st.st_blocks * 512))
     out.sort()
     return out
 
@@ -70,25 +80,47 @@ def _auto_limit(root: str) -> int:
     return max(0, min(total // 2, free + held - min(total // 10, 2 << 30)))
 
 
-def _prepare(place: str) -> str | None:
+def _prepare(place: str, explicit: bool) -> str | None:
+    """The folder to use for ``place`` (created 0700 if missing), or None when it cannot
+    be created or written. A ``place`` that is not private is refused when ``explicit``,
+    else replaced by a private folder next to it (:func:`private_fallback`).
+
+    Raises:
+        UsageError: ``explicit`` and the folder is not private.
+    """
     root = os.path.abspath(os.path.expanduser(str(place)))
     try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        problem = make_private_dir(root)
     except OSError:
         return None
+    if problem is not None and explicit:
+        raise UsageError(f"decoded_cache {root}: {problem}, so another user could change what the loader "
+                         f"reads; use a folder of your own that only you can write (mode 0700), or "
+                         f"decoded_cache=None")
+    if problem is not None:
+        try:
+            alt = private_fallback(root)
+        except OSError as e:
+            log.warning("decoded cache: %s %s, and no private folder can be made next to it (%s): not used",
+                        root, problem, e.strerror or e)
+            return None
+        log.warning("decoded cache: %s %s, so another user could change it: using the private folder %s "
+                    "instead", root, problem, alt)
+        root = alt
     return root if os.access(root, os.W_OK | os.X_OK) else None
 
 
 def _evict(root: str, keep: dict[str, int], limit: int) -> None:
     """Touch the entries in ``keep``; delete others, least recently used first, until the
     folder's entries plus the missing ones of ``keep`` fit in ``limit``."""
-    with open(os.path.join(root, ".lock"), "a+") as lock:
+    fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         entries = _entries(root)
         have = {e[1] for e in entries}
         for n in set(keep) & have:
             try:
-                os.utime(os.path.join(root, n))
+                os.utime(os.path.join(root, n), follow_symlinks=False)
             except FileNotFoundError:
                 pass
         total = sum(e[2] for e in entries) + sum(b for n, b in keep.items() if n not in have)
@@ -130,15 +162,19 @@ def check_decoded_args(cache: Any, limit: Any) -> int | None:
 
 
 def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
-                 limit: Any = "auto", multilabel: bool = False) -> DecodedConfig | None:
+                 limit: Any = "auto", multilabel: bool = False, verified: bool = True) -> DecodedConfig | None:
     """Decide where the decoded cache of a split lives and which shards it holds.
 
     Args:
         shards: the split's shards (manifest order).
         size, classes: image side in pixels and number of classes.
         multilabel: the targets are multi-hot vectors (C bytes per sample, not 4).
+        verified: the loader checks shard bytes (``verify``); False names the entries
+            ``.unverified.dec`` (see :func:`loaders.decoded.entry_name`).
         cache: ``"auto"``/True (the first of :func:`auto_places` where the whole split fits
-            its limit, else the one with the largest limit), a folder, or None/False (off).
+            its limit, else the one with the largest limit; a place that is not private is
+            replaced by a private folder next to it, with a warning), a folder (which must
+            be private), or None/False (off).
         limit: most bytes the folder may hold (all splits together), an int or a size like
             ``"8GB"``; ``"auto"``: half of its file system, within its free space (see
             :func:`_auto_limit`).
@@ -148,7 +184,8 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
 
     Raises:
         UsageError: a bad ``cache`` or ``limit``, or a folder given explicitly that cannot be
-            created or written.
+            created or written, or is not private (another user's, group- or world-writable,
+            a symbolic link).
     """
     fixed = check_decoded_args(cache, limit)
     if cache is None or cache is False:
@@ -161,7 +198,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
     need = sum(sizes)
     best: tuple[int, str] | None = None
     for place in places:
-        root = _prepare(place)
+        root = _prepare(place, explicit)
         if root is None:
             if explicit:
                 raise UsageError(f"decoded_cache {place}: cannot create or write this folder")
@@ -183,7 +220,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         chosen.append(i)
     if not chosen:
         return None
-    _evict(root, {entry_name(shards[i], size, classes, multilabel): sizes[i] for i in chosen}, lim)
+    _evict(root, {entry_name(shards[i], size, classes, multilabel, verified): sizes[i] for i in chosen}, lim)
     return DecodedConfig(root=root, shards=frozenset(chosen), limit=lim)
 
 
@@ -191,4 +228,5 @@ def plan_split(spec: Any, cache: Any = "auto", limit: Any = "auto") -> DecodedCo
     """:func:`plan_decoded` for an opened split (a :class:`loaders.stream.Spec`): its shards,
     image side, classes and targets; what ``make_loader`` and ``StyleGANShards`` store as
     ``spec.decoded``."""
-    return plan_decoded(spec.shards, spec.size, len(spec.classes), cache, limit, spec.multilabel)
+    return plan_decoded(spec.shards, spec.size, len(spec.classes), cache, limit, spec.multilabel,
+                        getattr(spec, "verify", True))

@@ -79,7 +79,7 @@ class Spec:
             from .decoded import DecodedStore
 
             self._store = (os.getpid(), DecodedStore(self.decoded, self.shards, self.size, len(self.classes),
-                                                     self.local_root, self.multilabel))
+                                                     self.local_root, self.multilabel, self.verify))
         return self._store[1]
 
     def shard_keys(self, index: int) -> dict[str, int] | None:
@@ -170,22 +170,45 @@ class SampleReader:
     def pixels_into(self, out: np.ndarray, s: RawSample) -> int:
         """Put the pixels of ``s`` into ``out`` (``S x S`` uint8) and return its label: a copy
         from the decoded cache when it holds the sample, else :func:`decode_into` (and the
-        decoded sample is stored in the cache, when this shard is cached)."""
+        decoded sample is stored in the cache, when this shard is cached).
+
+        A cached sample that fails its checksum or label check (see
+        :mod:`loaders.decoded_entry`) is never served: it is read again from its shard,
+        decoded and stored again (``s.key`` is then the shard's)."""
         e = s.entry
         if e is None and self._decoded is not None and s.index >= 0:
             e = self._decoded.entry(s.index)
             if e is not None and not e.ready(s.pos, s.pos + 1):
                 return self._decode_once(e, out, s)
         if e is not None:
-            return e.copy_into(out, s.pos)
+            label = e.copy_into(out, s.pos)
+            if label is not None:
+                return label
+            if s.png is None:  # it came from the cache alone: read it from its shard
+                self._reread(s)
+            return self._decode_once(e, out, s)
         return decode_into(out, s, self.spec.size, self._targets)
+
+    def _reread(self, s: RawSample) -> None:
+        """Replace the cached parts of ``s`` by its members read from its shard (through
+        :meth:`read`, with the shard's checks), for a cached sample that was refused."""
+        got = [x for _, x in self.read(SlotPlan(0, (Segment(s.index, s.pos, s.pos + 1),), 1, 0))]
+        if not got or got[0] is None or got[0].png is None:
+            if got and got[0] is None:
+                self.count_skip(-1)  # read() counted it; the caller counts this error
+            raise LoaderError(f"{s.shard}: sample {s.key}: refused by the decoded cache and unreadable from its shard")
+        s.key, s.png, s.cls, s.entry = got[0].key, got[0].png, got[0].cls, None
 
     def _decode_once(self, e, out: np.ndarray, s: RawSample) -> int:
         """Decode ``s`` into ``out`` and the cache entry ``e`` once per node: claimed before it is
-        decoded; a process finding it claimed waits up to :data:`CLAIM_WAIT_S` for it."""
+        decoded; a process finding it claimed waits up to :data:`CLAIM_WAIT_S` for it (a
+        copy refused by its checks is decoded here instead)."""
         state = e.claim(s.pos)
         if state == "ready" or (state == "busy" and e.wait_ready(s.pos, CLAIM_WAIT_S)):
-            return e.copy_into(out, s.pos)
+            label = e.copy_into(out, s.pos)
+            if label is not None:
+                return label
+            state = e.claim(s.pos)  # refused: its flag was cleared, so this may be ours now
         try:
             label = decode_into(out, s, self.spec.size, self._targets)
             if state == "ours":
