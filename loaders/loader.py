@@ -142,11 +142,14 @@ class ShardLoader:
 
         Raises:
             UsageError: not a loader state, or one of another split, build, mode,
-                seed or balance.
+                seed or balance, or one with values this loader cannot have had
+                (negative or past the bounds of :mod:`loaders.resume`, e.g. a world size
+                over 65,536, more than 1,024 workers, more batches than the split makes).
         """
         st = LoaderState.from_dict(state)
         ds = self.dataset
         st.check_fits(self._state())
+        st.check_bounds(sum(s.samples for s in ds.spec.shards))  # before any work
         ds.run(st.epoch, self.num_workers, st.phases)  # checks the position against the split
         self.close()
         self._run, self._yielded = None, 0

@@ -27,13 +27,32 @@ from typing import Any
 
 import numpy as np
 
+from shardgen.format.validate import shown
+
 from .errors import UsageError
 from .plan import SlotPlan, batch_order, extra_shift, phase_batches, plan_phase_slot
 from .sequence import EpochSequence
 
-__all__ = ["Layout", "Phase", "LoaderState", "EpochRun", "STATE_FORMAT", "output_order", "slot_rng"]
+__all__ = ["Layout", "Phase", "LoaderState", "EpochRun", "STATE_FORMAT", "output_order", "slot_rng",
+           "MAX_WORLD_SIZE", "MAX_WORKERS", "MAX_SLOTS", "MAX_GLOBAL_BATCH", "MAX_PHASES", "MAX_EPOCH"]
 
 STATE_FORMAT = "shardgen-loader-state/1"
+
+# Bounds of a loader state (a state is a file anyone may have edited): values past them
+# are refused before any work, so a tampered state is one line, never a hang or a
+# MemoryError. Resuming costs about 50 us per (rank, worker) slot of each earlier phase.
+#: Most ranks of one phase.
+MAX_WORLD_SIZE = 1 << 16
+#: Most DataLoader workers per rank.
+MAX_WORKERS = 1024
+#: Most (rank, worker) slots of an epoch's phases together (world size x workers, summed).
+MAX_SLOTS = 1 << 17
+#: Most samples of one step of all ranks together (batch size x world size).
+MAX_GLOBAL_BATCH = 1 << 22
+#: Most phases of one epoch (each one an elastic resume on another layout).
+MAX_PHASES = 256
+#: Largest epoch (an int64).
+MAX_EPOCH = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -60,18 +79,23 @@ class Phase:
                 "shuffle_buffer": lay.shuffle_buffer, "batches": self.batches}
 
 
-def _int(d: dict, name: str, minimum: int) -> int:
+def _int(d: dict, name: str, minimum: int, maximum: int | None = MAX_EPOCH) -> int:
     v = d.get(name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UsageError(f"loader state: {name} must be an integer >= {minimum}, got {v!r}")
+    if (isinstance(v, bool) or not isinstance(v, int) or v < minimum
+            or (maximum is not None and v > maximum)):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise UsageError(f"loader state: {name} must be an integer {bounds}, got {shown(v)}")
     return v
 
 
 def _phase(d: Any) -> Phase:
     if not isinstance(d, dict):
         raise UsageError(f"loader state: a phase must be a dict, got {type(d).__name__}")
-    lay = Layout(_int(d, "world_size", 1), _int(d, "num_workers", 1), _int(d, "batch_size", 1),
-                 _int(d, "shuffle_buffer", 0))
+    lay = Layout(_int(d, "world_size", 1, MAX_WORLD_SIZE), _int(d, "num_workers", 1, MAX_WORKERS),
+                 _int(d, "batch_size", 1, MAX_GLOBAL_BATCH), _int(d, "shuffle_buffer", 0))
+    if lay.batch_size * lay.world_size > MAX_GLOBAL_BATCH:
+        raise UsageError(f"loader state: batch_size {lay.batch_size} x world_size {lay.world_size} is more than "
+                         f"{MAX_GLOBAL_BATCH} samples a step")
     return Phase(lay, _int(d, "batches", 0))
 
 
@@ -95,6 +119,27 @@ class LoaderState:
         d.update(self.phases[-1].to_dict())
         d["earlier"] = [p.to_dict() for p in self.phases[:-1]]
         return d
+
+    def check_bounds(self, total: int) -> None:
+        """Refuse phases this loader's split cannot have had: more batches than ``total``
+        samples make on their layout, two phases in a row on one layout (a resume on the
+        same layout continues its phase), or more slots than :data:`MAX_SLOTS`.
+
+        Raises:
+            UsageError: naming the phase and the value.
+        """
+        slots = 0
+        for k, p in enumerate(self.phases):
+            lay = p.layout
+            slots += lay.world_size * lay.num_workers
+            most = max(1, -(-total // (lay.batch_size * lay.world_size)))
+            if p.batches > most:
+                raise UsageError(f"loader state: phase {k} yielded {p.batches} batches, but {total} samples make "
+                                 f"at most {most} batches of {lay.batch_size} on {lay.world_size} rank(s)")
+            if k and lay == self.phases[k - 1].layout:
+                raise UsageError(f"loader state: phases {k - 1} and {k} have the same layout")
+        if slots > MAX_SLOTS:
+            raise UsageError(f"loader state: {slots} (rank, worker) slots in the epoch's phases, more than {MAX_SLOTS}")
 
     def check_fits(self, mine: "LoaderState") -> None:
         """Refuse a state taken on another split, build, mode, seed or balance than ``mine``.
@@ -120,13 +165,13 @@ class LoaderState:
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise UsageError(f"not a loader state (format {STATE_FORMAT!r} expected)")
         earlier = d.get("earlier", [])
-        if not isinstance(earlier, list):
-            raise UsageError("loader state: earlier must be a list")
+        if not isinstance(earlier, list) or len(earlier) >= MAX_PHASES:
+            raise UsageError(f"loader state: earlier must be a list of fewer than {MAX_PHASES} phases")
         for name in ("split", "split_xxh64", "mode"):
             if not isinstance(d.get(name), str):
                 raise UsageError(f"loader state: {name} must be a string")
         phases = tuple(_phase(p) for p in earlier) + (_phase(d),)
-        return cls(d["split"], d["split_xxh64"], d["mode"], _int(d, "seed", 0), d.get("balance"),
+        return cls(d["split"], d["split_xxh64"], d["mode"], _int(d, "seed", 0, None), d.get("balance"),
                    _int(d, "epoch", 0), phases)
 
 
@@ -214,10 +259,13 @@ class EpochRun:
         if p.batches == L:  # the phase, and so the epoch, was finished
             return universe[:0]
         order = batch_order(L, lay.num_workers, extra_shift(L, lay.num_workers, self.mode, self.epoch))
+        counts = [0] * lay.num_workers  # batches each worker had delivered (the same on every rank)
+        for ww, _ in order[:p.batches]:
+            counts[ww] += 1
         done = []
         for r in range(lay.world_size):
             for w in range(lay.num_workers):
-                c = sum(1 for ww, _ in order[:p.batches] if ww == w)
+                c = counts[w]
                 plan = self.slot(r, w, lay, items)
                 outs = min(c * lay.batch_size, plan.real)
                 sel = list(itertools.islice(output_order(plan.real, lay.shuffle_buffer, self.rng(r, w, self.phase)),
