@@ -2,8 +2,10 @@
 
 The orchestration of a build; each phase lives in its own module:
 
+0. **Lock** (:mod:`shardgen.lock`): OUT is held for the whole run (a ``flock``, or a lease on
+   object storage); a second build on the same OUT refuses.
 1. :mod:`shardgen.scan` / :mod:`shardgen.index` find the labelled images; classes and
-   splits are settled here, and OUT is checked (:mod:`shardgen.outdir`).
+   splits are settled (:mod:`shardgen.resolve`), and OUT is checked (:mod:`shardgen.outdir`).
 2. **Convert** (:mod:`shardgen.convert`): worker processes turn chunks of files into PNGs
    in the scratch folder ``OUT/.shardgen-work``; finished chunks are reused on resume.
 3. **Assemble** (:mod:`shardgen.assemble`): splits, shuffle and shard layout are planned,
@@ -25,21 +27,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .assemble import ShardTask
-from .columns import ItemTable, RecordTable, StrColumn
-from .config import DEFAULT_SPLITS, BuildConfig, fingerprint_of, parse_splits
+from .columns import RecordTable, StrColumn
+from .config import BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, chunk_jobs
 from .errors import ShardgenError, UsageError
 from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
-from .index import IndexOptions
+from .lock import LocalLock
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
 from .outputs import finish_build
 from .plan import make_plan
 from .pool import AHEAD, run_jobs, worker_init
 from .progress import bar as progress_bar
-from .scan import Skip, scan
+from .resolve import resolve
+from .scan import Skip
 from .split import empty_split_notes
 from .storage import is_url
 
@@ -73,89 +74,6 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     #: splits with a non-zero ratio that got no samples (an error under ``--strict``)
     empty_splits: list[str] = field(default_factory=list)
-
-
-def _resolve(cfg: BuildConfig, urls=None):
-    """Scan SRC and settle classes and splits; returns (scan, items, classes, ratios, excluded)."""
-    if urls is not None and urls.src_remote:
-        from .remote import storage_errors
-        from .remote_scan import scan_url
-
-        with storage_errors(cfg.src, "listing SRC", urls.src.options):
-            sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
-    else:
-        sr = scan(cfg.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
-    if not sr.items:
-        raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
-    _check_class_names(sr)
-    if not isinstance(sr.items, ItemTable):
-        sr.items = ItemTable.of(sr.items)
-    if sr.multilabel:
-        classes, items, excluded = _multilabel_classes(cfg, sr), sr.items, 0
-        return sr, items, classes, _ratios(cfg, sr), excluded
-    if cfg.classes is not None:
-        unknown = [c for c in cfg.classes if c not in sr.labels]
-        if unknown:
-            raise UsageError(f"--classes: unknown class {unknown[0]!r} (found: {', '.join(sr.labels)})")
-        classes = list(cfg.classes)
-    else:
-        _check_empty_classes(sr)
-        classes = list(sr.labels)
-    if len(classes) == 1:
-        why = "--classes names one class" if cfg.classes is not None else sr.single_reason
-        sr.notes.append(f"the build has a single class, {classes[0]!r} ({why}): fine for unconditional "
-                        "training; for a classifier, SRC must hold one folder per class")
-    wanted = set(classes)
-    keep = [code for code, c in enumerate(sr.items.label_names) if c in wanted]
-    take = np.isin(sr.items.label_codes(), keep)
-    items = sr.items if take.all() else sr.items.take(np.flatnonzero(take))
-    excluded = len(sr.items) - len(items)
-    if not items:
-        raise UsageError(f"SRC {cfg.src}: no images in the selected classes")
-    return sr, items, classes, _ratios(cfg, sr), excluded
-
-
-def _ratios(cfg: BuildConfig, sr):
-    """The split ratios (None: the source or the split lists give the splits)."""
-    if sr.splits is not None:
-        if cfg.split_ratios is not None:
-            raise UsageError(f"SRC {cfg.src} is already split ({', '.join(sr.splits)}); --splits does not apply")
-        return None
-    return cfg.split_ratios or parse_splits(DEFAULT_SPLITS)
-
-
-def _multilabel_classes(cfg: BuildConfig, sr) -> list[str]:
-    """The classes of a multi-label build: every finding (``--classes`` may reorder them)."""
-    if not sr.labels:
-        raise UsageError(f"--index {cfg.index}: no finding in any row (every image is {cfg.no_finding!r})")
-    if cfg.classes is None:
-        return list(sr.labels)
-    if sorted(cfg.classes) != sorted(sr.labels):
-        missing = sorted(set(sr.labels) - set(cfg.classes)) or sorted(set(cfg.classes) - set(sr.labels))
-        raise UsageError(f"--classes: a multi-label build needs every finding, in any order; "
-                         f"{missing[0]!r} differs (found: {', '.join(sr.labels)})")
-    return list(cfg.classes)
-
-
-def _check_class_names(sr) -> None:
-    """Class names go into JSON everywhere: they must be text (valid UTF-8)."""
-    for label in sr.labels:
-        try:
-            label.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = label.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise UsageError(f"class name {shown!r} is not valid UTF-8: rename the folder") from None
-
-
-def _check_empty_classes(sr) -> None:
-    """A class folder without images would shift every label index after it: refuse it."""
-    present = set(sr.items.label_names)
-    empty = [c for c in sr.labels if c not in present]
-    if empty:
-        where = ", ".join(os.path.join(sr.root, d) for d in sr.class_dirs.get(empty[0], [empty[0]]))
-        more = f" (and {len(empty) - 1} more empty class(es))" if len(empty) > 1 else ""
-        raise UsageError(f"class folder {where} holds no images{more}; remove it, or name the classes "
-                         "with --classes to keep an empty class")
 
 
 class _Terminated(Exception):
@@ -204,6 +122,8 @@ class _Run:
     rehashed: int = 0
     #: jobs handed to the process pool ahead of their results
     window: int = 0
+    #: the hold on OUT (:func:`shardgen.lock.hold_out`); checked after every job
+    lock: Any = None
 
     def start_pool(self, n_jobs: int) -> None:
         """Start the worker processes (at least one: images are only ever decoded there, so
@@ -240,6 +160,7 @@ class _Run:
             self.reused += reused
             self.rehashed += r[3] if len(r) > 3 else 0  # ChunkResult.rehashed
             bar.update(len(recs))
+            self.lock.check()
 
         task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window)
                 if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window,
@@ -260,6 +181,7 @@ class _Run:
             recs[rel] = rec
             self.kept += kept
             bar.update(1)
+            self.lock.check()
 
         task = self.urls.shard_task(self.work) if self.out_remote else ShardTask(self.out, self.work)
         # half the conversion's window: a shard job carries its samples' keys and .json bytes
@@ -301,6 +223,28 @@ class _Run:
                              "resumable build: run the same command again to resume")
 
 
+@contextlib.contextmanager
+def _hold_out(out: str, urls):
+    """Hold OUT for the ``with`` block: a :class:`~shardgen.lock.LocalLock` for a folder, a
+    :class:`~shardgen.lease.Lease` for a URL; yields it (``check()``, ``note``, ``release()``).
+
+    Raises:
+        OutBusy: another build holds OUT. UsageError: OUT cannot be used.
+    """
+    if urls is not None and urls.out_remote:
+        from .lease import Lease
+        from .remote import storage_errors
+
+        with storage_errors(urls.out.url, "taking the lease on OUT", urls.out.options):
+            lock = Lease(urls.out).acquire()
+    else:
+        lock = LocalLock(str(out)).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _sigterm_raises():
     """Make SIGTERM raise inside the build (main thread only); returns the handler to restore."""
     if threading.current_thread() is not threading.main_thread():
@@ -329,26 +273,30 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
         UsageError: bad inputs or OUT state (exit code 2).
         BuildInterrupted: SIGINT/SIGTERM; the folder can be resumed.
         ShardgenError: OUT cannot be written (disk full, read-only); the Dask scheduler is lost.
+        OutBusy: another build holds OUT (exit code 1; nothing was changed).
+        OutLockLost: the hold on OUT was lost while building (a lease that could not be renewed):
+            stopped before ``manifest.json`` (exit code 1).
     """
     urls = None
     if storage_options is not None or endpoint_url is not None or is_url(cfg.src) or is_url(cfg.out):
         from .remote import paths_of
 
         urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
-    if cluster is None:
-        return _build(cfg, overwrite, progress, rehash, None, urls)
-    from .cluster_start import start
+    with _hold_out(cfg.out, urls) as lock:  # before anything looks at OUT (or a cluster starts)
+        if cluster is None:
+            return _build(cfg, overwrite, progress, rehash, None, urls, lock)
+        from .cluster_start import start
 
-    dask = start(cluster, cfg.pixel_limit)  # tcp://: reached now; local:N: starts while SRC is scanned
-    try:
-        return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None)
-    finally:
-        dask.close()
+        dask = start(cluster, cfg.pixel_limit)  # tcp://: reached now; local:N: starts while SRC is scanned
+        try:
+            return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None, lock)
+        finally:
+            dask.close()
 
 
-def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls) -> BuildResult:
+def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls, lock) -> BuildResult:
     t0 = time.perf_counter()
-    sr, items, classes, ratios, excluded = _resolve(cfg, urls)
+    sr, items, classes, ratios, excluded = resolve(cfg, urls)
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=sr.root if is_url(sr.root) else os.path.realpath(sr.root),
                    index_path=os.path.realpath(cfg.index) if cfg.index else None)
@@ -360,7 +308,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
                           urls.src if urls else None)
     work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
                                                                                          overwrite)
-    run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls)
+    run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls, lock=lock)
     old_handler = _sigterm_raises()
     try:
         run.start_pool(len(jobs))
@@ -371,9 +319,11 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
         if dask is not None:
             run.clean_temporaries()  # a worker killed while writing a shard leaves its temporary file
         run.phase = "writing the manifest"
+        lock.check()
         if run.out_remote:
             manifest = urls.finish(lambda staging: finish_build(cfg, staging, os.path.join(staging, WORK_DIR), fp,
-                                                                classes, plan, shard_recs, sr, excluded), plan)
+                                                                classes, plan, shard_recs, sr, excluded), plan,
+                                   before_manifest=lock.check)
         else:
             manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
     except (KeyboardInterrupt, _Terminated, OSError) as e:
@@ -387,7 +337,8 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
             signal.signal(signal.SIGTERM, old_handler)
     samples = {sp: s.samples for sp, s in manifest.splits.items()}
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
+    notes = list(sr.notes) + empty_split_notes(ratios or (), samples) + ([lock.note] if lock.note else [])
     return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
                        kept_shards=run.kept, total_shards=plan.n_shards, rehashed_sources=run.rehashed,
-                       notes=list(sr.notes) + empty_split_notes(ratios or (), samples), empty_splits=empty)
+                       notes=notes, empty_splits=empty)

@@ -16,6 +16,7 @@ from .codecs import check_same_codecs
 from .errors import UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, CodecVersions, wids_index_name)
+from .lock import LOCK_FILE
 
 __all__ = ["prepare_out", "decide", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
 
@@ -46,10 +47,21 @@ def _foreign_entries(out: str) -> list[str]:
 
 
 def remove_build(out: str) -> None:
-    """Delete the shardgen files in ``out`` (only those; callers checked for foreign files)."""
+    """Delete the shardgen files in ``out`` (only those; callers checked for foreign files), all
+    but the lock file the running build holds (``.shardgen-work/build.lock``, :mod:`shardgen.lock`):
+    removing it would let a second build take OUT while this one replaces the old build."""
     for e in os.listdir(out):
         p = os.path.join(out, e)
-        if os.path.isdir(p):
+        if e == WORK_DIR and os.path.isdir(p) and not os.path.islink(p):
+            for w in os.listdir(p):
+                q = os.path.join(p, w)
+                if w == LOCK_FILE:
+                    continue
+                if os.path.isdir(q) and not os.path.islink(q):
+                    shutil.rmtree(q)
+                else:
+                    os.unlink(q)
+        elif os.path.isdir(p):
             shutil.rmtree(p)
         else:
             os.unlink(p)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 from .errors import ShardgenError, UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, dump_json, wids_index_name)
+from .lock import LEASE
 from .remote_io import (put_atomic, put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none,
                         single_get)
 from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
@@ -167,7 +168,7 @@ class RemoteOut:
         """
         from .outdir import decide
 
-        names = list(self.listing())
+        names = [n for n in self.listing() if n != LEASE]  # the lease is the running build's own
         foreign = self._foreign(names)
         if foreign:
             shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
@@ -197,9 +198,11 @@ class RemoteOut:
         if tmp:
             self.fs.rm(tmp)
 
-    def publish(self, staging: str, planned: set[str], split_names: list[str]) -> None:
-        """Remove stale shards, upload the metadata files written to ``staging``, ``manifest.json`` last,
-        and remove the scratch folder."""
+    def publish(self, staging: str, planned: set[str], split_names: list[str],
+                before_manifest: Callable[[], None] | None = None) -> None:
+        """Remove stale shards, upload the metadata files written to ``staging``, ``manifest.json`` last
+        (``before_manifest()`` just before it: the build's last check of its lease), and remove the
+        scratch folder (all but the lease, which the build deletes when it lets OUT go)."""
         existing = self.listing()
         stale = [n for n in existing if n.split("/")[0] != WORK_DIR and "/" in n
                  and (n.endswith(".tar") and n not in planned or n.split("/")[0] not in split_names)]
@@ -207,9 +210,11 @@ class RemoteOut:
             self.fs.rm([self.path(n) for n in stale])
         files = sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, fs_ in os.walk(staging) for f in fs_)
         for rel in [f for f in files if f != MANIFEST] + [MANIFEST]:
+            if rel == MANIFEST and before_manifest is not None:
+                before_manifest()
             with open(os.path.join(staging, rel), "rb") as f:
                 put_atomic(self.fs, self.path(rel), f.read())
-        work = [self.path(n) for n in self.listing() if n.split("/")[0] == WORK_DIR]
+        work = [self.path(n) for n in self.listing() if n.split("/")[0] == WORK_DIR and n != LEASE]
         if work:
             self.fs.rm(work)
 
@@ -266,13 +271,14 @@ class Paths:
         """The same, carrying this process's ``AWS_*`` credentials to workers on other machines."""
         return Paths(self.src.with_env_credentials(), self.out.with_env_credentials(), self._store)
 
-    def finish(self, write: Callable[[str], Any], plan) -> Any:
+    def finish(self, write: Callable[[str], Any], plan, before_manifest: Callable[[], None] | None = None) -> Any:
         """Write the metadata files with ``write(folder)`` into a local staging folder, then publish
-        them to OUT (stale shards removed, ``manifest.json`` last); returns what ``write`` returned."""
+        them to OUT (stale shards removed, ``manifest.json`` last, ``before_manifest()`` just before
+        it); returns what ``write`` returned."""
         staging = tempfile.mkdtemp(prefix="shardgen-meta-")
         try:
             result = write(staging)
-            self.store.publish(staging, set(plan.shard_relpaths()), list(plan.splits))
+            self.store.publish(staging, set(plan.shard_relpaths()), list(plan.splits), before_manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return result

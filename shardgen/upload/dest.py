@@ -149,11 +149,11 @@ class Dest:
         with self.fs.open(self.path(rel), "rb", **kw) as f:
             return stream_xxh64(f, BLOCK)
 
-    def read(self, rel: str) -> bytes | None:
-        """The object's bytes (None: not there)."""
+    def read(self, rel: str, cap: int | None = None) -> bytes | None:
+        """The object's bytes, at most ``cap`` of them (None: not there)."""
         try:
             with self.fs.open(self.path(rel), "rb") as f:
-                return f.read()
+                return f.read() if cap is None else f.read(cap)
         except FileNotFoundError:
             return None
 

@@ -10,11 +10,11 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, TypeVar
 
 from .. import retry
-from ..errors import UsageError
 from ..format import MANIFEST
 from ..progress import bar, note as progress_note
 from ..storage import parse_storage_options
 from .dest import TMP_RE, Dest
+from .guard import MARKER, decide, index_files, marker_bytes
 from .local import LocalBuild, Shard, local_build, verify_local
 from .result import UploadFailed, UploadInterrupted, UploadResult
 from .scrub import Scrubber, display_url, short
@@ -132,36 +132,34 @@ def upload(out: str, dest: str, *, endpoint_url: str | None = None, workers: int
     existing = d.listing()
     policy = retry.RetryPolicy.with_retries(retries, backoff, max_wait_s=30.0, jitter=True)
     t = _Transfers(d, policy, log or progress_note, result, scrub)
-    replace = _differs(t, existing, build.manifest_bytes, overwrite)
+    plan = decide(result.dest, existing, build.manifest_bytes, overwrite, d.local,
+                  lambda rel, cap: t.call(rel, lambda: d.read(rel, cap)))
     verify_local(build.src, build.shards, workers, progress)
-    if replace:  # readers now see no build (a clear error) until the new manifest lands
-        t.call(MANIFEST, lambda: d.remove(MANIFEST))
-        existing.pop(MANIFEST, None)
-        result.replaced_manifest = True
-        t.note(f"shardgen upload: removed the old {MANIFEST} at {result.dest} before replacing its build")
+    if plan.mark:  # before anything else: a re-run knows the unfinished upload is its own
+        t.call(MARKER, lambda: d.put_bytes(marker_bytes(build.manifest_bytes), MARKER))
+    if plan.replace:
+        _unpublish(t, existing)
     _send_shards(t, build.shards, existing, workers, progress)
     _remove_leftovers(t, build, existing)
     _write_files(t, build, existing)
+    if plan.mark or MARKER in existing:
+        t.call(MARKER, lambda: d.remove(MARKER))
     result.seconds = time.monotonic() - t0
     return result
 
 
-def _differs(t: _Transfers, existing: dict[str, int], manifest_bytes: bytes, overwrite: bool) -> bool:
-    """Does ``dest`` hold a different build (its manifest must go first)?
-
-    Raises:
-        UsageError: it does, and ``overwrite`` is off: never let its readers see our
-            shards under its manifest.
-    """
-    if MANIFEST not in existing:
-        return False
-    old = t.call(MANIFEST, lambda: t.d.read(MANIFEST))
-    if old is None or old == manifest_bytes:
-        return False
-    if not overwrite:
-        raise UsageError(f"{t.result.dest} already holds a different build ({MANIFEST} differs); "
-                         f"pass --overwrite to replace it")
-    return True
+def _unpublish(t: _Transfers, existing: dict[str, int]) -> None:
+    """Take the build at the destination down before its shards are replaced: ``manifest.json``
+    first, then its per-split indexes (readers now see no build, a clear error, until the new
+    manifest lands)."""
+    if MANIFEST in existing:
+        t.call(MANIFEST, lambda: t.d.remove(MANIFEST))
+        existing.pop(MANIFEST, None)
+        t.result.replaced_manifest = True
+        t.note(f"shardgen upload: removed the old {MANIFEST} at {t.result.dest} before replacing its build")
+    for rel in index_files(existing):
+        t.call(rel, lambda rel=rel: t.d.remove(rel))
+        existing.pop(rel, None)
 
 
 def _send_shards(t: _Transfers, shards: list[Shard], existing: dict[str, int], workers: int,
@@ -288,7 +286,7 @@ def _send(d: Dest, s: Shard, b, lock: threading.Lock) -> None:
 
 def _put_small(d: Dest, rel: str, data: bytes, exists: bool) -> bool:
     """Write a small file unless identical bytes are there; read back to confirm. True if written."""
-    if exists and d.read(rel) == data:
+    if exists and d.read(rel, len(data) + 1) == data:
         return False
     d.put_bytes(data, rel)
     d.fs.invalidate_cache(d.path(rel))
