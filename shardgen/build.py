@@ -319,11 +319,11 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
         if dask is not None:
             run.clean_temporaries()  # a worker killed while writing a shard leaves its temporary file
         run.phase = "writing the manifest"
-        lock.check()
+        lock.check(strict=True)
         if run.out_remote:
             manifest = urls.finish(lambda staging: finish_build(cfg, staging, os.path.join(staging, WORK_DIR), fp,
                                                                 classes, plan, shard_recs, sr, excluded), plan,
-                                   before_manifest=lock.check)
+                                   before_manifest=lambda: lock.check(strict=True))
         else:
             manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
     except (KeyboardInterrupt, _Terminated, OSError) as e:

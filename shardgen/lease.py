@@ -150,6 +150,7 @@ class Lease:
         self.note: str | None = None
         self.renewals = 0
         self._lost: str | None = None
+        self._renewed = time.monotonic()  # the last write that held the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -233,6 +234,7 @@ class Lease:
         else:
             raise self._busy(self._read())
         self._check_guarded()
+        self._renewed = time.monotonic()
         self._start_renewal()
         return self
 
@@ -241,7 +243,7 @@ class Lease:
             return busy(self.url, None, "prefix")
         age = f", written {seen.age_s:.0f} s ago" if math.isfinite(seen.age_s) else ""
         return busy(self.url, seen.holder, "prefix", f"; its lease {LEASE} expires {seen.ttl_s:.0f} s after its "
-                    f"last renewal{age}")
+                    f"last renewal{age}", exited="its lease is left until it expires")
 
     def _check_guarded(self) -> None:
         """Does the store refuse a second ``If-None-Match: *`` write? Else fall back (module docstring)."""
@@ -269,19 +271,27 @@ class Lease:
         self._thread.start()
 
     def _renew_loop(self) -> None:
-        last_ok = time.monotonic()
         while not self._stop.wait(self.ttl_s / 3):
+            if not self._renew_now(quiet=True):
+                return
+
+    def _renew_now(self, quiet: bool) -> bool:
+        """Renew the lease now; False once it is lost (:attr:`_lost` says why). Transient store
+        errors are let pass (``quiet``) until no renewal has succeeded for a whole TTL."""
+        with _RENEWING:
+            if self._lost is not None:
+                return False
             try:
-                with _RENEWING:
-                    self._renew()
-                last_ok = time.monotonic()
+                self._renew()
+                self._renewed = time.monotonic()
+                return True
             except _Conflict:
                 self._lost = "another build took its lease over (this one was stalled past the lease's TTL)"
-                return
             except Exception as e:  # noqa: BLE001 - a store that does not answer: the next tick tries again
-                if time.monotonic() - last_ok > self.ttl_s:
-                    self._lost = f"its lease could not be renewed for {self.ttl_s:.0f} s ({type(e).__name__})"
-                    return
+                if quiet and time.monotonic() - self._renewed <= self.ttl_s:
+                    return True
+                self._lost = f"its lease could not be renewed for {self.ttl_s:.0f} s ({type(e).__name__})"
+            return False
 
     def _renew(self) -> None:
         self.renewals += 1
@@ -293,8 +303,12 @@ class Lease:
             raise _Conflict()
         self.etag = self._write()
 
-    def check(self) -> None:
-        """Raise :class:`~shardgen.lock.OutLockLost` once the lease is lost."""
+    def check(self, strict: bool = False) -> None:
+        """Raise :class:`~shardgen.lock.OutLockLost` once the lease is lost. ``strict`` (just before
+        ``manifest.json`` is written) renews it first, so that a build stalled past its TTL learns
+        it lost the lease before it publishes, not a renewal period later."""
+        if strict and self._lost is None:
+            self._renew_now(quiet=False)
         if self._lost is not None:
             raise OutLockLost(f"OUT {redact(self.url)}: {self._lost}; stopped before writing manifest.json, "
                               "so readers never see this build's manifest over another build's shards")

@@ -63,7 +63,7 @@ class OutLockLost(ShardgenError):
 
 def command_line(argv: list[str] | None = None) -> str:
     """This process's command line for a holder record: secrets redacted, the value of
-    ``--storage_options`` left out, at most 300 characters."""
+    ``--storage_options`` left out, at most 1,000 characters."""
     argv = list(sys.argv if argv is None else argv)
     if argv and (argv[0].endswith(("shardgen", "__main__.py")) or argv[0] == "-m"):
         argv[0] = "shardgen"
@@ -78,8 +78,8 @@ def command_line(argv: list[str] | None = None) -> str:
             hide = "=" not in w
             w = name + ("=***" if "=" in w else "")
         words.append(w)
-    text = redact(shlex.join(words))
-    return text if len(text) <= 300 else text[:297] + "..."
+    text = redact(shlex.join(words)).replace("'***'", "***")
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 @dataclass
@@ -126,15 +126,15 @@ class Holder:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             return None
 
-    def describe(self) -> str:
+    def describe(self, exited: str = "a process it started, such as one of its workers, still holds OUT") -> str:
         """``user alice on host h (pid 12) since ... UTC, running: shardgen build ...``, escaped;
-        says so when that pid has exited on this host (a process it started holds the lock)."""
+        when that pid has exited on this host, says so, then ``exited``."""
         def text(v: str, n: int) -> str:
             return printable(redact(v), newlines=False)[:n]
 
         pid = f"pid {self.pid}"
         if self.host == socket.gethostname() and self.pid > 0 and not _alive(self.pid):
-            pid += ", which has exited: a process it started, such as one of its workers, still holds OUT"
+            pid += f", which has exited: {exited}"
         return (f"user {text(self.user, 64)} on host {text(self.host, 128)} ({pid}) since "
                 f"{text(self.started, 32)} UTC, running: {text(self.command, 300)}")
 
@@ -149,9 +149,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def busy(out: str, holder: Holder | None, how: str, extra: str = "") -> OutBusy:
+def busy(out: str, holder: Holder | None, how: str, extra: str = "", **describe: str) -> OutBusy:
     """The one-line refusal naming ``holder``; ``how``: "folder" or "prefix"."""
-    who = holder.describe() if holder is not None else "holder unknown (its record is unreadable)"
+    who = holder.describe(**describe) if holder is not None else "holder unknown (its record is unreadable)"
     return OutBusy(f"OUT {redact(out)} is in use by another build; nothing was changed: wait for it to finish, or "
                    f"build into another {how}. Held by {who}{extra}")
 
@@ -240,9 +240,9 @@ class LocalLock:
         mine = os.fstat(fd)
         return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
-    def check(self) -> None:
+    def check(self, strict: bool = False) -> None:
         """Raise :class:`OutLockLost` if the lock file was removed or replaced since :meth:`acquire`
-        (then another build may take OUT)."""
+        (then another build may take OUT); ``strict`` is for the lease's sake (same check here)."""
         if self.fd is not None and not self._same_file(self.fd):
             raise OutLockLost(f"OUT {self.out}: the lock file {self.path} was removed or replaced while "
                               "building, so another build may be writing OUT; stopped before writing "
