@@ -1,8 +1,13 @@
 """A size-bounded local cache of verified shards (``make_loader(cache_dir=...)``).
 
-A remote shard is copied into a temporary file as its bytes stream in
-(:class:`CacheWriter`, fed by :class:`loaders.sources.RemoteSource`); the copy joins
-the cache only when its size and xxh64 match the manifest.
+A remote shard is copied into a temporary file as its bytes arrive (:class:`CacheWriter`);
+the copy joins the cache only when its size and xxh64 match the manifest. The folder is
+the user's own: created mode 0700 when missing and checked on every start
+(:func:`check_private_folder`: owned by the effective user, not writable by group or
+others, not a symbolic link), since a folder another user can write could hand this
+user's training forged shards, or make its writes land elsewhere through planted links.
+Temporary files are created ``O_CREAT|O_EXCL|O_NOFOLLOW``; an entry's path is built from
+the manifest's checked ``xxh64`` and ``bytes`` and proven to lie in the folder.
 """
 
 from __future__ import annotations
@@ -10,75 +15,103 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING
 
-import xxhash
+from shardgen.format.validate import is_hex16
 
 from .errors import LoaderError, UsageError
+from .spool import CREATE_FLAGS, FileSpool, shard_changed
 
 if TYPE_CHECKING:
-    from .sources import ShardInfo
+    from shardgen.format import ShardEntry as ShardInfo
 
-__all__ = ["ShardCache", "CacheWriter"]
+__all__ = ["ShardCache", "CacheWriter", "check_private_folder"]
 
 log = logging.getLogger("loaders")
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
-class CacheWriter:
-    """A shard on its way into the cache: a temporary file plus a running xxh64."""
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_private_folder(path: str, what: str) -> None:
+    """Create ``path`` (mode 0700) if it is missing, then check that it is a private folder.
+
+    Raises:
+        UsageError: one line naming the folder and the fix: it cannot be created, is a
+            symbolic link or not a folder, belongs to another user, or is writable by its
+            group or by others.
+    """
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot create: {e.strerror or e}") from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{what} {path}: is a symbolic link; give the folder itself "
+                         f"({os.path.realpath(path)}), if it is yours")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path}: is not a folder")
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"{what} {path}: belongs to {_owner(st.st_uid)}, not to you ({_owner(os.geteuid())}); "
+                         "a folder another user controls could feed you forged shards: use a folder of your own")
+    if st.st_mode & 0o022:
+        raise UsageError(f"{what} {path}: other users may write to it (mode {stat.S_IMODE(st.st_mode):04o}); "
+                         f"make it private (chmod 700 {path}) or use a folder of your own")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: not writable (chmod u+rwx {path})")
+
+
+class CacheWriter(FileSpool):
+    """A shard on its way into the cache: a temporary file (``O_EXCL|O_NOFOLLOW``, mode
+    0600) plus a running xxh64; a write that fails (disk full) stops the copying, not the
+    read (:attr:`failed` says why)."""
 
     def __init__(self, cache: "ShardCache", shard: ShardInfo, name: str):
-        self.cache, self.shard, self.name = cache, shard, name
-        self.tmp = os.path.join(cache.root, f".tmp-{os.getpid()}-{threading.get_ident()}-{shard.xxh64}")
-        self._f = open(self.tmp, "wb")
-        self._h = xxhash.xxh64()
-        self.size = 0
-        self.failed = False
+        final = cache.path(shard)
+        self.tmp = os.path.join(cache.root, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(final)}")
+        super().__init__(os.open(self.tmp, CREATE_FLAGS, 0o600), name)
+        self.cache, self.shard = cache, shard
+        self.committed = False
 
-    def write(self, data: bytes) -> None:
-        if self.failed:
-            return
-        self._h.update(data)
-        self.size += len(data)
-        try:
-            self._f.write(data)
-        except OSError as e:  # disk full: keep streaming, just do not cache this one
-            log.warning("%s: not cached: %s", self.name, e.strerror or e)
-            self.failed = True
-
-    def commit(self) -> bool:
-        """Verify and move the file into the cache; returns whether it was cached.
+    def commit(self, used: bool = True) -> bool:
+        """Verify and move the file into the cache; returns whether it was cached. The
+        descriptor stays open (a :meth:`reader` of the entry) until :meth:`discard`.
 
         Raises:
             LoaderError: the bytes that arrived differ from the manifest (size or xxh64).
         """
-        try:
-            self._f.close()
-        except OSError:
-            self.failed = True
-        if not self.failed:
-            digest = self._h.hexdigest()
-            if self.size != self.shard.bytes or digest != self.shard.xxh64:
-                self.discard()
-                raise LoaderError(
-                    f"{self.name}: the shard's bytes differ from the manifest (got {self.size} bytes, "
-                    f"xxh64 {digest}; manifest: {self.shard.bytes} bytes, xxh64 {self.shard.xxh64}); "
-                    "it was changed after the build (run shardgen verify)")
-            return self.cache._admit(self.tmp, self.shard)
-        self.discard()
-        return False
+        if self.failed:
+            log.warning("%s: not cached: %s", self.name, self.failed)
+            self.discard()
+            return False
+        digest = self.hexdigest()
+        if self.size != self.shard.bytes or digest != self.shard.xxh64:
+            self.discard()
+            raise shard_changed(self.name, self.shard, self.size, digest, used)
+        self.committed = self.cache._admit(self.tmp, self.fd, self.shard)
+        return self.committed
 
     def discard(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        super().discard()
+        if not self.committed:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
 
 
 class ShardCache:
@@ -89,37 +122,73 @@ class ShardCache:
     updates a file's modification time; when a new shard would push the total over
     ``limit`` bytes, the files used longest ago are deleted first (a shard being read
     by another process stays readable until it is closed). A shard larger than the
-    whole limit is streamed but not cached. Safe to share between processes and
-    ranks on one machine (an ``flock`` guards admission and eviction).
+    whole limit is streamed but not cached. Safe to share between the processes and
+    ranks of one user on one machine (an ``flock`` guards admission and eviction).
 
     Args:
-        root: the cache folder (created).
+        root: the cache folder (created 0700 if missing; see :func:`check_private_folder`).
         limit: the most bytes the cached shards may take together.
+
+    Raises:
+        UsageError: the folder is not the user's own private folder.
     """
 
     def __init__(self, root: str, limit: int):
         self.root = os.path.abspath(os.path.expanduser(str(root)))
         self.limit = int(limit)
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cache_dir {root}: cannot create: {e.strerror or e}") from None
-        if not os.access(self.root, os.W_OK):
-            raise UsageError(f"cache_dir {root}: not writable")
+        check_private_folder(self.root, "cache_dir")
 
     def path(self, shard: ShardInfo) -> str:
-        return os.path.join(self.root, f"{shard.xxh64}-{shard.bytes}.tar")
+        """The entry's path, proven to lie in the cache folder.
+
+        Raises:
+            LoaderError: the manifest's ``xxh64`` or ``bytes`` cannot name an entry.
+        """
+        if not is_hex16(shard.xxh64) or not isinstance(shard.bytes, int) or shard.bytes < 0:
+            raise LoaderError(f"{shard.path}: no cache entry for xxh64 {shard.xxh64!r}, bytes {shard.bytes!r}")
+        p = os.path.join(self.root, f"{shard.xxh64}-{shard.bytes}.tar")
+        if os.path.dirname(p) != self.root:
+            raise LoaderError(f"{shard.path}: cache entry {p} would lie outside {self.root}")
+        return p
 
     def lookup(self, shard: ShardInfo) -> str | None:
-        """The cached copy's path (marking it used), or None."""
-        p = self.path(shard)
-        try:
-            if os.stat(p).st_size != shard.bytes:
-                return None
-            os.utime(p)
-        except FileNotFoundError:
+        """The cached copy's path (marking it used), or None (used with ``verify=False``)."""
+        fd = self.open_entry(shard)
+        if fd is None:
             return None
-        return p
+        self.mark_used(fd)
+        os.close(fd)
+        return self.path(shard)
+
+    def open_entry(self, shard: ShardInfo) -> int | None:
+        """A read-only descriptor of the cached copy (a regular file of the right size,
+        not a link), or None. Its bytes are not checked here."""
+        try:
+            fd = os.open(self.path(shard), _OPEN_FLAGS)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size == shard.bytes:
+            return fd
+        os.close(fd)
+        return None
+
+    def mark_used(self, fd: int) -> None:
+        try:
+            os.utime(fd)
+        except OSError:
+            pass
+
+    def remove(self, shard: ShardInfo, fd: int) -> None:
+        """Delete the entry that ``fd`` reads (found damaged), unless another process has
+        replaced it with a new copy meanwhile."""
+        with self._lock():
+            p = self.path(shard)
+            try:
+                if os.lstat(p).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(p)
+            except FileNotFoundError:
+                pass
 
     def writer(self, shard: ShardInfo, name: str) -> CacheWriter | None:
         if shard.bytes > self.limit:
@@ -137,16 +206,19 @@ class ShardCache:
             if n.endswith(".tar") and not n.startswith("."):
                 p = os.path.join(self.root, n)
                 try:
-                    st = os.stat(p)
+                    st = os.lstat(p)
                 except FileNotFoundError:
                     continue
-                out.append((st.st_mtime, p, st.st_size))
+                if stat.S_ISREG(st.st_mode):
+                    out.append((st.st_mtime, p, st.st_size))
         out.sort()
         return out
 
-    def _admit(self, tmp: str, shard: ShardInfo) -> bool:
-        with open(os.path.join(self.root, ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def _lock(self):
+        return _Lock(os.path.join(self.root, ".lock"))
+
+    def _admit(self, tmp: str, fd: int, shard: ShardInfo) -> bool:
+        with self._lock():
             final = self.path(shard)
             entries = [e for e in self.entries() if e[1] != final]
             total = sum(e[2] for e in entries)
@@ -162,9 +234,8 @@ class ShardCache:
             if total + shard.bytes > self.limit:
                 os.unlink(tmp)
                 return False
-            os.chmod(tmp, 0o644)
             os.replace(tmp, final)
-            os.utime(final)
+            self.mark_used(fd)
             self._sweep()
         return True
 
@@ -175,7 +246,26 @@ class ShardCache:
             if n.startswith(".tmp-"):
                 p = os.path.join(self.root, n)
                 try:
-                    if now - os.stat(p).st_mtime > older_than:
+                    if now - os.lstat(p).st_mtime > older_than:
                         os.unlink(p)
                 except FileNotFoundError:
                     pass
+
+
+class _Lock:
+    """An exclusive ``flock`` on the cache's ``.lock`` file (opened ``O_NOFOLLOW``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as e:
+            raise LoaderError(f"cache_dir {os.path.dirname(self.path)}: cannot open its lock file "
+                              f"{os.path.basename(self.path)}: {e.strerror or e}") from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)

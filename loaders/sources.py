@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shardgen import retry
 from shardgen.format import ShardEntry
+from shardgen.redact import redact
 
 from .cache import CacheWriter, ShardCache  # ShardCache: still importable from here (stream.py)
-from .errors import LoaderError, UsageError
+from .errors import LoaderError
+from .ranged import BodyTooLarge, read_range
+from .sizes import parse_size  # still importable from here
 
-__all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "DEFAULT_CHUNK"]
+__all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "prefetch_pool", "DEFAULT_CHUNK"]
 
 log = logging.getLogger("loaders")
 
@@ -38,40 +40,27 @@ DEFAULT_CHUNK = 8 << 20
 ShardInfo = ShardEntry
 
 
-def parse_size(value: Any, what: str = "cache_limit") -> int:
-    """``10GB`` / ``512MiB`` / ``1e9`` / an int -> bytes (decimal and binary units).
-
-    Raises:
-        UsageError: not a positive size.
-    """
-    if isinstance(value, bool):
-        raise UsageError(f"{what}: expected a size like 10GB, got {value!r}")
-    if isinstance(value, (int, float)):
-        n = int(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([KMGT]?i?B?|)\s*", str(value), re.I)
-        if not m:
-            raise UsageError(f"{what}: expected a size like 10GB or 512MiB, got {value!r}")
-        unit = m.group(2).upper().rstrip("B")
-        mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-                "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-        n = int(float(m.group(1)) * mult)
-    if n <= 0:
-        raise UsageError(f"{what}: must be positive, got {value!r}")
-    return n
-
-
 class LocalSource:
-    """A shard on a local disk (seeks past what is skipped)."""
+    """A shard on a local disk (seeks past what is skipped).
 
-    def __init__(self, path: str, name: str, expect_bytes: int | None = None):
+    Args:
+        path: the file (ignored when ``file`` is given).
+        name: the shard's name for messages (a redacted URL).
+        expect_bytes: the manifest's size: a file of another size is an error at once.
+        file: an open binary file to read instead of opening ``path`` (this takes it over).
+    """
+
+    def __init__(self, path: str, name: str, expect_bytes: int | None = None, file=None):
         self.name = name
-        try:
-            self._f = open(path, "rb", buffering=1 << 20)
-        except FileNotFoundError:
-            raise LoaderError(f"{name}: shard file is missing ({path})") from None
-        except OSError as e:
-            raise LoaderError(f"{name}: cannot open shard: {e.strerror or e}") from None
+        if file is not None:
+            self._f = file
+        else:
+            try:
+                self._f = open(path, "rb", buffering=1 << 20)
+            except FileNotFoundError:
+                raise LoaderError(f"{name}: shard file is missing ({path})") from None
+            except OSError as e:
+                raise LoaderError(f"{name}: cannot open shard: {e.strerror or e}") from None
         if expect_bytes is not None:
             size = os.fstat(self._f.fileno()).st_size
             if size != expect_bytes:
@@ -96,7 +85,7 @@ _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def _prefetch_pool() -> ThreadPoolExecutor:
+def prefetch_pool() -> ThreadPoolExecutor:
     """One small thread pool per process (rebuilt after a fork)."""
     global _pool
     with _pool_lock:
@@ -149,18 +138,24 @@ class RemoteSource:
             return self._whole[start:end]
         try:
             return retry.call(lambda: self._request(start, end), self.policy, on_retry=lambda e, n, wait_s: log.warning(
-                "%s: bytes %d-%d: %s: %s; retry %d/%d in %.1fs", self.name, start, end, type(e).__name__, e, n,
-                self.policy.retries, wait_s))
+                "%s", redact(f"{self.name}: bytes {start}-{end}: {type(e).__name__}: {e}; "
+                             f"retry {n}/{self.policy.retries} in {wait_s:.1f}s")))
+        except BodyTooLarge as e:
+            raise LoaderError(f"{self.name}: bytes {start}-{end}: {e}; cut off (a server that ignores ranges, "
+                              "or not the shard the manifest describes)") from None
         except Exception as e:  # network errors come in many types (aiohttp, botocore, OSError)
             what = ("no answer within the timeout" if retry.timed_out(e) else
                     f"reading bytes {start}-{end} failed after {self.policy.attempts} attempts"
                     if retry.is_transient(e) else "cannot read shard")
-            raise LoaderError(f"{self.name}: {what}: {type(e).__name__}: {e}") from None
+            detail = " ".join(str(e).split()) or "(no message)"
+            raise LoaderError(redact(f"{self.name}: {what}: {type(e).__name__}: {detail}")) from None
 
     def _request(self, start: int, end: int) -> bytes:
-        """One ranged request (a short answer is an error, so that it is retried)."""
+        """One ranged request, never holding more than the range, or the whole object of
+        its declared size from a server that ignores ranges (a short answer is an error,
+        so that it is retried)."""
         self.requests += 1
-        data = self.fs.cat_file(self.path, start=start, end=end)
+        data = read_range(self.fs, self.path, start, end, self.size)
         if len(data) == end - start:
             return data
         if len(data) == self.size:
@@ -187,7 +182,7 @@ class RemoteSource:
         self._buf, self._buf_start = data, start
         nxt = start + len(data)
         if self.prefetch and nxt < self.size and data:
-            self._pending = (nxt, _prefetch_pool().submit(self._get, nxt))
+            self._pending = (nxt, prefetch_pool().submit(self._get, nxt))
 
     def _ensure(self, pos: int) -> bool:
         if self._buf_start <= pos < self._buf_start + len(self._buf):
@@ -229,7 +224,7 @@ class RemoteSource:
             self._buf, self._buf_start = have[1], have[0]
             nxt = have[0] + len(have[1])
             if self.prefetch and nxt < self.size and self._pending is None:
-                self._pending = (nxt, _prefetch_pool().submit(self._get, nxt))
+                self._pending = (nxt, prefetch_pool().submit(self._get, nxt))
 
     def finish(self) -> None:
         """Read what is left of the object (so that the cache copy is complete)."""

@@ -23,9 +23,12 @@ from PIL import PngImagePlugin
 from .errors import LoaderError, UsageError
 from .plan import SlotPlan, plan_slot
 from .sequence import Segment
-from .sources import DEFAULT_CHUNK, LocalSource, RemoteSource, ShardCache, ShardInfo
+from .sources import DEFAULT_CHUNK, RemoteSource, ShardCache, ShardInfo
 from .targets import PAD_LABEL, Targets
-from shardgen.format import DATASET_JSON, ShardReadError, TarReader, find_sample_headers
+from .opening import jump, open_shard
+from shardgen.format import DATASET_JSON, ShardReadError, TarReader
+from shardgen.format.validate import member_limit
+from shardgen.redact import redact
 from shardgen.storage import read_dataset_json
 from shardgen.format.png import decode_gray_png
 
@@ -98,7 +101,7 @@ class Spec:
                         pos += s.samples
                     self._keys = out
             except Exception as e:  # an optimisation only: read from the start instead
-                log.info("%s: no sample index (%s); shards are read from their start", self.root, e)
+                log.info("%s", redact(f"{self.root}: no sample index ({e}); shards are read from their start"))
         return self._keys[index] if self._keys else None
 
     def split_xxh64(self) -> str:
@@ -117,7 +120,8 @@ class Spec:
         return Targets(len(self.classes), self.multilabel)
 
     def shard_name(self, shard: ShardInfo) -> str:
-        return self.root.rstrip("/") + "/" + shard.path
+        """The shard's URL or path for messages and logs (credentials and signatures redacted)."""
+        return redact(self.root.rstrip("/") + "/" + shard.path)
 
     def remote_fs(self):
         """This process's fsspec filesystem and the build's path in it (opened on first use
@@ -224,51 +228,14 @@ class SampleReader:
                 self.skipped.value += n
 
     def _open(self, shard: ShardInfo):
-        name = self.spec.shard_name(shard)
-        if self.spec.local_root is not None:
-            return LocalSource(os.path.join(self.spec.local_root, shard.path), name, shard.bytes)
-        if self._cache is not None:
-            hit = self._cache.lookup(shard)
-            if hit is not None:
-                return LocalSource(hit, name, shard.bytes)
-        fs, base = self.spec.remote_fs()
-        tee = self._cache.writer(shard, name) if self._cache is not None else None
-        return RemoteSource(fs, base.rstrip("/") + "/" + shard.path, shard.bytes, name,
-                            chunk_size=self.spec.chunk_size, retries=self.spec.retries, tee=tee,
-                            timeout=self.spec.timeout)
+        """A stream of the shard's bytes: checked against the manifest before its first byte
+        comes out when ``spec.verify`` (:func:`loaders.opening.open_shard`)."""
+        return open_shard(self.spec, self._cache, shard)
 
     def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
-        """Move a remote stream close to sample ``target`` without reading what comes before.
-
-        The position is guessed from the shard's mean sample size; one ranged read of
-        64 KiB (or three mean samples) there finds a sample header (checksummed, at a 512-byte boundary) whose
-        key ``<split>/dataset.json`` places at or before ``target``; the reader skips the
-        few samples between. Without such an index (or a hit after 4 reads) the shard
-        is read from its start, as before.
-        """
-        keys = self.spec.shard_keys(index)
-        if not keys or shard.samples <= 0:
-            return
-        per = shard.bytes / shard.samples
-        guess = int(per * target)
-        window = int(min(max(1 << 16, 3 * per), 8 << 20)) // 512 * 512
-        for _ in range(4):
-            a = max(0, guess - window // 2)
-            a -= a % 512
-            b = min(shard.bytes, a + window)
-            best = None
-            data = src.fetch(a, b)
-            for off, key in find_sample_headers(data, a):
-                j = keys.get(key)
-                if j is not None and j <= target and (best is None or j > best[1]):
-                    best = (off, j)
-            if best is not None:
-                src.seek(best[0], have=(a, data))
-                tar.restart_at(best[0], best[1])
-                return
-            if a == 0:
-                return
-            guess = a - window // 2
+        """Enter an unchecked remote stream near sample ``target`` (``verify=False`` only;
+        :func:`loaders.opening.jump`)."""
+        jump(self.spec, tar, src, index, shard, target)
 
     def _fail(self, msg: str, missing: int) -> None:
         if self.spec.on_error == "raise":
@@ -310,9 +277,9 @@ class SampleReader:
         try:
             src = self._open(shard)
             member = self.spec.targets.member  # .cls, or .labels.npy of a multi-label build
-            tar = TarReader(src, want=("png", member))
+            tar = TarReader(src, want=("png", member), limit=min(shard.bytes, member_limit(self.spec.size)))
             begin = indices[todo[0]]
-            if begin and isinstance(src, RemoteSource) and src.tee is None:
+            if begin and isinstance(src, RemoteSource) and src.tee is None:  # verify=False only
                 self._jump(tar, src, seg.shard, shard, begin)
             for k in todo:
                 target = indices[k]
