@@ -28,7 +28,7 @@ from .spool import CREATE_FLAGS, FileSpool, shard_changed
 if TYPE_CHECKING:
     from shardgen.format import ShardEntry as ShardInfo
 
-__all__ = ["ShardCache", "CacheWriter", "check_private_folder"]
+__all__ = ["ShardCache", "CacheWriter", "check_private_folder", "cache_root"]
 
 log = logging.getLogger("loaders")
 
@@ -73,6 +73,17 @@ def check_private_folder(path: str, what: str) -> None:
                          f"make it private (chmod 700 {path}) or use a folder of your own")
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path}: not writable (chmod u+rwx {path})")
+
+
+def cache_root(cache_dir: str) -> str:
+    """``cache_dir`` as an absolute path, created (0700) and checked (:func:`check_private_folder`).
+
+    Raises:
+        UsageError: it is not the user's own private folder.
+    """
+    root = os.path.abspath(os.path.expanduser(str(cache_dir)))
+    check_private_folder(root, "cache_dir")
+    return root
 
 
 class CacheWriter(FileSpool):
@@ -134,9 +145,8 @@ class ShardCache:
     """
 
     def __init__(self, root: str, limit: int):
-        self.root = os.path.abspath(os.path.expanduser(str(root)))
+        self.root = cache_root(root)
         self.limit = int(limit)
-        check_private_folder(self.root, "cache_dir")
 
     def path(self, shard: ShardInfo) -> str:
         """The entry's path, proven to lie in the cache folder.

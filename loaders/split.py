@@ -12,6 +12,7 @@ from shardgen.format import DATASET_JSON
 from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build, read_dataset_json
 
 from .errors import UsageError
+from .cache import cache_root
 from .sources import DEFAULT_CHUNK, parse_size
 from .stream import Spec, check_on_error
 
@@ -74,6 +75,8 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
     if sum(s.samples for s in shards) == 0:
         raise UsageError(f"{build.root}: split {split!r} holds no samples")
     local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
+    if cache_dir is not None and not local:
+        cache_root(cache_dir)  # a one-line UsageError now, not in a worker: created 0700, the user's own
     return Spec(
         root=build.root, local_root=build.path if local else None,
         storage_options=dict(storage_options or {}), split=str(split), shards=shards,
