@@ -322,7 +322,7 @@ class CLI:
               f"from {', '.join(r.splits)}; labels: {counts}")
         if r.label_dim != r.classes:
             _say(f"note: StyleGAN2-ADA will use {r.label_dim} label dimensions (highest label + 1), "
-                  f"not {r.classes}: the last class(es) have no images here", file=sys.stderr)
+                  f"not {r.classes}: the last class(es) have no images here", err=True)
 
     @_guard("export")
     def export(self, source, dest=None, layout="imagefolder", split="all", overwrite=False, progress=True):

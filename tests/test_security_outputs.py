@@ -401,3 +401,17 @@ def test_a_transport_error_while_reading_is_one_line(small_build, site, served, 
     if fault == "refuse":  # every time: export too
         p = run_cli(*cli_args("export", f"{served.url}/b", site / "work" / "dest"))
         assert "train-000001.tar" in one_line_error(p) and snapshot(site) == before
+
+
+def test_stylegan_notes_missing_last_classes_in_one_line(small_build, site):
+    """A split whose last classes have no images: the note is printed (it was a TypeError traceback)."""
+    b = Path(shutil.copytree(small_build, site / "b"))
+    shard = b / "train" / "train-000000.tar"
+    with tarfile.open(shard) as tf:
+        members = [(m.name, b"0" if m.name.endswith(".cls") else tf.extractfile(m).read()) for m in tf.getmembers()]
+    write_tar(shard, members)
+    publish_shard(b, shard, len(members) // 3)
+    p = run_cli("stylegan", b, "--dest", site / "work" / "train.zip", "--progress", "false")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == "note: StyleGAN2-ADA will use 1 label dimensions (highest label + 1), not 4: " \
+                               "the last class(es) have no images here", p.stderr
