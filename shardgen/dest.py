@@ -39,8 +39,8 @@ from .format.checksum import HashingReader
 from .format.validate import member_limit, shown
 from .redact import redact
 
-__all__ = ["ZIP_DATE", "ZipOut", "FolderOut", "ReplacingFolderOut", "sweep", "checked_parts", "write_error",
-           "shard_samples", "samples_of", "label_of", "labels_of"]
+__all__ = ["ZIP_DATE", "ZipOut", "FolderOut", "ReplacingFolderOut", "sweep", "has_entries", "checked_parts",
+           "write_error", "shard_samples", "samples_of", "label_of", "labels_of"]
 
 #: Timestamp of every zip member (the zip epoch): fixed so archives are byte-identical.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -52,6 +52,21 @@ def write_error(dest: str, e: OSError, flag: str = "--dest") -> ShardgenError:
     """The one-line error for a failed write to ``dest``: ``--dest DEST: cannot write: REASON``."""
     reason = e.strerror or str(e) or type(e).__name__
     return ShardgenError(f"{flag} {redact(dest)}: cannot write: {reason}")
+
+
+def has_entries(folder: str, flag: str = "--dest") -> bool:
+    """``folder`` is a folder holding something (False when it is absent or empty).
+
+    Raises:
+        ShardgenError: it cannot be listed (e.g. another user's folder), naming it and the reason.
+    """
+    if not os.path.isdir(folder):
+        return False
+    try:
+        with os.scandir(folder) as it:
+            return next(it, None) is not None
+    except OSError as e:
+        raise ShardgenError(f"{flag} {redact(folder)}: cannot list it: {e.strerror or e}") from None
 
 
 def checked_parts(name: str) -> list[str]:
@@ -219,7 +234,7 @@ class ReplacingFolderOut(FolderOut):
     """:class:`FolderOut` that may also replace a non-empty folder at the end (``--overwrite``)."""
 
     def commit(self) -> int:
-        if not (os.path.isdir(self.dest) and not os.path.islink(self.dest) and os.listdir(self.dest)):
+        if os.path.islink(self.dest) or not has_entries(self.dest):
             return super().commit()
         try:
             fd, old = create_temp_dir(self.parent, _OLD + os.path.basename(self.dest))

@@ -30,7 +30,7 @@ from typing import Any
 from .errors import ShardgenError, UsageError
 from .progress import bar as progress_bar
 from .storage import Build, is_url, open_build
-from .dest import ReplacingFolderOut, label_of, samples_of
+from .dest import ReplacingFolderOut, has_entries, label_of, samples_of
 
 __all__ = ["LAYOUTS", "FolderExportResult", "export_folders"]
 
@@ -79,7 +79,7 @@ def _check_dest(dest: str, build: Build, overwrite: bool) -> str:
         d, b = os.path.realpath(folder), os.path.realpath(build.path)
         if d == b or d.startswith(b + os.sep) or b.startswith(d + os.sep):
             raise UsageError(f"--dest {dest}: must not be the build folder, inside it or above it")
-    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+    if not overwrite and has_entries(folder):
         raise UsageError(f"--dest {dest}: folder is not empty; pass --overwrite true to replace it")
     return folder
 

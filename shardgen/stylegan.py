@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import ShardgenError, UsageError
-from .dest import FolderOut, ZipOut, label_of, labels_of, samples_of
+from .dest import FolderOut, ZipOut, has_entries, label_of, labels_of, samples_of
 from .progress import bar as progress_bar
 from .storage import is_url, open_build
 
@@ -82,7 +82,7 @@ def _open_dest(dest: str, overwrite: bool):
         folder = dest.rstrip("/\\") or dest
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise UsageError(f"--dest {dest}: exists and is not a folder")
-        if os.path.isdir(folder) and os.listdir(folder):
+        if has_entries(folder):
             raise UsageError(f"--dest {dest}: folder is not empty (StyleGAN2-ADA's dataset_tool.py "
                              "requires an empty one too)")
         parent = os.path.dirname(os.path.abspath(folder))

@@ -229,6 +229,13 @@ def test_the_sweep_removes_only_our_own_stale_temporaries(small_build, tmp_path)
             f".tmp-{gone}.{tag}.0123456789b0-locked.zip": "locked (a writer in another pid namespace)"}
     for name in kept:
         (work / name).write_bytes(b"x")
+    # The previous DEST moved aside by a replacing export killed before the new one was renamed
+    # in: kept while DEST is missing (it is the only copy), removed once DEST exists again.
+    only_copy, replaced = f".tmp-{gone}.{tag}.0123456789b2-old-gone", f".tmp-{gone}.{tag}.0123456789b3-old-there"
+    (work / only_copy).mkdir()
+    (work / replaced).mkdir()
+    (work / "there").mkdir()
+    kept[only_copy] = "the only copy of DEST"
     os.chown(work / f".tmp-{gone}.{tag}.0123456789af-nobody.zip", 65534, 65534)
     os.symlink(victim, work / f".tmp-{gone}.{tag}.0123456789b1-link")
     fd = os.open(work / f".tmp-{gone}.{tag}.0123456789b0-locked.zip", os.O_RDONLY)
@@ -284,6 +291,16 @@ def test_a_read_only_destination_is_one_line(small_build, tmpfs, command):
     assert os.listdir(tmpfs) == []
 
 
+def as_nobody(top: Path, cli: list) -> subprocess.CompletedProcess:
+    args = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-m", "shardgen",
+            *map(str, cli)]
+    p = subprocess.run(args, capture_output=True, text=True, cwd=top, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(top)})
+    if "ModuleNotFoundError" in p.stderr or "Permission denied: '/" in p.stderr[:200]:
+        pytest.skip(f"nobody cannot run this python: {p.stderr[-200:]}")
+    return p
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_unwritable_folder_is_one_line_for_another_user(small_build, command):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
@@ -294,18 +311,18 @@ def test_an_unwritable_folder_is_one_line_for_another_user(small_build, command)
     try:
         os.chmod(top, 0o755)
         b = Path(shutil.copytree(small_build, top / "b"))
-        (top / "ro").mkdir(mode=0o755)  # root's: nobody may not write in it
         for p in [b, *b.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        args = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-m",
-                "shardgen", *map(str, cli_args(command, b, top / "ro" / "dest"))]
-        p = subprocess.run(args, capture_output=True, text=True, cwd=top, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(top)})
-        if "ModuleNotFoundError" in p.stderr or "Permission denied: '/" in p.stderr[:200]:
-            pytest.skip(f"nobody cannot run this python: {p.stderr[-200:]}")
-        err = one_line_error(p)
+        (top / "ro").mkdir(mode=0o755)  # root's: nobody may not write in it
+        err = one_line_error(as_nobody(top, cli_args(command, b, top / "ro" / "dest")))
         assert str(top / "ro" / "dest") in err and "Permission denied" in err, err
         assert os.listdir(top / "ro") == []
+        if command in ("export", "stylegan-folder"):  # a DEST of root's that nobody may not even list
+            (top / "rw" / "dest").mkdir(parents=True, mode=0o700)
+            os.chmod(top / "rw", 0o777)
+            err = one_line_error(as_nobody(top, cli_args(command, b, top / "rw" / "dest")))
+            assert str(top / "rw" / "dest") in err and "Permission denied" in err, err
+            assert os.listdir(top / "rw") == ["dest"]
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
@@ -370,7 +387,8 @@ def test_stylegan_refuses_200000_entries_naming_one_shard_without_writing(small_
     m = json.loads((b / "manifest.json").read_text())
     one = m["splits"]["train"]["shards"][0]
     m["splits"]["train"] = {"samples": 200_000 * one["samples"],
-                            "class_counts": {c: 200_000 * one["samples"] * (i == 0) for i, c in enumerate(m["classes"])},
+                            "class_counts": {c: 200_000 * one["samples"] * (i == 0)
+                                             for i, c in enumerate(m["classes"])},
                             "shards": [dict(one) for _ in range(200_000)]}
     (b / "manifest.json").write_text(json.dumps(m))
     before = snapshot(site)
