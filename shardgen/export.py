@@ -18,7 +18,10 @@ guarantees:
 
 DEST is filled under a temporary name beside it and renamed into place at the end; an
 existing non-empty DEST is replaced only with ``overwrite``. The shards are read with
-:mod:`shardgen.format`, from a folder or any URL, as ``shardgen stylegan`` reads them.
+:mod:`shardgen.format`, from a folder or any URL, as ``shardgen stylegan`` reads them:
+each checked against the manifest while it streams (:func:`shardgen.dest.shard_samples`),
+every output path proven inside the temporary folder (:class:`shardgen.dest.FolderOut`);
+a shard that does not match, or a DEST that cannot be written, leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -120,7 +123,9 @@ def export_folders(source: str, dest: str, *, layout: str = "imagefolder", split
 
     Raises:
         UsageError: bad layout, dest, split or class names (before anything is written).
-        ShardgenError: a shard or sample is broken (named in the message).
+        ShardgenError: a shard or sample is broken or a shard does not match the manifest
+            (named in the message); ``dest`` cannot be written or listed (full, read-only,
+            another user's). Nothing is committed then.
     """
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of: {', '.join(LAYOUTS)}; got {layout!r}")

@@ -21,9 +21,10 @@ zip or folder, and what this export therefore guarantees:
 
 The zip is ``ZIP_STORED`` like ``dataset_tool.py``'s, with fixed member timestamps, so
 the same build gives a byte-identical archive; it is written under a temporary name and
-renamed. The shard PNG bytes are copied unchanged (lossless; already small) unless
-``uncompressed`` asks for PNGs re-encoded at ``compress_level=0`` as ``dataset_tool.py``
-stores them.
+renamed (never committed when a shard does not match the manifest: every shard is
+checked while it streams, see :func:`shardgen.dest.shard_samples`). The shard PNG bytes
+are copied unchanged (lossless; already small) unless ``uncompressed`` asks for PNGs
+re-encoded at ``compress_level=0`` as ``dataset_tool.py`` stores them.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def export_stylegan(source: str, split: str = "train", dest: str = "train.zip", 
 
     Raises:
         UsageError: bad ``dest``, unknown split, a size StyleGAN2-ADA cannot train on.
-        ShardgenError: a shard or sample is broken (named in the message).
+        ShardgenError: a shard or sample is broken or a shard does not match the manifest
+            (named in the message); ``dest`` cannot be written (full, read-only, another
+            user's). Nothing is committed then.
     """
     build = open_build(source, storage_options)
     splits = build.splits if split == "all" else [split]
