@@ -133,6 +133,10 @@ def test_resume_with_bad_samples_skipped_lines_up(five, tmp_path):
                 data = data[:40] + b"\0" * (len(data) - 40)  # same size: the shard's byte count is unchanged
             mem.size = len(data)
             tf.addfile(mem, io.BytesIO(data))
+    # ... and the manifest says so, as a build that wrote the bad sample would have (a shard
+    # that differs from its manifest is refused as a whole before any of its samples).
+    m["splits"]["train"]["shards"][2]["xxh64"] = xxhash.xxh64_hexdigest(shard.read_bytes())
+    (bad / "manifest.json").write_text(json.dumps(m))
 
     def mk():
         # No overlap: workers running on into the next epoch would count its bad sample too.
