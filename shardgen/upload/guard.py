@@ -106,7 +106,7 @@ def decide(dest: str, existing: dict[str, int], manifest_bytes: bytes, overwrite
         if digest == xxhash.xxh64_hexdigest(manifest_bytes):
             return Decision(replace=False, mark=False)  # our own interrupted upload: resume it
         if not overwrite:
-            by = f" (started by {who.describe()})" if who is not None else ""
+            by = f" (started by {who.describe(exited='that upload was interrupted')})" if who is not None else ""
             raise UsageError(f"{dest} holds an unfinished upload of another build{by}; pass --overwrite to "
                              "replace it")
         return Decision(replace=True, mark=True)
