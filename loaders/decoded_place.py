@@ -161,6 +161,24 @@ def check_decoded_args(cache: Any, limit: Any) -> int | None:
     return None if isinstance(limit, str) and limit == "auto" else parse_size(limit, "decoded_cache_limit")
 
 
+def _choose(places: list[str], explicit: bool, fixed: int | None, need: int) -> tuple[int, str] | None:
+    """``(limit, folder)``: the first of ``places`` whose limit holds ``need`` bytes, else the
+    one with the largest limit; None when none can be used."""
+    best: tuple[int, str] | None = None
+    for place in places:
+        root = _prepare(place, explicit)
+        if root is None:
+            if explicit:
+                raise UsageError(f"decoded_cache {place}: cannot create or write this folder")
+            continue
+        lim = fixed if fixed is not None else _auto_limit(root)
+        if best is None or lim > best[0] or lim >= need:
+            best = (lim, root)
+        if lim >= need:
+            break
+    return best
+
+
 def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
                  limit: Any = "auto", multilabel: bool = False, verified: bool = True) -> DecodedConfig | None:
     """Decide where the decoded cache of a split lives and which shards it holds.
@@ -195,20 +213,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
     else:
         places, explicit = [os.fspath(cache)], True
     sizes = [entry_bytes(s.samples, size, label_bytes(classes, multilabel)) if s.samples > 0 else 0 for s in shards]
-    need = sum(sizes)
-    best: tuple[int, str] | None = None
-    for place in places:
-        root = _prepare(place, explicit)
-        if root is None:
-            if explicit:
-                raise UsageError(f"decoded_cache {place}: cannot create or write this folder")
-            continue
-        lim = fixed if fixed is not None else _auto_limit(root)
-        if best is None or lim > best[0]:
-            best = (lim, root)
-        if lim >= need:
-            best = (lim, root)
-            break
+    best = _choose(places, explicit, fixed, sum(sizes))
     if best is None:
         return None
     lim, root = best

@@ -360,7 +360,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             already holds) less a reserve of 10% of it (at most 2 GiB). When the split
             does not fit, the longest run of its shards (manifest order) that fits is
             cached and the rest is decoded every epoch; older entries of other splits are
-            evicted first. A decoded sample takes ``S*S + 69`` bytes (65.6 KB at 256x256).
+            evicted first. A decoded sample takes ``S*S + 77`` bytes (65.6 KB at 256x256).
         verify: no sample of a shard is yielded before the shard's bytes have matched the
             manifest's size and xxh64 (default true), local or remote, with or without
             ``cache_dir``; the decoded cache is filled only from shards checked so.
