@@ -206,15 +206,13 @@ class LocalLock:
 
     def _try_once(self) -> bool:
         """One try: True once this process holds the lock on the file now at :attr:`path`."""
-        flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags | os.O_RDWR, 0o644)
-        except PermissionError:  # someone else's lock file: a read-only open can still be locked
-            fd = os.open(self.path, flags | os.O_RDONLY)
+        # Held open read-only (flock needs no more): a file open for writing would keep OUT's
+        # filesystem from being remounted read-only, and the workers inherit this descriptor.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 holder = Holder.parse(os.pread(fd, MAX_RECORD, 0))
                 os.close(fd)
                 raise busy(self.out, holder, "folder") from None
@@ -227,10 +225,21 @@ class LocalLock:
             os.close(fd)
             return False
         self.fd = fd
-        with contextlib.suppress(OSError):  # a read-only lock file: the lock holds without a record
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, Holder.now().to_bytes(), 0)
+        self._write_record()
         return True
+
+    def _write_record(self) -> None:
+        """Our :class:`Holder` record into the lock file (skipped where it cannot be written: the
+        lock holds without it)."""
+        with contextlib.suppress(OSError):
+            wfd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                a, b = os.fstat(wfd), os.fstat(self.fd)
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    os.ftruncate(wfd, 0)
+                    os.write(wfd, Holder.now().to_bytes())
+            finally:
+                os.close(wfd)
 
     def _same_file(self, fd: int) -> bool:
         try:
