@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 
 import xxhash
 
@@ -21,6 +22,7 @@ from .errors import LoaderError
 from .sizes import parse_size
 
 __all__ = ["MemorySpool", "FileSpool", "BytesSource", "private_spool", "memory_limit", "shard_changed",
+           "take_buffer", "give_back",
            "ENV_MEMORY_LIMIT", "DEFAULT_MEMORY_LIMIT", "CREATE_FLAGS"]
 
 #: Shards up to this many bytes are checked in memory (64 MiB), larger ones in a spool file.
@@ -58,11 +60,36 @@ def shard_changed(name: str, shard, size: int, digest: str, used: bool = False) 
                        "(run shardgen verify)")
 
 
-class BytesSource:
-    """A shard stream over bytes in memory (``read``, ``skip``, ``close``)."""
+_pool_lock = threading.Lock()
+_pool: tuple[int, bytearray] | None = None   # (pid, the free buffer)
 
-    def __init__(self, data, name: str):
-        self._mv, self.name, self.pos = memoryview(data), name, 0
+
+def take_buffer(size: int) -> bytearray:
+    """A buffer of at least ``size`` bytes: the process's free one when it is large enough
+    (a fresh 40 MB buffer per shard costs more in page faults than hashing it), else a new one."""
+    global _pool
+    with _pool_lock:
+        got, _pool = _pool, None
+    if got is not None and got[0] == os.getpid() and len(got[1]) >= size:
+        return got[1]
+    return bytearray(size)
+
+
+def give_back(buf: bytearray) -> None:
+    """Return a buffer from :func:`take_buffer` for the next shard (the largest is kept, one per
+    process, at most :func:`memory_limit` bytes)."""
+    global _pool
+    with _pool_lock:
+        if len(buf) <= memory_limit() and (_pool is None or _pool[0] != os.getpid() or len(_pool[1]) < len(buf)):
+            _pool = (os.getpid(), buf)
+
+
+class BytesSource:
+    """A shard stream over bytes in memory (``read``, ``skip``, ``close``); ``buf``, when
+    given, is handed back (:func:`give_back`) on close."""
+
+    def __init__(self, data, name: str, buf: bytearray | None = None):
+        self._mv, self.name, self.pos, self._owned = memoryview(data), name, 0, buf
 
     def read(self, n: int) -> bytes:
         piece = self._mv[self.pos:self.pos + n]
@@ -77,20 +104,24 @@ class BytesSource:
 
     def close(self) -> None:
         self._mv.release()
+        if self._owned is not None:
+            give_back(self._owned)
+            self._owned = None
 
 
 class MemorySpool:
-    """A shard received into memory: exactly ``size`` bytes are ever held."""
+    """A shard received into memory: exactly ``size`` bytes are ever written."""
 
     def __init__(self, size: int, name: str):
-        self.name, self._buf, self.size = name, bytearray(size), 0
+        self.name, self._cap, self.size = name, size, 0
+        self._buf = take_buffer(size)
         self._h = xxhash.xxh64()
         self.failed: str | None = None
 
     def write(self, data: bytes) -> None:
         end = self.size + len(data)
-        if end > len(self._buf):
-            raise LoaderError(f"{self.name}: more bytes arrived than the manifest's {len(self._buf):,}")
+        if end > self._cap:
+            raise LoaderError(f"{self.name}: more bytes arrived than the manifest's {self._cap:,}")
         self._buf[self.size:end] = data
         self._h.update(data)
         self.size = end
@@ -103,11 +134,13 @@ class MemorySpool:
 
     def source(self) -> BytesSource:
         """The received bytes as a stream (the spool is used up)."""
-        buf, self._buf = self._buf, bytearray()
-        return BytesSource(memoryview(buf)[:self.size], self.name)
+        buf, self._buf = self._buf, None
+        return BytesSource(memoryview(buf)[:self.size], self.name, buf)
 
     def discard(self) -> None:
-        self._buf = bytearray()
+        if self._buf is not None:
+            give_back(self._buf)
+            self._buf = None
 
 
 class FileSpool:

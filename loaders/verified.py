@@ -11,9 +11,9 @@ through this module, which returns a stream (``read``, ``skip``, ``close``) only
 otherwise it raises :class:`~loaders.errors.LoaderError` and nothing of the shard is used.
 
 Local files (:func:`open_local`, :func:`open_local_fd`): a shard of at most
-:func:`~loaders.spool.memory_limit` bytes (64 MiB) is read into memory once, checked, and
-its samples are parsed from exactly the bytes checked; a larger one is hashed in a first
-pass and parsed in a second (from the page cache). A per-process memo keyed by the file's
+:func:`~loaders.spool.memory_limit` bytes (64 MiB) is read into memory once (a buffer each
+process reuses), checked, and its samples are parsed from exactly the bytes checked; a
+larger one is hashed in a first pass and parsed in a second (from the page cache). A per-process memo keyed by the file's
 ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` remembers shards already checked,
 so a worker that reads an unchanged shard again does not hash it again (any write to the
 file changes its ``st_ctime_ns``, which no user can set back).
@@ -31,14 +31,15 @@ from typing import Callable
 
 import xxhash
 
-from shardgen.format import ShardReadError, TarReader
+from shardgen.format import ShardReadError
 
 from .cache import CacheWriter, ShardCache
 from .errors import LoaderError
 from .sources import LocalSource, RemoteSource, ShardInfo
-from .spool import BytesSource, MemorySpool, memory_limit, private_spool, shard_changed
+from .spool import BytesSource, MemorySpool, give_back, memory_limit, private_spool, shard_changed, take_buffer
+from .tarcount import SampleCounter, check_samples
 
-__all__ = ["open_local", "open_local_fd", "open_cached", "fetch_remote", "count_samples", "check_samples", "forget_all"]
+__all__ = ["open_local", "open_local_fd", "open_cached", "fetch_remote", "forget_all"]
 
 log = logging.getLogger("loaders")
 
@@ -47,7 +48,6 @@ _CHECKED: dict[tuple[int, ...], tuple[str, int, int]] = {}
 #: The most files remembered (then the memo starts afresh).
 _CHECKED_MAX = 1 << 16
 _BLOCK = 4 << 20
-_ZERO = bytes(512)
 
 
 def _key(st: os.stat_result) -> tuple[int, ...]:
@@ -67,66 +67,6 @@ def _remember(st: os.stat_result, shard: ShardInfo) -> None:
 def forget_all() -> None:
     """Forget every file this process has checked (the next read of each hashes it again)."""
     _CHECKED.clear()
-
-
-# ----------------------------------------------------------------------------- counting samples
-
-def count_samples(read_at: Callable[[int, int], bytes], size: int) -> int | None:
-    """Samples of a plain ustar shard (as shardgen writes it), from its headers alone:
-    consecutive members sharing a key are one sample. None when the tar holds anything
-    else (PAX or GNU headers, long names, a cut, no end-of-archive marker): then
-    :func:`check_samples` counts with :class:`~shardgen.format.TarReader`."""
-    off, n, last = 0, 0, None
-    while off + 512 <= size:
-        h = read_at(off, 512)
-        if len(h) < 512:
-            return None
-        if h == _ZERO:
-            return n
-        if h[156] not in (0x30, 0) or h[345] != 0:
-            return None
-        try:
-            raw = h[124:136].split(b"\0", 1)[0].strip()
-            member = int(raw, 8) if raw else 0
-        except ValueError:
-            return None
-        key = h[0:100].split(b"\0", 1)[0].split(b".", 1)[0]
-        if key != last:
-            n, last = n + 1, key
-        off += 512 + (member + 511) // 512 * 512
-    return None
-
-
-class _At:
-    """A stream over ``read_at`` (for TarReader)."""
-
-    def __init__(self, read_at: Callable[[int, int], bytes], size: int):
-        self.read_at, self.size, self.pos = read_at, size, 0
-
-    def read(self, n: int) -> bytes:
-        data = self.read_at(self.pos, max(0, min(n, self.size - self.pos)))
-        self.pos += len(data)
-        return data
-
-    def skip(self, n: int) -> None:
-        self.pos = min(self.size, self.pos + n)
-
-
-def check_samples(read_at: Callable[[int, int], bytes], shard: ShardInfo, name: str, limit: int) -> None:
-    """Raise unless the shard's bytes (``read_at(offset, n)``) hold exactly ``shard.samples`` samples.
-
-    Raises:
-        LoaderError: another count; ShardReadError: the tar is damaged.
-    """
-    n = count_samples(read_at, shard.bytes)
-    if n is None:
-        n = TarReader(_At(read_at, shard.bytes), want=(), limit=limit).skip_samples(shard.samples + 1)
-    if n < shard.samples:
-        raise LoaderError(f"{name}: holds fewer samples ({n}) than the manifest's {shard.samples}; "
-                          "none of its samples was used")
-    if n > shard.samples:
-        raise LoaderError(f"{name}: holds more samples ({n}) than the manifest's {shard.samples}, which would "
-                          "drop the rest; none of its samples was used")
 
 
 # ----------------------------------------------------------------------------- local files
@@ -172,44 +112,61 @@ def open_local_fd(fd: int, shard: ShardInfo, name: str, limit: int, touch: Calla
     return LocalSource("", name, file=f)
 
 
-def _read_fd(fd: int, shard: ShardInfo, name: str, into=None) -> str:
-    """xxh64 of the file's first ``shard.bytes`` bytes (read into ``into`` when given, else hashed
-    in blocks); raises when the file turns out shorter."""
-    h = xxhash.xxh64()
-    buf = into if into is not None else bytearray(min(_BLOCK, shard.bytes) or 1)
-    mv, pos = memoryview(buf), 0
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        while pos < shard.bytes:
-            window = mv[pos:] if into is not None else mv[:min(len(buf), shard.bytes - pos)]
-            try:
-                n = f.readinto(window)
-            except OSError as e:
-                raise LoaderError(f"{name}: read failed: {e.strerror or e}") from None
-            if not n:
-                raise LoaderError(f"{name}: the file ended at byte {pos:,} of {shard.bytes:,} while it was "
-                                  "checked; it changed after the build (run shardgen verify)")
-            if into is None:
-                h.update(mv[:n])
-            pos += n
-    if into is not None:
-        h.update(mv)
-    return h.hexdigest()
+def _fill(fd: int, view: memoryview, start: int, shard: ShardInfo, name: str) -> int:
+    """Read the file at byte ``start`` into ``view`` (all of it, unless the file ends); returns the bytes read."""
+    got = 0
+    while got < len(view):
+        try:
+            n = os.preadv(fd, [view[got:]], start + got)
+        except OSError as e:
+            raise LoaderError(f"{name}: read failed: {e.strerror or e}") from None
+        if not n:
+            raise LoaderError(f"{name}: the file ended at byte {start + got:,} of {shard.bytes:,} while it was "
+                              "checked; it changed after the build (run shardgen verify)")
+        got += n
+    return got
 
 
 def _check_fd(fd: int, shard: ShardInfo, name: str, limit: int) -> BytesSource | None:
     """Check an open local shard: returns its bytes as a stream when they were read into
-    memory (small shards), None when it is to be read from the file again (large ones)."""
-    small = shard.bytes <= memory_limit()
-    data = bytearray(shard.bytes) if small else None
-    digest = _read_fd(fd, shard, name, data)
-    if digest != shard.xxh64:
-        raise shard_changed(name, shard, shard.bytes, digest)
+    memory (shards up to :func:`memory_limit`, parsed from exactly the bytes checked), None
+    when it is to be read from the file again (larger ones: hashed in 4 MiB blocks, its
+    headers counted from the same blocks)."""
+    size = shard.bytes
+    small = size <= memory_limit()
+    buf = take_buffer(size if small else min(_BLOCK, size))
+    try:
+        if small:
+            view = memoryview(buf)[:size]
+            _fill(fd, view, 0, shard, name)
+            digest, counter = xxhash.xxh64_hexdigest(view), SampleCounter(size)
+            counter.feed(view, 0, lambda off, n: bytes(view[off:off + n]))
+        else:
+            digest, counter = _hash_blocks(fd, memoryview(buf)[:min(_BLOCK, size)], shard, name)
+        if digest != shard.xxh64:
+            raise shard_changed(name, shard, size, digest)
+        read_at = (lambda off, n: bytes(view[off:off + n])) if small else (lambda off, n: os.pread(fd, n, off))
+        check_samples(read_at, shard, name, limit, counter.finish(read_at))
+    except BaseException:
+        give_back(buf)
+        raise
     if small:
-        src = BytesSource(data, name)
-        check_samples(src.read_at, shard, name, limit)
-        return src
-    check_samples(lambda off, n: os.pread(fd, n, off), shard, name, limit)
+        return BytesSource(view, name, buf)
+    give_back(buf)
     return None
+
+
+def _hash_blocks(fd: int, block: memoryview, shard: ShardInfo, name: str) -> tuple[str, SampleCounter]:
+    """xxh64 of the file's ``shard.bytes`` bytes, read block by block, and the sample headers
+    counted from the same blocks."""
+    h, counter, pos = xxhash.xxh64(), SampleCounter(shard.bytes), 0
+    while pos < shard.bytes:
+        piece = block[:min(len(block), shard.bytes - pos)]
+        _fill(fd, piece, pos, shard, name)
+        h.update(piece)
+        counter.feed(piece, pos, lambda off, n: os.pread(fd, n, off))
+        pos += len(piece)
+    return h.hexdigest(), counter
 
 
 # ----------------------------------------------------------------------------- remote shards

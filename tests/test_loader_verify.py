@@ -239,9 +239,12 @@ def test_a_reader_starting_inside_a_changed_remote_shard_yields_none_of_it(build
     assert 0 in starts  # received from its start
 
 
-def test_a_local_shard_changed_between_epochs_is_found(build, truth, tmp_path):
+@pytest.mark.parametrize("limit", ["64MiB", "1024"], ids=["in-memory", "two-passes"])
+def test_a_local_shard_changed_between_epochs_is_found(build, truth, tmp_path, monkeypatch, limit):
     """A worker remembers the shards it checked by their file state; changing a file in place
-    (same size) changes that state, so the next read checks it again."""
+    (same size) changes that state, so the next read checks it again. Shards up to
+    SHARDGEN_SPOOL_ABOVE are checked in memory, larger ones hashed, then read again."""
+    monkeypatch.setenv("SHARDGEN_SPOOL_ABOVE", limit)
     b = tmp_path / "b"
     shutil.copytree(build, b)
     got, err = epoch(b)
