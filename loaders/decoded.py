@@ -124,6 +124,7 @@ class DecodedStore:
     verified: bool = True
     _open: dict = field(default_factory=dict)
     _dir: int | None = None
+    _refused: str | None = None
 
     def entry(self, index: int) -> DecodedEntry | None:
         """The entry of shard ``index`` (created if needed), or None when it is not cached."""
@@ -136,14 +137,27 @@ class DecodedStore:
             try:
                 e = self._get(index)
             except (OSError, ValueError) as err:
-                log.warning("decoded cache: shard %d not cached: %s", index, err)
+                if self._refused is None:
+                    log.warning("decoded cache: shard %d not cached: %s", index, err)
         self._open[index] = e
         return e
 
     def _folder(self) -> int:
-        """This process's descriptor of the cache folder, checked private (every process)."""
+        """This process's descriptor of the cache folder, checked private (every process).
+
+        Raises:
+            OSError: it is not private or cannot be opened (said once per process: every
+                shard is then decoded, not cached).
+        """
         if self._dir is None:
-            self._dir = open_private_dir(self.config.root)
+            if self._refused is not None:
+                raise OSError(self._refused)
+            try:
+                self._dir = open_private_dir(self.config.root)
+            except OSError as e:
+                self._refused = f"{self.config.root}: {e.strerror or e}"
+                log.warning("decoded cache %s: not used in this process", self._refused)
+                raise
         return self._dir
 
     def _fields(self, shard: ShardInfo) -> dict:

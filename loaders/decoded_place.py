@@ -225,7 +225,11 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         chosen.append(i)
     if not chosen:
         return None
-    _evict(root, {entry_name(shards[i], size, classes, multilabel, verified): sizes[i] for i in chosen}, lim)
+    try:
+        _evict(root, {entry_name(shards[i], size, classes, multilabel, verified): sizes[i] for i in chosen}, lim)
+    except (OSError, ValueError) as e:  # a .lock that is not a file, a vanished folder: no cache, no traceback
+        log.warning("decoded cache %s: not used: %s", root, getattr(e, "strerror", None) or e)
+        return None
     return DecodedConfig(root=root, shards=frozenset(chosen), limit=lim)
 
 

@@ -336,3 +336,15 @@ def test_entry_names_are_made_only_from_checked_checksums():
     for bad in ("../../../tmp/x", "/tmp/x", "0123456789abcdeg", "0123456789ABCDEF", "0" * 17):
         with pytest.raises(ValueError):
             entry_name(ShardInfo("train/a.tar", 3, 9000, bad), 32, 4)
+
+
+def test_the_folder_is_checked_again_in_every_process(build, tmp_path):
+    """A folder that stops being private after the loader was made (here: made
+    world-writable) is not used by the workers: nothing is cached, the batches are right."""
+    place = tmp_path / "dec"
+    loader = make_loader(build, batch_size=8, mode="eval", num_workers=2, with_keys=True, decoded_cache=place)
+    place.chmod(0o777)
+    got = [[(x.clone(), y.clone(), list(k)) for x, y, k in loader]]
+    loader.close()
+    assert_same(got, epochs_of(build, None, workers=2))
+    assert list(place.glob("*.dec")) == []
