@@ -291,10 +291,9 @@ class SampleReader:
                 yield first + k, RawSample(name, s.key, s.parts.get("png"), s.parts.get(member), seg.shard, target)
                 done += 1
             tee = getattr(src, "tee", None)
-            if tee is not None:
+            if tee is not None:  # verify=False: the copy is checked only now, after its samples
                 src.finish()
                 tee.commit()
-                src.tee = None
         except (LoaderError, ShardReadError) as e:
             msg = str(e) if isinstance(e, LoaderError) else f"{name}: {e}"
             self._fail(msg, len(todo) - done)

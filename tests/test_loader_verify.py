@@ -415,6 +415,14 @@ def test_a_server_that_answers_head_and_drops_get_is_one_line_with_a_redacted_ur
     assert f"http://***@127.0.0.1:{hostile.port}/xray/{rel}" in msg, msg
     assert not got
     secret_free(err, caplog)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):  # skipped: logged (the retry, the skip), redacted
+        loader = make_loader(url, batch_size=8, mode="eval", with_keys=True, num_workers=0, retries=1,
+                             on_error="skip")
+        got, err = collect(loader)
+    assert err is None and loader.skipped == 20 and len(got) == 76
+    assert any(f"http://***@127.0.0.1:{hostile.port}/xray/{rel}" in r.getMessage() for r in caplog.records)
+    secret_free(None, caplog)
 
 
 def test_a_server_gone_after_the_manifest_is_one_line_with_a_redacted_url(build, served, caplog):
@@ -619,3 +627,22 @@ def test_a_cache_dir_of_another_user_is_a_usage_error_not_a_permission_error(bui
     assert p.stdout.startswith("UsageError "), (p.stdout, p.stderr)
     msg = p.stdout[len("UsageError "):].strip()
     assert "\n" not in msg and str(shared) in msg and "belongs to uid 0" in msg and "your own" in msg, msg
+
+
+def test_verify_false_keeps_the_unchecked_stream_and_says_so(build, truth, served, tmp_path):
+    """verify=False (unsafe, documented): a changed remote shard is trained on; with cache_dir
+    the copy is checked at the shard's end, after its samples, and not cached. No file stays open."""
+    url = served.url + "/xray"
+    rel = shard_rel(build, 1)
+    key = tamper_file(served.root / "xray" / rel)
+    got, err = epoch(url, verify=False)
+    assert err is None and got[key][0] != truth[key][0]  # trained on silently: what verify prevents
+    fds = len(os.listdir("/proc/self/fd"))  # (with the connections and shared counters now open)
+    got, err = epoch(url, verify=False, cache_dir=tmp_path / "cache")
+    msg = one_line(err)
+    assert rel in msg and "samples of it were already used" in msg, msg
+    assert got[key][0] != truth[key][0]
+    names = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert len([n for n in names if n.endswith(".tar")]) == 1 and not [n for n in names if n.startswith(".tmp-")]
+    epoch(url, verify=False, cache_dir=tmp_path / "cache")
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2  # no cache file left open (a pooled connection may be)
