@@ -26,7 +26,9 @@ What :func:`decode_dicom` does to one single-frame image (``docs/dicom.md`` for 
 Colour images (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through its
 palette) are scaled to 8 bits per channel from Bits Stored and then follow the luma rule
 of colour PNGs (``shardgen.image.to_gray``). Multi-frame images, files without pixel data,
-truncated pixel data and transfer syntaxes with no installed decoder raise
+truncated pixel data, transfer syntaxes with no installed decoder, and compressed frames
+whose codestream header (:mod:`shardgen.codestream`) disagrees with Rows, Columns and
+Samples per Pixel or exceeds ``max_pixels`` (checked before any decoder allocates) raise
 :class:`DicomSkip` with the reason. Only the attributes in :class:`DicomInfo` leave this
 module: never a name, an ID, a date or any other patient data.
 """
@@ -38,9 +40,11 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from .codestream import frame_problem
+from .dicom_info import DicomInfo
 
 __all__ = ["DICOM_EXTENSIONS", "DICOM_WINDOWS", "DicomSkip", "DicomInfo", "DicomImage", "has_dicom_magic",
            "sniff_dicom", "is_dicom", "to_uint8", "decode_dicom"]
@@ -53,51 +57,14 @@ _MAGIC_AT, _MAGIC = 128, b"DICM"
 #: A DICOM Code String (CS): the only kind of attribute value recorded besides numbers.
 _CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 _MONO = ("MONOCHROME1", "MONOCHROME2")
+#: Transfer syntaxes whose decoders size their output from the frame's own codestream header
+#: (JPEG, JPEG-LS, JPEG 2000, HTJ2K): checked by :func:`shardgen.codestream.frame_problem` first.
+_CODESTREAM_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93,
+                                                                      201, 202, 203))
 
 
 class DicomSkip(Exception):
     """The DICOM file is skipped; the message is the reason (``skipped.jsonl``)."""
-
-
-@dataclass(frozen=True)
-class DicomInfo:
-    """The audit attributes of a converted DICOM image (the sample's ``.json`` ``dicom``).
-
-    Attributes:
-        photometric: Photometric Interpretation (``MONOCHROME1``, ``MONOCHROME2``, ``RGB``, ...).
-        bits_stored: Bits Stored.
-        window: ``"window"`` (center/width used), ``"voi_lut"`` (first VOI LUT used) or ``"none"``.
-        center, width: the window used (only for ``"window"``).
-        function: its VOI LUT Function when the file gives one (``LINEAR``, ``SIGMOID``, ...).
-        modality: Modality (``CR``, ``DX``, ``CT``, ...), when present.
-        view_position: View Position (``PA``, ``AP``, ``LL``, ...), when present.
-        transfer_syntax: the Transfer Syntax UID the pixels were stored with.
-    """
-
-    photometric: str
-    bits_stored: int
-    window: str = "none"
-    center: float | None = None
-    width: float | None = None
-    function: str | None = None
-    modality: str | None = None
-    view_position: str | None = None
-    transfer_syntax: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``dicom`` object: fields in the documented order, absent ones left out."""
-        win: Any = self.window
-        if self.window == "window":
-            win = {"center": self.center, "width": self.width}
-            if self.function:
-                win["function"] = self.function
-        out: dict[str, Any] = {"photometric": self.photometric, "bits_stored": self.bits_stored, "window": win}
-        if self.modality:
-            out["modality"] = self.modality
-        if self.view_position:
-            out["view_position"] = self.view_position
-        out["transfer_syntax"] = self.transfer_syntax
-        return out
 
 
 @dataclass(frozen=True)
@@ -196,6 +163,9 @@ def _check(ds, max_pixels: int):
         raise DicomSkip(f"DICOM image without a size (Rows {rows}, Columns {cols})")
     if max_pixels and rows * cols > max_pixels:
         raise DicomSkip(f"decompression bomb: {cols}x{rows} = {rows * cols} pixels > limit {max_pixels}")
+    samples = _as_int(ds, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise DicomSkip(f"DICOM Samples per Pixel is {samples}: only 1 (gray) or 3 (colour) are supported")
     ts = ds.file_meta.TransferSyntaxUID
     named = f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
     try:
@@ -204,7 +174,21 @@ def _check(ds, max_pixels: int):
         raise DicomSkip(f"unsupported DICOM transfer syntax {named}: no decoder exists") from None
     if not decoder.is_available:
         raise DicomSkip(f"unsupported DICOM transfer syntax {named}: no decoder installed")
+    if ts in _CODESTREAM_SYNTAXES and "PixelData" in ds:  # the decoder sizes its output from the codestream
+        problem = frame_problem(_first_frame(ds), cols, rows, samples, max_pixels)
+        if problem:
+            raise DicomSkip(problem)
     return ts
+
+
+def _first_frame(ds) -> bytes:
+    """The encapsulated frame (its fragments joined), undecoded."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as e:  # pydicom raises several types for a broken item structure
+        raise DicomSkip(f"malformed encapsulated DICOM pixel data: {str(e)[:200] or type(e).__name__}") from None
 
 
 def _pixel_array(ds, ts) -> np.ndarray:
@@ -355,10 +339,12 @@ def decode_dicom(data: bytes, window: str = "auto", max_pixels: int = 0) -> Dico
     Args:
         data: the file's bytes.
         window: ``auto`` (default) or ``none``: see ``--dicom_window``.
-        max_pixels: images with more pixels (Rows x Columns) are skipped; 0 means no limit.
+        max_pixels: images with more pixels (Rows x Columns, and the size a compressed frame's
+            codestream declares) are skipped; 0 means no limit.
 
     Raises:
-        DicomSkip: not readable, no pixel data, multi-frame, truncated, no decoder for its
+        DicomSkip: not readable, no pixel data, multi-frame, truncated, a codestream that
+            disagrees with the header or is too large, no decoder for its
             transfer syntax, or a photometric interpretation that is not supported.
     """
     # pydicom warns about many harmless quirks of real files; the user sees skips instead.
