@@ -1,7 +1,8 @@
 """One writer per OUT on object storage: a lease object, renewed while the build runs.
 
-The lease is ``OUT/.shardgen-work/lease.json`` (:data:`~shardgen.lock.LEASE`): a :class:`~shardgen.lock.Holder` record (who,
-since when, the command, a random token, its time to live) and the count of its renewals.
+The lease is ``OUT/.shardgen-work/lease.json`` (:data:`~shardgen.lock.LEASE`): a
+:class:`~shardgen.lock.Holder` record (who, since when, the command, a random token, its time
+to live) and the count of its renewals.
 
 **Where the store honours conditional writes** (S3 ``PUT`` with ``If-None-Match: *`` and
 ``If-Match: <etag>``; checked at run time, see below), a build
@@ -27,7 +28,8 @@ the time to within the TTL.
 
 The TTL is :data:`DEFAULT_TTL_S` (the environment variable ``SHARDGEN_LEASE_TTL`` overrides
 it, in seconds, from 2 to 3600): a killed build's lease can be taken over that long after
-its last renewal.
+its last renewal -- or at once by a build on the same machine (same boot id and PID
+namespace, :func:`~shardgen.lock.machine_id`) that finds the holder's pid gone.
 """
 
 from __future__ import annotations
@@ -224,8 +226,8 @@ class Lease:
             if seen is not None and seen.holder is not None and seen.holder.token == self.token:
                 self.etag = seen.etag  # our own write, answered after a retry
                 break
-            if seen is not None and not seen.expired():
-                raise self._busy(seen)
+            if seen is not None and not seen.expired() and not (seen.holder and seen.holder.exited()):
+                raise self._busy(seen)  # live (an exited holder of this machine is taken over at once)
             try:
                 self.etag = self._write(if_none_match=seen is None, if_match=seen.etag if seen else None)
                 break
@@ -243,7 +245,7 @@ class Lease:
             return busy(self.url, None, "prefix")
         age = f", written {seen.age_s:.0f} s ago" if math.isfinite(seen.age_s) else ""
         return busy(self.url, seen.holder, "prefix", f"; its lease {LEASE} expires {seen.ttl_s:.0f} s after its "
-                    f"last renewal{age}", exited="its lease is left until it expires")
+                    f"last renewal{age}")
 
     def _check_guarded(self) -> None:
         """Does the store refuse a second ``If-None-Match: *`` write? Else fall back (module docstring)."""

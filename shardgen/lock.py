@@ -37,7 +37,7 @@ from .format import WORK_DIR
 from .format.validate import shown
 from .redact import printable, redact
 
-__all__ = ["LOCK_FILE", "LEASE", "OutBusy", "OutLockLost", "Holder", "LocalLock", "busy", "command_line"]
+__all__ = ["LOCK_FILE", "LEASE", "OutBusy", "OutLockLost", "Holder", "LocalLock", "busy", "command_line", "machine_id"]
 
 #: The lock file's name inside the scratch folder ``OUT/.shardgen-work``.
 LOCK_FILE = "build.lock"
@@ -92,6 +92,8 @@ class Holder:
         command: its command line (:func:`command_line`).
         token: a random value naming this one hold (leases compare it).
         ttl_s: a lease's time to live in seconds (0 for a lock file).
+        machine: the kernel's boot id and PID namespace (:func:`machine_id`): pids mean
+            something only where it is this process's too.
     """
 
     user: str
@@ -101,6 +103,7 @@ class Holder:
     command: str
     token: str = ""
     ttl_s: float = 0.0
+    machine: str = ""
 
     @classmethod
     def now(cls, token: str = "", ttl_s: float = 0.0) -> "Holder":
@@ -110,7 +113,7 @@ class Holder:
         except (KeyError, OSError):
             user = str(os.geteuid())
         return cls(user, socket.gethostname(), os.getpid(), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                   command_line(), token, ttl_s)
+                   command_line(), token, ttl_s, machine_id())
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
@@ -122,7 +125,7 @@ class Holder:
             d = json.loads((raw or b"")[:MAX_RECORD])
             ttl = float(d.get("ttl_s", 0.0))
             return cls(str(d["user"]), str(d["host"]), int(d["pid"]), str(d["started"]), str(d["command"]),
-                       str(d.get("token", "")), ttl if math.isfinite(ttl) else 0.0)
+                       str(d.get("token", "")), ttl if math.isfinite(ttl) else 0.0, str(d.get("machine", "")))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
             return None
 
@@ -133,10 +136,27 @@ class Holder:
             return printable(redact(v), newlines=False)[:n]
 
         pid = f"pid {self.pid}"
-        if self.host == socket.gethostname() and self.pid > 0 and not _alive(self.pid):
+        if self.exited():
             pid += f", which has exited: {exited}"
         return (f"user {text(self.user, 64)} on host {text(self.host, 128)} ({pid}) since "
                 f"{text(self.started, 32)} UTC, running: {text(self.command, 300)}")
+
+
+    def exited(self) -> bool:
+        """True only when the holder ran in this very kernel and PID namespace (same
+        :func:`machine_id`) and its pid is gone. (A reused pid reads as alive: the safe side.)"""
+        return bool(self.machine) and self.machine == machine_id() and self.pid > 0 and not _alive(self.pid)
+
+
+def machine_id() -> str:
+    """``<boot id>/<PID namespace inode>``: the same for two processes only when their pids can
+    be compared (same machine, same boot, same PID namespace); empty where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read(64).strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}" if boot else ""
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:

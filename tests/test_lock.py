@@ -170,7 +170,7 @@ def _objects(server, prefix: str) -> dict[str, str]:
 
 
 @pytest.mark.s3
-def test_s3_second_build_refuses_while_the_lease_is_renewed_and_takes_over_after_expiry(s3server, src,  # noqa: F811
+def test_s3_second_build_refuses_while_the_lease_is_renewed_and_takes_over_a_killed_one(s3server, src,  # noqa: F811
                                                                                        tmp_path):
     out = f"s3://{BUCKET}/lock/held"
     secret_opts = json.dumps({"key": s3server.access_key, "secret": s3server.secret_key})
@@ -195,9 +195,8 @@ def test_s3_second_build_refuses_while_the_lease_is_renewed_and_takes_over_after
         assert json.loads(lease)["pid"] == held.proc.pid  # the lease is still the first build's (renewed)
     finally:
         held.kill()
-    # killed: its lease stays until it expires, then the next build takes it over
-    refused(run_cli(*second, env=env), held.proc.pid)
-    time.sleep(4)
+    # killed on this machine: its pid is gone, so the next build takes the lease over at once
+    # (one from another machine waits for expiry: the test below)
     p = run_cli(*second, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "conditional writes" not in p.stderr  # SeaweedFS honours If-None-Match / If-Match
@@ -281,6 +280,7 @@ def test_s3_of_many_builds_starting_at_once_exactly_one_gets_the_lease(s3server)
 
 @pytest.mark.s3
 def test_s3_of_many_builds_taking_over_an_expired_lease_exactly_one_wins(s3server):  # noqa: F811
+    """The lease of a build on another machine (its pid means nothing here) is live until it expires."""
     fs = s3server.filesystem()
     dead = {"user": "u", "host": "gone", "pid": 1, "started": "2020-01-01 00:00:00", "command": "shardgen build",
             "token": "dead", "ttl_s": 2}
