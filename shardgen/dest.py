@@ -32,7 +32,7 @@ import shutil
 import zipfile
 from typing import Any, Iterator
 
-from .errors import ShardgenError
+from .errors import AccessDenied, ShardgenError, TransportError
 from .format import CLS_EXT, LABELS_EXT, ShardReadError, TarReader, decode_cls, decode_multihot
 from .format.atomic import atomic_write, create_temp_dir, sweep_stale_temps
 from .format.checksum import HashingReader
@@ -263,6 +263,8 @@ class _Bounded:
         n = room if n is None or n < 0 or n > room else n
         try:
             data = self.f.read(n)
+        except (TransportError, AccessDenied):  # already one line naming the shard's URL (shardgen.transport)
+            raise
         except Exception as e:  # noqa: BLE001 - transports raise many types (aiohttp, botocore, OSError)
             raise ShardReadError(f"read error at byte {self.n:,}: {redact(str(e)) or type(e).__name__}") from None
         self.n += len(data)
@@ -275,7 +277,7 @@ class _Bounded:
 def _open_shard(build, rel: str):
     try:
         return build.open_shard(rel)
-    except ShardReadError:
+    except (ShardReadError, TransportError, AccessDenied):
         raise
     except Exception as e:  # noqa: BLE001 - transports raise many types
         raise ShardReadError(f"cannot open: {redact(str(e)) or type(e).__name__}") from None

@@ -37,7 +37,7 @@ from typing import Any
 
 
 from .dest import shard_samples
-from .errors import ShardgenError
+from .errors import AccessDenied, ShardgenError, TransportError
 from .format import DATASET_JSON, ShardEntry, pixels_digest
 from .progress import bar as progress_bar
 from .storage import Build, open_build
@@ -234,7 +234,7 @@ def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str,
             row, dec = _row(s, build.classes, build.manifest.image.ext, decode, f"{build.root}/{rel}")
             out.append(row)
             decoded += dec
-    except DiffError:
+    except (DiffError, TransportError, AccessDenied):  # the storage's failure, not the shard's: exit 1 / 2
         raise
     except ShardgenError as e:  # names the shard already
         raise DiffError(f"{str(e).removesuffix('; run shardgen verify')}; run shardgen verify") from None

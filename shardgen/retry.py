@@ -24,7 +24,8 @@ from typing import Callable, TypeVar
 
 from .errors import UsageError
 
-__all__ = ["RetryPolicy", "call", "is_transient", "is_unreachable", "error_named", "timed_out"]
+__all__ = ["RetryPolicy", "call", "is_transient", "is_unreachable", "error_named", "timed_out",
+           "transport_problem", "access_denied"]
 
 T = TypeVar("T")
 
@@ -39,6 +40,19 @@ _UNREACHABLE_NAMED = ("EndpointConnectionError", "ConnectTimeoutError", "ProxyCo
 
 #: Timeouts (aiohttp, botocore, fsspec) that are not builtin TimeoutErrors.
 _TIMEOUT_NAMED = ("ReadTimeoutError", "ConnectTimeoutError", "ServerTimeoutError", "FSTimeoutError")
+#: A failed TLS handshake or certificate check (ssl, aiohttp, botocore).
+_TLS_NAMED = ("SSLError", "ClientSSLError", "ClientConnectorSSLError", "ClientConnectorCertificateError",
+              "SSLCertVerificationError")
+#: A host name that does not resolve (socket, aiohttp).
+_DNS_NAMED = ("gaierror", "ClientConnectorDNSError")
+#: A connection broken off by the other side, mid-request or mid-answer (aiohttp, botocore, urllib3, the OS).
+_DROPPED_NAMED = ("ServerDisconnectedError", "ClientPayloadError", "ContentLengthError", "TransferEncodingError",
+                  "IncompleteRead", "ResponseStreamingError", "ConnectionClosedError", "ProtocolError",
+                  "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "RemoteDisconnected")
+#: S3 error codes that mean the credentials or the policy refuse the request.
+_DENIED_CODES = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                 "ExpiredToken", "InvalidToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
+                 "401", "403", "Forbidden", "Unauthorized")
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,80 @@ def timed_out(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _chain(e: BaseException | None, depth: int = 10) -> list[BaseException]:
+    """``e`` and the errors it was raised from or while handling, nearest first."""
+    out: list[BaseException] = []
+    while e is not None and len(out) < depth:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status of an error answer (aiohttp's ``status``, botocore's response), else None."""
+    status = getattr(e, "status", None)
+    if status is None:
+        meta = (getattr(e, "response", None) or {}) if error_named(e, "ClientError") else {}
+        status = meta.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(meta, dict) else None
+    return status if isinstance(status, int) else None
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def transport_problem(e: BaseException) -> str | None:
+    """What went wrong on the way to the storage, in a few words, or None when ``e`` (or an
+    error it was raised from) is no transport error. Timeouts are :func:`timed_out`'s.
+
+    The categories, first found in the whole chain wins: a failed TLS handshake, a host name
+    that does not resolve, a refused connection, a connection the server closed, an HTTP 5xx
+    answer, any other failure to connect. The phrases are fixed text plus the OS's or TLS
+    library's reason; they hold no URL (the caller names it, redacted).
+    """
+    chain = _chain(e)
+    for x in chain:
+        if error_named(x, *_TLS_NAMED):
+            tls = next((y for y in reversed(chain) if error_named(y, "SSLError")), x)  # the ssl module's own
+            why = getattr(tls, "verify_message", None) or _short(tls)
+            return f"TLS handshake failed ({why}); is it an https:// server, with a certificate this machine trusts?"
+    for x in chain:
+        if error_named(x, *_DNS_NAMED):
+            host = next((getattr(y, "host", None) for y in chain if getattr(y, "host", None)), None)
+            why = next((y.strerror for y in chain if error_named(y, "gaierror") and y.strerror), _short(x))
+            return f"cannot resolve the host name{f' {host}' if host else ''} ({why})"
+    if any(isinstance(x, ConnectionRefusedError) for x in chain):
+        return "connection refused (is the server up, and the host and port right?)"
+    for x in chain:
+        if error_named(x, *_DROPPED_NAMED):
+            return f"the server closed the connection before answering in full ({_short(x)})"
+    for x in chain:
+        status = _status(x)
+        if status is not None and status >= 500:
+            return f"the server answered HTTP {status} ({_short(x)})"
+    for x in chain:
+        if is_unreachable(x) or (type(x).__module__.startswith("aiohttp") and isinstance(x, Exception)
+                                 and _status(x) is None):
+            return f"cannot connect ({_short(x)})"
+    return None
+
+
+def access_denied(e: BaseException) -> str | None:
+    """The reason the storage refused the request (``Forbidden``, ``SignatureDoesNotMatch``,
+    ``HTTP 403``, a local ``Permission denied``), or None when ``e`` is no refusal."""
+    for x in _chain(e):
+        if error_named(x, "ClientError") and isinstance(getattr(x, "response", None), dict):
+            code = str(x.response.get("Error", {}).get("Code", ""))
+            if code in _DENIED_CODES:
+                return code
+        status = _status(x)
+        if status in (401, 403):
+            return f"HTTP {status}"
+        if isinstance(x, PermissionError):
+            return _short(x)
+    return None
 
 
 def is_unreachable(e: BaseException) -> bool:

@@ -21,14 +21,15 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import InvalidBuild, UsageError
-from .retry import timed_out
+from .errors import AccessDenied, InvalidBuild, TransportError, UsageError
+from .redact import redact
+from .transport import open_guarded, storage_error
 from .format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
 from .format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
-           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json"]
+           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json", "storage_error"]
 
 
 def is_url(path: str) -> bool:
@@ -205,6 +206,7 @@ class Build:
         path: ``root`` as ``fs`` names it.
         manifest: the typed, validated ``manifest.json``.
         storage_options: the fsspec options it was opened with.
+        timeout: the connect and read timeout of its requests, in seconds (named in errors).
     """
 
     root: str
@@ -212,6 +214,7 @@ class Build:
     path: str
     manifest: Manifest
     storage_options: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = DEFAULT_TIMEOUT_S
 
     @property
     def classes(self) -> list[str]:
@@ -230,16 +233,28 @@ class Build:
         return self.root.rstrip("/") + "/" + relpath
 
     def open(self, relpath: str, mode: str = "rb"):
-        return self.fs.open(self.join(relpath), mode)
+        """Open file ``relpath`` of the build (``rb``: guarded as :meth:`open_shard` is).
+
+        Raises:
+            TransportError, AccessDenied: see :func:`storage_error`.
+            OSError: missing or unreadable for another reason.
+        """
+        if mode != "rb":
+            return self.fs.open(self.join(relpath), mode)
+        return open_guarded(self.fs, self.join(relpath), self.url(relpath), self.timeout)
 
     def open_shard(self, relpath: str):
-        """Open shard ``relpath`` for streaming (1 MiB blocks).
+        """Open shard ``relpath`` for streaming (1 MiB blocks). A transport failure or refusal,
+        opening or reading, is a one-line :class:`~shardgen.errors.TransportError` or
+        :class:`~shardgen.errors.AccessDenied` naming the shard's URL (:func:`storage_error`):
+        not the shard's fault, so never reported as a damaged shard.
 
         Raises:
             ShardReadError: missing or unreadable.
+            TransportError, AccessDenied: see :func:`storage_error`.
         """
         try:
-            return self.fs.open(self.join(relpath), "rb", block_size=1 << 20)
+            return open_guarded(self.fs, self.join(relpath), self.url(relpath), self.timeout, block_size=1 << 20)
         except FileNotFoundError:
             raise ShardReadError("missing: listed in manifest.json but not found") from None
         except (OSError, ValueError) as e:
@@ -264,17 +279,18 @@ class Build:
         Raises:
             OSError: unreadable; ValueError: not a valid ``dataset.json``.
         """
-        return read_dataset_json(self.fs, self.join(f"{split}/{DATASET_JSON}"))
+        return read_dataset_json(self.fs, self.join(f"{split}/{DATASET_JSON}"), self.timeout)
 
 
-def read_dataset_json(fs: Any, path: str) -> list[tuple[str, Any]]:
+def read_dataset_json(fs: Any, path: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[tuple[str, Any]]:
     """``[(key, label), ...]`` of the ``dataset.json`` at ``path`` on ``fs``, read at most
     :data:`~shardgen.format.validate.MAX_DATASET_JSON_BYTES`.
 
     Raises:
-        OSError: unreadable; ValueError: too large, or not a valid ``dataset.json``.
+        OSError: unreadable; ValueError: too large, or not a valid ``dataset.json``;
+        TransportError, AccessDenied: see :func:`storage_error`.
     """
-    with fs.open(path, "rb") as f:
+    with open_guarded(fs, path, path, timeout) as f:
         return parse_dataset_json(read_capped(f, MAX_DATASET_JSON_BYTES, path.rsplit("/", 2)[-2] + "/" + DATASET_JSON))
 
 
@@ -282,26 +298,26 @@ def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> byte
     """The manifest's bytes.
 
     Raises:
-        UsageError: missing, forbidden, unreadable, or no answer within the timeout.
+        UsageError: missing, or unreadable for a reason of its own.
+        TransportError, AccessDenied: see :func:`storage_error`.
+        InvalidBuild: larger than ``MAX_MANIFEST_BYTES``.
     """
     try:
-        with fs.open(mpath, "rb") as f:
+        with open_guarded(fs, mpath, url, timeout) as f:
             return read_capped(f, MAX_MANIFEST_BYTES, url)
     except FileTooLarge as e:
         raise InvalidBuild(str(e)) from None
-    except Exception as e:
-        if timed_out(e):
-            limit = f"within the {timeout:g} s timeout" if timeout else "in time"
-            raise UsageError(f"{url}: cannot read: the server did not answer {limit} "
-                             "(connect or read timeout)") from None
-        if isinstance(e, FileNotFoundError):
-            root, name = url.rsplit("/", 1)
-            raise UsageError(f"{root}: no {name} here; is this a finished shardgen build?") from None
-        if isinstance(e, PermissionError):
-            raise UsageError(f"{url}: permission denied ({e})") from None
-        if isinstance(e, OSError):
-            raise UsageError(f"{url}: cannot read ({e})") from None
+    except (TransportError, AccessDenied):
         raise
+    except FileNotFoundError:
+        root, name = url.rsplit("/", 1)
+        raise UsageError(f"{redact(root)}: no {name} here; is this a finished shardgen build?") from None
+    except OSError as e:
+        raise UsageError(f"{redact(url)}: cannot read ({redact(str(e))})") from None
+    except Exception as e:  # a transport raised something no rule above knows: still one line
+        if not is_url(url):
+            raise
+        raise TransportError(f"{redact(url)}: cannot read ({type(e).__name__}: {redact(str(e))[:200]})") from None
 
 
 def open_build(source: str, storage_options: dict[str, Any] | None = None,
@@ -314,7 +330,10 @@ def open_build(source: str, storage_options: dict[str, Any] | None = None,
         timeout: connect and read timeout of each remote request in seconds (default 30).
 
     Raises:
-        UsageError: the manifest is missing or unreadable (a timeout included).
+        UsageError: the manifest is missing or unreadable.
+        TransportError: the storage cannot be reached or broke off (timeout, TLS, DNS, refused
+            or dropped connection, HTTP 5xx): one line naming the redacted URL, exit 1.
+        AccessDenied: the storage refused the credentials, or a local file's permissions.
         InvalidBuild: the manifest is not JSON, not a valid shardgen manifest
             (``format.validate_manifest``), or larger than ``MAX_MANIFEST_BYTES``.
     """
@@ -333,4 +352,4 @@ def open_build(source: str, storage_options: dict[str, Any] | None = None,
     except ManifestError as e:
         raise InvalidBuild(f"{root}/{name}: not a valid shardgen manifest: {e.problems[0]}") from None
     return Build(root=root, fs=fs, path=path.rstrip("/") or "/", manifest=manifest,
-                 storage_options=dict(storage_options or {}))
+                 storage_options=dict(storage_options or {}), timeout=timeout)

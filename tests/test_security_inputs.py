@@ -213,3 +213,253 @@ def test_max_pixels_applies_to_the_size_the_codestream_declares(tmp_path):
         assert skips.get(rel) == f"decompression bomb: the {kind} codestream says 100x100 = 10000 pixels > " \
                                  "limit 5000", (rel, skips.get(rel))
     assert "y/honest.dcm" not in skips
+
+
+# ----------------------------------------------------------------------------- transport errors
+
+class DroppingServer:
+    """A build folder served on 127.0.0.1 (a free port) from a thread, at ``/build``.
+
+    HEAD is answered in full (status and Content-Length). GET is answered unless ``drop``
+    says to drop it: ``"all"`` drops every GET, ``"tar"`` only the shards' (the connection is
+    shut down without a byte of answer, as a broken proxy or a server that dies does); None
+    serves everything.
+    """
+
+    def __init__(self, root: Path, drop: str | None = None):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _data(self) -> bytes | None:
+                rel = self.path.split("?", 1)[0]
+                if not rel.startswith("/build/"):
+                    return None
+                p = server.root / rel[len("/build/"):]
+                return p.read_bytes() if p.is_file() else None
+
+            def do_HEAD(self):
+                data = self._data()
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+
+            def do_GET(self):
+                data = self._data()
+                if server.drop == "all" or (server.drop == "tar" and self.path.endswith(".tar")):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.root, self.drop = Path(root), drop
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, scheme: str = "http") -> str:
+        """The build's URL, with a user and :data:`PASSWORD` in it."""
+        return f"{scheme}://reader:{PASSWORD}@127.0.0.1:{self.port}/build"
+
+    def shown(self, scheme: str = "http") -> str:
+        """:meth:`url` as every message must show it (userinfo redacted)."""
+        return f"{scheme}://***@127.0.0.1:{self.port}/build"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve(small_build):
+    servers: list[DroppingServer] = []
+
+    def start(drop: str | None = None, root: Path = small_build) -> DroppingServer:
+        servers.append(DroppingServer(root, drop))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def one_line(p: subprocess.CompletedProcess, *needles: str, code: int = 1) -> str:
+    """Exit ``code``, one line on stderr, no traceback, no password anywhere; returns the line."""
+    out = p.stdout + p.stderr
+    assert p.returncode == code, (p.returncode, out)
+    assert "Traceback" not in out, out
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert PASSWORD not in out and "secretpw" not in out and "S3CR3T" not in out, out
+    return lines[0]
+
+
+COMMANDS = ("info", "verify", "export", "stylegan", "preview", "diff")
+
+
+def _argv(command: str, url: str, tmp: Path, other: Path) -> list:
+    return {"info": ["info", url, "--timeout", "10"],
+            "verify": ["verify", url, "--workers", "1", "--progress", "false"],
+            "export": ["export", url, "--dest", tmp / "export", "--progress", "false"],
+            "stylegan": ["stylegan", url, "--dest", tmp / "sg.zip", "--progress", "false"],
+            "preview": ["preview", url, "--out", tmp / "preview.png"],
+            "diff": ["diff", url, other, "--decode", "true", "--progress", "false"]}[command]
+
+
+def _run_all(commands, url: str, tmp: Path, other: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Each command against ``url``, three at a time (each writes under ``tmp/COMMAND/``)."""
+    for c in commands:
+        (tmp / c).mkdir(exist_ok=True)
+    with ThreadPoolExecutor(3) as pool:
+        runs = {c: pool.submit(run_cli, *_argv(c, url, tmp / c, other), timeout=120) for c in commands}
+        return {c: f.result() for c, f in runs.items()}
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("case", ["drops every GET", "connection refused", "DNS failure", "TLS to plain HTTP"])
+def test_every_command_that_reads_a_build_says_a_transport_error_in_one_line(case, serve, small_build, tmp_path):
+    if case == "drops every GET":
+        srv = serve("all")
+        url, shown, why = srv.url(), srv.shown() + "/manifest.json", "the server closed the connection"
+    elif case == "connection refused":
+        port = _free_port()
+        url, shown, why = (f"http://reader:{PASSWORD}@127.0.0.1:{port}/build",
+                           f"http://***@127.0.0.1:{port}/build/manifest.json", "connection refused")
+    elif case == "DNS failure":
+        url, shown, why = (f"http://reader:{PASSWORD}@shardgen-test.invalid/build",
+                           "http://***@shardgen-test.invalid/build/manifest.json",
+                           "cannot resolve the host name shardgen-test.invalid")
+    else:
+        srv = serve()
+        url, shown, why = srv.url("https"), srv.shown("https") + "/manifest.json", "TLS handshake failed"
+    for command, p in _run_all(COMMANDS, url, tmp_path, small_build).items():
+        line = one_line(p, shown, why)
+        assert line.startswith(f"shardgen {command}: error: "), line
+    assert not (tmp_path / "export" / "export").exists() and not (tmp_path / "stylegan" / "sg.zip").exists()
+
+
+def test_a_server_that_drops_the_shards_gets_is_one_line_naming_the_shard(serve, small_build, tmp_path):
+    srv = serve("tar")
+    runs = _run_all([c for c in COMMANDS if c != "info"], srv.url(), tmp_path, small_build)
+    for command, p in runs.items():
+        line = one_line(p, srv.shown() + "/", ".tar: cannot read: the server closed the connection")
+        assert line.startswith(f"shardgen {command}: error: "), line
+        assert line.count("://") == 1, line  # the URL once, not wrapped in a second message
+    assert not (tmp_path / "export" / "export").exists() and not (tmp_path / "stylegan" / "sg.zip").exists()
+    p = run_cli("info", srv.url())  # the manifest alone is served: info works, redacted
+    assert p.returncode == 0 and f"build:   {srv.shown()} " in p.stdout and PASSWORD not in p.stdout + p.stderr
+
+
+# ----------------------------------------------------------------------------- access denied (S3)
+
+@pytest.mark.s3
+def test_a_wrong_s3_secret_or_key_says_access_denied_not_no_such_build(small_build, s3server, s3env):  # noqa: F811
+    dest = f"s3://{BUCKET}/security-denied"
+    run_cli("upload", small_build, dest, "--progress", "false", env=s3env, check=True)
+    assert run_cli("verify", dest, "--progress", "false", env=s3env).returncode == 0  # the right credentials read it
+    for wrong in (dict(s3env, AWS_SECRET_ACCESS_KEY="not-the-S3CR3T-value"),
+                  dict(s3env, AWS_ACCESS_KEY_ID="no-such-access-key")):
+        for args in (["info", dest], ["verify", dest, "--progress", "false"]):
+            p = run_cli(*args, env=wrong)
+            line = one_line(p, f"{dest}/manifest.json: access denied", "AWS_SECRET_ACCESS_KEY", code=2)
+            assert "no such build folder" not in line and s3server.secret_key not in p.stdout + p.stderr
+
+
+# ----------------------------------------------------------------------------- secrets and escapes in output
+
+def test_info_and_verify_print_a_url_with_a_password_redacted(serve, small_build, tmp_path):
+    srv = serve()
+    p = run_cli("info", srv.url())
+    assert p.returncode == 0 and f"build:   {srv.shown()} (" in p.stdout, p.stdout + p.stderr
+    assert PASSWORD not in p.stdout + p.stderr
+    p = run_cli("info", srv.url(), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["root"] == srv.shown() and PASSWORD not in p.stdout + p.stderr
+    # A damaged copy: verify's FAILED line and its problems name the build by its redacted URL.
+    bad = tmp_path / "bad"
+    shutil.copytree(small_build, bad)
+    shard = sorted((bad / "train").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    srv = serve(root=bad)
+    p = run_cli("verify", srv.url(), "--workers", "1", "--progress", "false")
+    assert p.returncode == 1 and PASSWORD not in p.stdout + p.stderr, p.stdout + p.stderr
+    failed = [ln for ln in p.stdout.splitlines() if ln.startswith("FAILED")]
+    assert failed and srv.shown() in failed[0], p.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["info", "http://u:secretpw@127.0.0.1:1/x", "--bogus", "1"],
+    ["info", "http://u:secretpw@127.0.0.1:1/x", "http://u:secretpw@127.0.0.1:1/y"],
+    ["http://u:secretpw@127.0.0.1:1/x"],
+    ["info", "--nojson=http://u:secretpw@h/x", "http://h/x"],
+    ["verify", "http://h/x", "--workers", "password=S3CR3T"],
+    ["upload", "OUT", "s3://b/x", "--storage_options", '{"secret": "S3CR3T"'],
+    ["build", "OUT", "s3://b/x", "--storage_options", '{"secret": "S3CR3T"'],
+], ids=["unknown flag", "extra argument", "unknown command", "negated flag", "bad integer",
+        "upload bad json", "build bad json"])
+def test_argument_errors_never_echo_a_secret(argv, small_build):
+    p = run_cli(*[small_build if a == "OUT" else a for a in argv])
+    one_line(p, "error:", code=2)
+
+
+def _tampered(small_build: Path, tmp_path: Path, edit) -> Path:
+    out = tmp_path / "tampered"
+    shutil.copytree(small_build, out)
+    m = json.loads((out / "manifest.json").read_text())
+    edit(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")  # ESC, BEL, CSI (C1), right-to-left override
+
+
+def test_info_escapes_what_a_manifest_prints_and_its_refusals(small_build, tmp_path):
+    def edit(m):
+        m["report"]["images_found"] = "\x1b]0;pwned\x07 120"
+        m["report"]["label_conflicts"] = "\x9b31m3"
+        m["config"]["layout"] = "kaggle\x1b[2J\u202e"
+        m["shardgen_version"] = "9.9\x1b[5m"
+
+    build = _tampered(small_build, tmp_path, edit)
+    p = run_cli("info", build)
+    assert p.returncode == 0, p.stderr
+    assert not any(c in p.stdout + p.stderr for c in RAW), repr(p.stdout)
+    assert "found \\x1b]0;pwned\\x07 120" in p.stdout and "label conflicts \\x9b31m3" in p.stdout, p.stdout
+    assert "9.9\\x1b[5m" in p.stdout and "\\u202e" in p.stdout
+    p = run_cli("info", build, "--json")
+    assert p.returncode == 0 and not any(c in p.stdout for c in RAW), repr(p.stdout)
+    data = json.loads(p.stdout)  # still JSON, and the values are what the manifest holds
+    assert data["config"]["layout"] == "kaggle\x1b[2J\u202e" and data["report"]["label_conflicts"] == "\x9b31m3"
+
+    def evil_class(m):
+        m["classes"][0] = "COVID\x1b[31m\x9b"
+
+    p = run_cli("info", _tampered(small_build, tmp_path / "c", evil_class))
+    line = one_line(p, "class", code=1)
+    assert not any(c in line for c in RAW) and "\\x1b[31m" in line, repr(line)

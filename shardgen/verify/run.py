@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cpus import usable_cpus
-from ..errors import InvalidBuild, ShardgenError, UsageError
+from ..errors import AccessDenied, InvalidBuild, ShardgenError, TransportError, UsageError
 from ..format import ShardEntry
 from ..progress import bar as progress_bar
-from ..storage import Build, filesystem, open_build, split_url
+from ..redact import redact
+from ..storage import Build, filesystem, open_build, split_url, storage_error
 from .buildwide import check_build_files, check_splits
 from .result import Problem, VerifyResult
 from .samples import Checker, Expect
@@ -37,6 +38,9 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
 
     Raises:
         UsageError: ``source`` is not a folder at all.
+        TransportError: the storage cannot be reached or broke off, opening or reading any
+            file (one line naming the redacted URL; never reported as a damaged shard).
+        AccessDenied: the storage refused the credentials.
     """
     t0 = time.perf_counter()
     build, problem = _open_or_problem(source, storage_options)
@@ -62,18 +66,30 @@ def verify(source: str, *, decode: bool = True, workers: int | None = None, prog
 
 
 def _open_or_problem(source: str, storage_options) -> tuple[Build | None, Problem | None]:
-    """The build, or (a folder without a usable manifest) the problem with it."""
+    """The build, or (a folder without a usable manifest) the problem with it.
+
+    Raises:
+        TransportError, AccessDenied: the storage cannot be reached, or refused the
+            credentials (:func:`shardgen.storage.storage_error`): one line, never "no such
+            build folder" (which a refused listing would otherwise look like).
+        UsageError: no folder at ``source``.
+    """
     try:
         return open_build(source, storage_options), None
+    except (TransportError, AccessDenied):
+        raise
     except (UsageError, InvalidBuild) as e:
         root, name = split_url(str(source)[7:] if str(source).startswith("file://") else str(source))
         fs, path = filesystem(root, storage_options)
         try:
             exists = fs.isdir(path)
-        except Exception:
+        except Exception as err:  # noqa: BLE001 - any filesystem's listing failure
+            mapped = storage_error(err, root)
+            if mapped is not None:
+                raise mapped from None
             exists = False
         if not exists:
-            raise UsageError(f"{root}: no such build folder") from None
+            raise UsageError(f"{redact(root)}: no such build folder") from None
         msg = str(e)
         prefix = f"{root}/{name}: "
         return None, Problem(name, msg[len(prefix):] if msg.startswith(prefix) else msg)
