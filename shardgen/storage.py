@@ -279,18 +279,21 @@ class Build:
         Raises:
             OSError: unreadable; ValueError: not a valid ``dataset.json``.
         """
-        return read_dataset_json(self.fs, self.join(f"{split}/{DATASET_JSON}"), self.timeout)
+        rel = f"{split}/{DATASET_JSON}"
+        return read_dataset_json(self.fs, self.join(rel), self.timeout, self.url(rel))
 
 
-def read_dataset_json(fs: Any, path: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[tuple[str, Any]]:
+def read_dataset_json(fs: Any, path: str, timeout: float | None = DEFAULT_TIMEOUT_S,
+                      url: str | None = None) -> list[tuple[str, Any]]:
     """``[(key, label), ...]`` of the ``dataset.json`` at ``path`` on ``fs``, read at most
-    :data:`~shardgen.format.validate.MAX_DATASET_JSON_BYTES`.
+    :data:`~shardgen.format.validate.MAX_DATASET_JSON_BYTES`; ``timeout`` (seconds) and
+    ``url`` (default ``path``) name the request in a transport error.
 
     Raises:
         OSError: unreadable; ValueError: too large, or not a valid ``dataset.json``;
         TransportError, AccessDenied: see :func:`storage_error`.
     """
-    with open_guarded(fs, path, path, timeout) as f:
+    with open_guarded(fs, path, url or path, timeout) as f:
         return parse_dataset_json(read_capped(f, MAX_DATASET_JSON_BYTES, path.rsplit("/", 2)[-2] + "/" + DATASET_JSON))
 
 
@@ -312,6 +315,8 @@ def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> byte
     except FileNotFoundError:
         root, name = url.rsplit("/", 1)
         raise UsageError(f"{redact(root)}: no {name} here; is this a finished shardgen build?") from None
+    except PermissionError as e:  # a local file (remote refusals are AccessDenied above)
+        raise AccessDenied(f"{url}: permission denied ({e.strerror or e})") from None
     except OSError as e:
         raise UsageError(f"{redact(url)}: cannot read ({redact(str(e))})") from None
     except Exception as e:  # a transport raised something no rule above knows: still one line

@@ -103,8 +103,14 @@ class GuardedFile:
         return getattr(self._f, name)
 
 
-def open_guarded(fs: Any, path: str, url: str, timeout: float | None, **kwargs: Any) -> GuardedFile:
-    """``fs.open(path, "rb", **kwargs)``, guarded (:class:`GuardedFile`); raises what :func:`storage_error` maps."""
+def open_guarded(fs: Any, path: str, url: str, timeout: float | None, **kwargs: Any) -> Any:
+    """``fs.open(path, "rb", **kwargs)``, guarded (:class:`GuardedFile`) unless ``fs`` is the
+    local filesystem (whose errors are plain ``OSError``s its callers already report per
+    file); raises what :func:`storage_error` maps."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        return fs.open(path, "rb", **kwargs)
     try:
         f = fs.open(path, "rb", **kwargs)
     except Exception as e:
