@@ -9,10 +9,14 @@ missing or differs from it:
    is refused before anything is sent.
 2. **Destination check.** One listing of the destination prefix. It proves that the
    endpoint answers, the credentials work and the bucket exists (each a one-line
-   error, exit code 2, otherwise), and says which objects are already there.
-   A destination that holds a *different* ``manifest.json`` is refused unless
-   ``overwrite``; with ``overwrite`` that manifest is deleted first, so readers see
-   no build rather than a mixed one while the shards are replaced.
+   error, exit code 2, otherwise), and says which objects are already there and whose
+   they are (:mod:`.guard`): a *different* ``manifest.json``, another build's
+   unfinished upload, or files that are not a shardgen build are refused unless
+   ``overwrite``. Unless the destination holds this very manifest, the marker
+   ``.shardgen-upload.json`` (this manifest's xxh64) is written first, so that a re-run
+   knows the unfinished upload as its own. With ``overwrite`` over another build, its
+   manifest and then its per-split indexes are deleted before any shard is replaced,
+   so readers see no build rather than a mixed one.
 3. **Shards**, ``workers`` at a time (threads). A shard whose object is already there
    with the right size and xxh64 is skipped. Otherwise it is sent, then checked: its
    size from a fresh ``HEAD``/stat and its xxh64 computed by **reading the object
@@ -25,7 +29,7 @@ missing or differs from it:
 4. Shard objects of the listed splits that the manifest does not list (left by an
    earlier, larger build) are deleted, then ``classes.json``, each
    ``<split>/dataset.json``, ``skipped.jsonl``, ``duplicates.jsonl`` are written (each
-   read back and compared), and ``manifest.json`` **last**.
+   read back and compared), and ``manifest.json`` **last**; then the marker is deleted.
 
 On a local destination every file is written under a temporary name and renamed, so
 nothing under a final name is ever partial. Credentials and endpoint come from the
@@ -36,6 +40,7 @@ environment: :func:`shardgen.storage.storage_options_for`); they are never print
 written.
 
 Modules: :mod:`.local` (the build on this disk), :mod:`.dest` (the destination),
+:mod:`.guard` (whose files are at the destination),
 :mod:`.run` (the steps above), :mod:`.result` (what happened), :mod:`.scrub` (secrets
 out of messages).
 """

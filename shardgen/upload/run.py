@@ -107,7 +107,9 @@ def upload(out: str, dest: str, *, endpoint_url: str | None = None, workers: int
             ``AWS_ENDPOINT_URL``); default AWS itself.
         workers: shards in flight at once (threads).
         storage_options: extra fsspec options (dict or JSON text), e.g. ``{"profile": "x"}``.
-        overwrite: replace a different build already at ``dest``.
+        overwrite: replace a different build already at ``dest``; also needed for a
+            destination that holds files but no shardgen manifest (only the build's own
+            names are written over).
         progress: progress bars (bytes) on stderr.
         retries: further attempts after a transient error, per operation.
         backoff: first wait in seconds; doubles per attempt (capped at 30 s, with jitter).
@@ -115,8 +117,9 @@ def upload(out: str, dest: str, *, endpoint_url: str | None = None, workers: int
 
     Raises:
         UsageError: OUT is not a finished, intact build; the destination cannot be used
-            (unreachable endpoint, bad credentials, missing bucket); a different build is
-            there without ``overwrite`` (exit code 2).
+            (unreachable endpoint, bad credentials, missing bucket); without ``overwrite``:
+            a different build is there, another build's unfinished upload, or files that
+            are not a shardgen build (exit code 2).
         UploadFailed: a transfer kept failing after all retries (exit code 1; re-run to resume).
     """
     t0 = time.monotonic()
