@@ -215,7 +215,12 @@ class LocalLock:
             raise
 
     def _make_folders(self) -> None:
-        for d in (self.out, self.work):
+        """Create OUT (and any missing parent) and its scratch folder, noting which were made."""
+        missing, d = [], os.path.abspath(self.out)
+        while not os.path.lexists(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in list(reversed(missing)) + [os.path.join(os.path.abspath(self.out), WORK_DIR)]:
             try:
                 os.mkdir(d)
                 self.made.append(d)
