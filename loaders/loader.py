@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from shardgen.redact import redact
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
 from .decoded_place import check_decoded_args, plan_split
@@ -240,7 +241,7 @@ class ShardLoader:
 
     def __repr__(self) -> str:
         s = self.dataset
-        return (f"ShardLoader({s.spec.root!r}, split={s.spec.split!r}, mode={s.mode!r}, batch_size={s.batch_size}, "
+        return (f"ShardLoader({redact(s.spec.root)!r}, split={s.spec.split!r}, mode={s.mode!r}, batch_size={s.batch_size}, "
                 f"rank={s.rank}/{s.world_size}, workers={self.num_workers}, batches={len(self)})")
 
 

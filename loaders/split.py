@@ -9,6 +9,7 @@ import fsspec
 import numpy as np
 
 from shardgen.format import DATASET_JSON
+from shardgen.redact import redact
 from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build, read_dataset_json
 
 from .errors import UsageError
@@ -34,7 +35,7 @@ def split_labels(spec: Spec) -> np.ndarray:
     Raises:
         UsageError: missing, unreadable or not matching the manifest.
     """
-    name = f"{spec.root.rstrip('/')}/{spec.split}/{DATASET_JSON}"
+    name = redact(f"{spec.root.rstrip('/')}/{spec.split}/{DATASET_JSON}")
     try:
         fs, base = spec.remote_fs()
         labels = read_dataset_json(fs, f"{base.rstrip('/')}/{spec.split}/{DATASET_JSON}")
@@ -69,11 +70,11 @@ def open_split(source: Any, split: str, storage_options: dict | None = None, on_
     info = build.split(str(split))
     image = build.manifest.image
     if image.ext != "png" or image.mode != "L":
-        raise UsageError(f"{build.root}: the loaders read 8-bit grayscale PNG shards; this build holds "
+        raise UsageError(f"{redact(build.root)}: the loaders read 8-bit grayscale PNG shards; this build holds "
                          f"{image.mode} {image.ext}")
     shards = list(info.shards)
     if sum(s.samples for s in shards) == 0:
-        raise UsageError(f"{build.root}: split {split!r} holds no samples")
+        raise UsageError(f"{redact(build.root)}: split {split!r} holds no samples")
     local = isinstance(build.fs, fsspec.implementations.local.LocalFileSystem)
     if cache_dir is not None and not local:
         cache_root(cache_dir)  # a one-line UsageError now, not in a worker: created 0700, the user's own

@@ -270,7 +270,7 @@ class Build:
             return self.manifest.splits[name]
         except KeyError:
             raise UsageError(
-                f"{self.root}: no split {name!r} (splits: {', '.join(self.splits)})"
+                f"{redact(self.root)}: no split {name!r} (splits: {', '.join(self.splits)})"
             ) from None
 
     def labels(self, split: str) -> list[tuple[str, int]]:
