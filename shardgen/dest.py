@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import zipfile
 from typing import Any, Iterator
@@ -69,6 +70,10 @@ def has_entries(folder: str, flag: str = "--dest") -> bool:
         raise ShardgenError(f"{flag} {redact(folder)}: cannot list it: {e.strerror or e}") from None
 
 
+#: What no component of an output name may hold: a backslash, NUL or another control character.
+_BAD_PART = re.compile("[\x00-\x1f\x7f\\\\]")
+
+
 def checked_parts(name: str) -> list[str]:
     """The components of output name ``name`` (``/``-separated, relative).
 
@@ -78,8 +83,7 @@ def checked_parts(name: str) -> list[str]:
     """
     parts = name.split("/")
     for p in parts:
-        if (p in ("", ".", "..") or "\\" in p or any(ord(ch) < 32 or ord(ch) == 127 for ch in p)
-                or len(p.encode("utf-8", "surrogateescape")) > 255):
+        if p in ("", ".", "..") or _BAD_PART.search(p) or len(p.encode("utf-8", "surrogateescape")) > 255:
             raise ShardgenError(f"refusing to write {shown(name)}: not a plain relative path inside the output; "
                                 "run shardgen verify")
     return parts
