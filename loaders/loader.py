@@ -142,10 +142,8 @@ class ShardLoader:
         yielded are neither read nor decoded.
 
         Raises:
-            UsageError: not a loader state, or one of another split, build, mode,
-                seed or balance, or one with values this loader cannot have had
-                (negative or past the bounds of :mod:`loaders.resume`, e.g. a world size
-                over 65,536, more than 1,024 workers, more batches than the split makes).
+            UsageError: not a loader state, one of another split, build, mode, seed or
+                balance, or one this loader cannot have had (:meth:`LoaderState.check_bounds`).
         """
         st = LoaderState.from_dict(state)
         ds = self.dataset
@@ -241,7 +239,8 @@ class ShardLoader:
 
     def __repr__(self) -> str:
         s = self.dataset
-        return (f"ShardLoader({redact(s.spec.root)!r}, split={s.spec.split!r}, mode={s.mode!r}, batch_size={s.batch_size}, "
+        return (f"ShardLoader({redact(s.spec.root)!r}, split={s.spec.split!r}, mode={s.mode!r}, "
+                f"batch_size={s.batch_size}, "
                 f"rank={s.rank}/{s.world_size}, workers={self.num_workers}, batches={len(self)})")
 
 
@@ -287,31 +286,27 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         batch_size: samples per batch on each rank (default 256).
         mode: ``train`` or ``eval`` (default ``train``).
         num_workers: DataLoader worker processes (default 4; 0 loads in this process).
-        seed: seed of the shard order and shuffle buffer (default 0).
-        with_keys: also yield the list of sample keys (default false).
+        seed: seed of the shard order and shuffle buffer (default 0); with_keys: also yield
+            the list of sample keys (default false).
         shuffle_buffer: samples held (encoded, ~35 KB each at 256x256) per worker for
             shuffling in train mode (default 1000; 0 or 1 = no buffer shuffle).
         on_error: ``raise`` (default): bad data raises :class:`LoaderError` naming the
             shard and key; ``skip``: log a warning, count it in ``loader.skipped`` and put
             a padding sample (label -100, zero image, key "") in its place, so batch
             counts stay equal and no other sample moves.
-        storage_options: fsspec options for remote sources (e.g. ``{"client_kwargs":
-            {"endpoint_url": ...}}``); the S3 endpoint also comes from ``AWS_ENDPOINT_URL``.
-        cache_dir: for remote sources, a folder keeping a verified copy (size and xxh64
-            checked against the manifest) of every shard streamed, read instead of the
-            network in later epochs. Ignored for local builds.
-        cache_limit: the most bytes the cache may hold (int, or ``"10GB"``, ``"512MiB"``;
-            default 10 GB); least recently used shards are evicted first.
-        retries: further attempts of a failed remote read before giving up with an
-            error naming the shard (default 5, backoff 0.5 s doubling up to 8 s; no
-            retry starts later than ``2 * io_timeout`` after the first try).
-        chunk_size: bytes per ranged request for remote shards (default 8 MiB).
-        pin_memory: pin batches for fast GPU copies (default: when CUDA is available).
+        storage_options: fsspec options for remote sources (the S3 endpoint also comes from
+            ``AWS_ENDPOINT_URL``).
+        cache_dir: for remote sources, a private folder keeping a verified copy of every
+            shard streamed, read (and checked again) instead of the network in later
+            epochs. Ignored for local builds.
+        cache_limit: most bytes the cache holds (int, or ``"10GB"``; default 10 GB), LRU out first.
+        retries: further attempts of a failed remote read (default 5, backoff 0.5 s doubling
+            up to 8 s; none later than ``2 * io_timeout`` after the first try).
+        chunk_size: bytes per remote ranged request (default 8 MiB); pin_memory: (default: with CUDA).
         prefetch_factor: batches each worker prepares ahead (default 2).
-        multiprocessing_context: start method for workers (default: PyTorch's, ``fork``
-            on Linux). Any method works: workers get plain data and open their own files
-            and network connections; ``spawn`` and ``forkserver`` start slower (each
-            worker imports torch) and need the script's ``if __name__ == "__main__":`` guard.
+        multiprocessing_context: start method for workers (default: PyTorch's, ``fork`` on
+            Linux); any works (``spawn`` and ``forkserver`` start slower and need the
+            script's ``if __name__ == "__main__":`` guard).
         timeout: seconds to wait for a batch from a worker (default 0: no limit; the
             DataLoader's own timeout, not the network's: see ``io_timeout``).
         overlap_epochs: in train mode with workers, keep the workers running from one
@@ -362,12 +357,9 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
             does not fit, the longest run of its shards (manifest order) that fits is
             cached and the rest is decoded every epoch; older entries of other splits are
             evicted first. A decoded sample takes ``S*S + 77`` bytes (65.6 KB at 256x256).
-        verify: no sample of a shard is yielded before the shard's bytes have matched the
-            manifest's size and xxh64 (default true), local or remote, with or without
-            ``cache_dir``; the decoded cache is filled only from shards checked so.
-            ``False`` is **unsafe**: shard bytes are trusted as they arrive (a shard changed
-            in place, or a hostile mirror, is trained on); only for storage you own
-            (``docs/security.md``).
+        verify: yield no sample of a shard before its bytes matched the manifest's size and
+            xxh64 (default true). ``False`` is **unsafe** (a changed shard is trained on):
+            only for storage you own (``docs/security.md``).
 
     Returns:
         A :class:`ShardLoader`.

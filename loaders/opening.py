@@ -13,7 +13,7 @@ near its first sample without receiving what comes before.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Any
 
 from shardgen.format import TarReader, find_sample_headers
 from shardgen.format.validate import member_limit
@@ -22,13 +22,11 @@ from .cache import ShardCache
 from .sources import LocalSource, RemoteSource, ShardInfo
 from .verified import fetch_remote, open_cached, open_local
 
-if TYPE_CHECKING:
-    from .stream import Spec
 
 __all__ = ["open_shard", "jump"]
 
 
-def open_shard(spec: "Spec", cache: ShardCache | None, shard: ShardInfo):
+def open_shard(spec: Any, cache: ShardCache | None, shard: ShardInfo):
     """A stream (``read``, ``skip``, ``close``) of ``shard``'s bytes (see the module's docstring).
 
     Raises:
@@ -56,7 +54,7 @@ def open_shard(spec: "Spec", cache: ShardCache | None, shard: ShardInfo):
     return fetch_remote(src, shard, name, limit, cache) if spec.verify else src
 
 
-def jump(spec: "Spec", tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
+def jump(spec: Any, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
     """Move an unchecked remote stream close to sample ``target`` without reading what comes before.
 
     The position is guessed from the shard's mean sample size; one ranged read of
