@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .errors import LoaderError
-from .plan import batch_order, extra_shift
+from .order.plan import batch_order, extra_shift
 
 if TYPE_CHECKING:
-    from .resume import EpochRun
+    from .order.resume import EpochRun
     from .worker import ShardStream
 
 __all__ = ["Ring", "Batch", "WorkerFailure", "Delivery", "Receiver"]
@@ -164,7 +164,7 @@ class Receiver:
     Args:
         delivery: the loader's :class:`Delivery` (not the loader: no reference back).
         it: the DataLoader's iterator.
-        run: the plan of the first epoch it delivers (see :class:`~loaders.resume.EpochRun`).
+        run: the plan of the first epoch it delivers (see :class:`~loaders.order.resume.EpochRun`).
         continuous: go on into the following epochs.
     """
 

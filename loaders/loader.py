@@ -17,12 +17,12 @@ from .decoded_place import check_decoded_args, plan_split
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
-from .plan import MODES
-from .resume import EpochRun, LoaderState, Phase
-from .sequence import check_balance
+from .order.plan import MODES
+from .order.resume import EpochRun, LoaderState, Phase
+from .order.sequence import check_balance
+from .order.shuffle import slot_seed
 from .sources import DEFAULT_CHUNK
 from .split import as_int as _as_int, open_split, split_labels
-from .stream import slot_seed
 from .transform import check_picklable
 from .worker import ShardStream
 
@@ -138,7 +138,7 @@ class ShardLoader:
         discards the state) yields exactly the batches an uninterrupted run would have
         yielded from there on the same layout; on another world size, worker count,
         batch size or shuffle buffer, it yields every sample of the epoch not yet
-        yielded once across the ranks (see :mod:`loaders.resume`). Samples already
+        yielded once across the ranks (see :mod:`loaders.order.resume`). Samples already
         yielded are neither read nor decoded.
 
         Raises:
@@ -260,7 +260,7 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
     this after ``init_process_group``), else from ``RANK``/``WORLD_SIZE`` (torchrun),
     else a single process. The split, classes, image size and shard list come from
     the manifest; each rank and worker works out its own share from it (see
-    :mod:`loaders.plan`), so there is no node splitter to pass.
+    :mod:`loaders.order.plan`), so there is no node splitter to pass.
 
     ``mode="train"``: shard order and a shuffle buffer of ``shuffle_buffer`` samples,
     reseeded by ``set_epoch`` (identical on every rank for a given ``seed`` and epoch,

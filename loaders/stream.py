@@ -12,7 +12,6 @@ import io
 import itertools
 import logging
 import os
-import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -21,8 +20,8 @@ import xxhash
 from PIL import PngImagePlugin
 
 from .errors import LoaderError, UsageError
-from .plan import SlotPlan, plan_slot
-from .sequence import Segment
+from .order.plan import SlotPlan, plan_slot
+from .order.sequence import Segment
 from .sources import DEFAULT_CHUNK, RemoteSource, ShardCache, ShardInfo
 from .targets import PAD_LABEL, Targets
 from .opening import jump, open_shard
@@ -32,8 +31,7 @@ from shardgen.redact import redact
 from shardgen.storage import read_dataset_json
 from shardgen.format.png import decode_gray_png
 
-__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "shuffled", "slot_samples", "PAD_LABEL",
-           "ON_ERROR", "slot_seed"]
+__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "slot_samples", "PAD_LABEL", "ON_ERROR"]
 
 log = logging.getLogger("loaders")
 
@@ -148,11 +146,6 @@ class RawSample:
                  pos: int = -1, entry=None):
         self.shard, self.key, self.png, self.cls = shard, key, png, cls
         self.index, self.pos, self.entry = index, pos, entry
-
-
-def slot_seed(*parts: int) -> int:
-    """A 64-bit seed from integers (stable across runs and platforms)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0])
 
 
 class SampleReader:
@@ -307,29 +300,12 @@ class SampleReader:
                 src.close()
 
 
-def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Shuffle a stream through a buffer of ``size`` items."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list = []
-    for x in items:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        i = rng.randrange(size)
-        yield buf[i]
-        buf[i] = x
-    rng.shuffle(buf)
-    yield from buf
-
-
 def slot_samples(reader: SampleReader, plan: SlotPlan, order: Iterator[int], skip: int = 0) -> Iterator[RawSample | None]:
-    """A slot's samples in output ``order`` (item numbers, see :func:`loaders.resume.output_order`),
+    """A slot's samples in output ``order`` (item numbers, see :func:`loaders.order.shuffle.output_order`),
     without the first ``skip`` outputs, which are neither read nor decoded.
 
     Items are read in plan order and held until their turn, so at most about a shuffle
-    buffer of samples is held (as with :func:`shuffled` over the samples themselves,
+    buffer of samples is held (as with :func:`~loaders.order.shuffle.shuffled` over the samples themselves,
     whose order this equals). None stands for an item that could not be read
     (``on_error="skip"``).
     """

@@ -27,8 +27,8 @@ from .dist import world
 from .errors import LoaderError
 from .loader import _as_int, open_split
 from .sources import DEFAULT_CHUNK
-from .resume import output_order, slot_rng
-from .stream import SampleReader, slot_plan, slot_samples, slot_seed
+from .order.shuffle import output_order, slot_rng, slot_seed
+from .stream import SampleReader, slot_plan, slot_samples
 
 __all__ = ["StyleGANShards"]
 

@@ -19,9 +19,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .delivery import Batch, Ring, WorkerFailure
 from .errors import LoaderError
-from .plan import batches_per_rank, shard_sequence
-from .resume import EpochRun, Layout, Phase, output_order
-from .sequence import EpochSequence, balanced_units, class_targets, multiplicities
+from .order.plan import batches_per_rank, shard_sequence
+from .order.resume import EpochRun, Layout, Phase
+from .order.sequence import EpochSequence, balanced_units, class_targets, multiplicities
+from .order.shuffle import output_order
 from .targets import Targets
 from .stream import SampleReader, Spec, slot_samples
 from .transform import SampleTransform
@@ -38,9 +39,9 @@ class ShardStream(IterableDataset):
     who build their own ``DataLoader`` (then pass ``batch_size=None`` and the same
     ``num_workers`` as ``workers`` here). Any start method works. ``transform``: a
     picklable callable applied to each decoded sample (see :mod:`loaders.transform`).
-    ``balance``: checked by :func:`loaders.sequence.check_balance`; it needs
+    ``balance``: checked by :func:`loaders.order.sequence.check_balance`; it needs
     ``spec.labels``. ``resume``: ``(epoch, phases)`` of a loaded state (see
-    :mod:`loaders.resume`), applied to that epoch only.
+    :mod:`loaders.order.resume`), applied to that epoch only.
     """
 
     def __init__(self, spec: Spec, batch_size: int, mode: str, seed: int, rank: int, world_size: int,
@@ -69,7 +70,7 @@ class ShardStream(IterableDataset):
         return Layout(self.world_size, max(1, workers), self.batch_size, self.shuffle_buffer)
 
     def sequence(self, epoch: int, first: Layout) -> EpochSequence:
-        """The positions of ``epoch`` (see :mod:`loaders.sequence`); ``first``: the layout
+        """The positions of ``epoch`` (see :mod:`loaders.order.sequence`); ``first``: the layout
         of the epoch's first phase. Balanced epochs hold exactly the samples that phase
         yields (``batches * batch_size * world_size``), so no class loses a dropped tail."""
         counts = [s.samples for s in self.spec.shards]

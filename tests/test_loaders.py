@@ -26,7 +26,7 @@ from PIL import Image
 from conftest import run_cli
 
 from loaders import DevicePrefetcher, LoaderError, StyleGANShards, UsageError, make_loader, to_device
-from loaders.plan import batch_order, batches_per_rank, extra_shift, plan_slot
+from loaders.order.plan import batch_order, batches_per_rank, extra_shift, plan_slot
 from loaders.sources import parse_size
 
 

@@ -1,11 +1,11 @@
 """An epoch as a sequence of sample positions, and the class balance that shapes it.
 
 An epoch visits *units* in an order: without balance a unit is a whole shard and the
-order is :func:`loaders.plan.shard_order`; with ``balance`` a unit is one pass over a
+order is :func:`loaders.order.plan.shard_order`; with ``balance`` a unit is one pass over a
 shard that keeps only some of its samples (see :func:`balanced_units`). Position ``p``
 of the epoch is the ``p``-th sample of the concatenated units. Ranks and workers take
-slices of the positions (:mod:`loaders.plan`); resuming on another layout takes the
-positions not yet yielded (:mod:`loaders.resume`). Everything here depends only on the
+slices of the positions (:mod:`loaders.order.plan`); resuming on another layout takes the
+positions not yet yielded (:mod:`loaders.order.resume`). Everything here depends only on the
 manifest, the labels, the seed and the epoch, so every process computes the same.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Sequence as Seq
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Unit", "EpochSequence", "Segment", "check_balance", "class_targets", "multiplicities",
            "balanced_units"]

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 from .sequence import EpochSequence, Segment, Unit
 
-__all__ = ["MODES", "Segment", "SlotPlan", "batches_per_rank", "phase_batches", "shard_order", "plan_slot",
+__all__ = ["MODES", "SlotPlan", "batches_per_rank", "phase_batches", "shard_order", "plan_slot",
            "plan_phase_slot", "worker_batches", "extra_shift", "batch_order", "shard_sequence"]
 
 MODES = ("train", "eval")
@@ -57,7 +57,7 @@ class SlotPlan:
         real: samples read (``sum(s.count for s in segments)``).
         pad: padding samples (label -100, zero image) after them; ``real + pad ==
             batches * batch_size``.
-        positions: the epoch positions (:class:`~loaders.sequence.EpochSequence`) of
+        positions: the epoch positions (:class:`~loaders.order.sequence.EpochSequence`) of
             the samples read, in read order.
     """
 

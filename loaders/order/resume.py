@@ -6,13 +6,13 @@ shuffle buffer) they were yielded with. From that alone every process works out 
 samples were already yielded, without reading or decoding them:
 
 * **Same layout**: worker ``w`` had delivered the first ``c_w`` of its batches, where
-  ``c_w`` counts ``w`` among the first ``k`` entries of :func:`~loaders.plan.batch_order`;
+  ``c_w`` counts ``w`` among the first ``k`` entries of :func:`~loaders.order.plan.batch_order`;
   it passes over the first ``c_w * batch_size`` samples of its shuffled stream (the
   shuffle is a permutation of item numbers drawn before any byte is read) and goes on
   exactly as the uninterrupted run would.
 * **Another layout** (world size, workers, batch size or buffer): the positions every
   old slot consumed are taken out, and the rest of the epoch is a new *phase* over the
-  remaining positions, planned like an epoch (:func:`~loaders.plan.plan_phase_slot`):
+  remaining positions, planned like an epoch (:func:`~loaders.order.plan.plan_phase_slot`):
   each remaining sample once across ranks, equal batches per rank (train drops at most
   the tail that does not fill a batch on every rank; eval pads). A phase that had
   finished its batches ends the epoch. Phases chain: a resumed phase can be resumed again.
@@ -29,12 +29,13 @@ import numpy as np
 
 from shardgen.format.validate import shown
 
-from .errors import UsageError
+from ..errors import UsageError
 from .plan import SlotPlan, batch_order, extra_shift, phase_batches, plan_phase_slot
 from .sequence import EpochSequence
+from .shuffle import output_order, slot_rng
 
-__all__ = ["Layout", "Phase", "LoaderState", "EpochRun", "STATE_FORMAT", "output_order", "slot_rng",
-           "MAX_WORLD_SIZE", "MAX_WORKERS", "MAX_SLOTS", "MAX_GLOBAL_BATCH", "MAX_PHASES", "MAX_EPOCH"]
+__all__ = ["Layout", "Phase", "LoaderState", "EpochRun", "STATE_FORMAT", "MAX_WORLD_SIZE", "MAX_WORKERS", "MAX_SLOTS",
+           "MAX_GLOBAL_BATCH", "MAX_PHASES", "MAX_EPOCH"]
 
 STATE_FORMAT = "shardgen-loader-state/1"
 
@@ -173,25 +174,6 @@ class LoaderState:
         phases = tuple(_phase(p) for p in earlier) + (_phase(d),)
         return cls(d["split"], d["split_xxh64"], d["mode"], _int(d, "seed", 0, None), d.get("balance"),
                    _int(d, "epoch", 0), phases)
-
-
-def slot_rng(seed: int, epoch: int, rank: int, worker: int, phase: int) -> random.Random:
-    """The shuffle-buffer generator of one slot in one phase of an epoch."""
-    from .stream import slot_seed
-
-    parts = (seed, epoch, rank, worker, 1) if phase == 0 else (seed, epoch, rank, worker, 1, phase)
-    return random.Random(slot_seed(*parts))
-
-
-def output_order(n: int, shuffle_buffer: int | None, rng: random.Random | None):
-    """The order (an iterator of item numbers ``0..n-1``) in which a slot yields its items:
-    item order in eval, the shuffle buffer's order in train (a function of ``n``, the
-    buffer size and the generator only, so it is known before any sample is read)."""
-    from .stream import shuffled
-
-    if rng is None:
-        return iter(range(n))
-    return shuffled(iter(range(n)), shuffle_buffer or 0, rng)
 
 
 class EpochRun:
