@@ -1,7 +1,7 @@
 """Entry point: ``python -m shardgen ...`` and the ``shardgen`` console script.
 
 The command line is checked against the commands' signatures first
-(:func:`shardgen.cliargs.check_argv`): a misspelled flag or a stray argument is one
+(:func:`shardgen.cli.argv.check_argv`): a misspelled flag or a stray argument is one
 line on stderr and exit 2 before anything runs. Then python-fire runs it.
 
 A reader that closes the pipe early (``shardgen info OUT | head -1``) ends the command
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     import fire
 
     from .cli import CLI
-    from .cliargs import ArgvError, check_argv
+    from .cli.argv import ArgvError, check_argv
     from .redact import safe
 
     args = sys.argv[1:] if argv is None else list(argv)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_cli
-from shardgen.cliargs import ArgvError, check_argv
+from shardgen.cli.argv import ArgvError, check_argv
 
 
 def tiny_src(root: Path, classes: int = 2, per_class: int = 3, side: int = 8) -> Path:

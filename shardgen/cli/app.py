@@ -12,8 +12,8 @@ import functools
 import sys
 from typing import Any, Callable
 
-from .errors import BuildFailed, ShardgenError, UsageError
-from .redact import safe, safe_json
+from ..errors import BuildFailed, ShardgenError, UsageError
+from ..redact import safe, safe_json
 
 __all__ = ["CLI", "as_list", "as_bool", "as_int", "as_str"]
 
@@ -103,15 +103,15 @@ def _cluster(scheduler: Any, workers: Any):
     if workers is not None:
         raise UsageError("--workers is for the local build; with --scheduler, the cluster's workers run the "
                          "tasks (local:N sets their number)")
-    from .cluster import parse_scheduler
-    from .progress import note
+    from ..cluster import parse_scheduler
+    from ..progress import note
 
     return parse_scheduler(as_str(scheduler, "scheduler"), log=note)
 
 
 def _storage(endpoint_url: Any, storage_options: Any) -> dict[str, Any]:
     """``--endpoint_url`` and ``--storage_options`` of a build, checked."""
-    from .storage import parse_storage_options
+    from ..storage import parse_storage_options
 
     opts = storage_options
     if opts is not None and not isinstance(opts, dict):
@@ -166,8 +166,8 @@ class CLI:
             endpoint_url: S3 endpoint when SRC or OUT is an ``s3://`` URL (beats the environment).
             storage_options: fsspec options as JSON for a SRC or OUT URL, e.g. ``'{"profile": "lab"}'``.
         """
-        from .build import BuildConfig, build as run_build
-        from .report import format_summary
+        from ..build import BuildConfig, build as run_build
+        from ..report import format_summary
 
         strict = as_bool(strict, "strict")  # checked before the build, like every other flag
         cfg = BuildConfig(
@@ -216,7 +216,7 @@ class CLI:
             workers: processes decoding images (default: all usable cores).
             progress: show a progress bar on stderr (default true).
         """
-        from .verify import format_result, verify as run_verify
+        from ..verify import format_result, verify as run_verify
 
         result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"),
                             workers=None if workers is None else as_int(workers, "workers", 1),
@@ -241,7 +241,7 @@ class CLI:
                 recorded pixel digests (default false).
             progress: show a progress bar on stderr while reading shards (default true).
         """
-        from .diff import diff_builds, format_diff
+        from ..diff import diff_builds, format_diff
 
         result = diff_builds(as_str(a, "a"), as_str(b, "b"), decode=as_bool(decode, "decode"),
                              progress=as_bool(progress, "progress"))
@@ -260,8 +260,8 @@ class CLI:
         """
         import json as _json
 
-        from .info import build_info, format_info
-        from .storage import check_timeout
+        from ..info import build_info, format_info
+        from ..storage import check_timeout
 
         secs = check_timeout(timeout if isinstance(timeout, (int, float)) else as_str(timeout, "timeout"), "--timeout")
         data = build_info(as_str(source, "source"), timeout=secs)
@@ -282,7 +282,7 @@ class CLI:
             thumb: tile side in pixels (default: image size, at most 128).
             overwrite: replace an existing --out file (default: refuse).
         """
-        from .preview import make_preview
+        from ..preview import make_preview
 
         r = make_preview(as_str(source, "source"), split=as_str(split, "split"),
                          per_class=as_int(per_class, "per_class", 1), out=as_str(out, "out"),
@@ -309,8 +309,8 @@ class CLI:
             overwrite: replace an existing zip.
             progress: show a progress bar on stderr (default true).
         """
-        from .report import human_bytes
-        from .stylegan import export_stylegan
+        from ..report import human_bytes
+        from ..stylegan import export_stylegan
 
         if dest is None:
             raise UsageError("--dest is required: NAME.zip or a folder ending in /")
@@ -339,8 +339,8 @@ class CLI:
             overwrite: replace a non-empty DEST.
             progress: show a progress bar on stderr (default true).
         """
-        from .export import export_folders
-        from .report import human_bytes
+        from ..export import export_folders
+        from ..report import human_bytes
 
         if dest is None:
             raise UsageError("--dest is required: the folder to write")
@@ -373,8 +373,8 @@ class CLI:
             progress: show progress bars on stderr (default true).
             retries: attempts after a transient error, with exponential backoff (default 5).
         """
-        from .storage import parse_storage_options
-        from .upload import UploadInterrupted, format_upload, upload as run_upload
+        from ..storage import parse_storage_options
+        from ..upload import UploadInterrupted, format_upload, upload as run_upload
 
         opts = storage_options
         if opts is not None and not isinstance(opts, dict):
