@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from shardgen.redact import redact
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
-from .decoded_place import check_decoded_args, plan_split
+from .read.decoded.place import check_decoded_args, plan_split
 from .delivery import Delivery, Receiver, Ring
 from .dist import world
 from .errors import LoaderError, UsageError
@@ -21,8 +21,8 @@ from .order.plan import MODES
 from .order.resume import EpochRun, LoaderState, Phase
 from .order.sequence import check_balance
 from .order.shuffle import slot_seed
-from .sources import DEFAULT_CHUNK
-from .split import as_int as _as_int, open_split, split_labels
+from .read.shards.sources import DEFAULT_CHUNK
+from .read.spec import as_int as _as_int, open_split, split_labels
 from .transform import check_picklable
 from .worker import ShardStream
 

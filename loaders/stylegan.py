@@ -22,13 +22,13 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .decoded_place import check_decoded_args, plan_split
+from .read.decoded.place import check_decoded_args, plan_split
 from .dist import world
 from .errors import LoaderError
 from .loader import _as_int, open_split
-from .sources import DEFAULT_CHUNK
+from .read.shards.sources import DEFAULT_CHUNK
 from .order.shuffle import output_order, slot_rng, slot_seed
-from .stream import SampleReader, slot_plan, slot_samples
+from .read.samples import SampleReader, slot_plan, slot_samples
 
 __all__ = ["StyleGANShards"]
 

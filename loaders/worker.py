@@ -2,7 +2,7 @@
 of an epoch, reads and shuffles its samples and decodes them straight into batches.
 
 :class:`ShardStream` is the ``IterableDataset``; it holds only plain, picklable data
-(the split's :class:`~loaders.stream.Spec`, numbers, the shared :class:`~loaders.delivery.Ring`
+(the split's :class:`~loaders.read.samples.Spec`, numbers, the shared :class:`~loaders.delivery.Ring`
 and skip counter), so workers can be started by any multiprocessing method, and each
 worker opens what it reads itself.
 """
@@ -23,8 +23,8 @@ from .order.plan import batches_per_rank, shard_sequence
 from .order.resume import EpochRun, Layout, Phase
 from .order.sequence import EpochSequence, balanced_units, class_targets, multiplicities
 from .order.shuffle import output_order
-from .targets import Targets
-from .stream import SampleReader, Spec, slot_samples
+from .read.targets import Targets
+from .read.samples import SampleReader, Spec, slot_samples
 from .transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]

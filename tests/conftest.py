@@ -68,7 +68,7 @@ def make_build(src: Path, out: Path, size: int = 64, shard_size: int = 25) -> Pa
 def decoded_cache_place(tmp_path_factory):
     """The loaders' decoded cache (on by default) lives in the session's temp folder, never
     in the user's /dev/shm or ~/.cache; subprocesses inherit the variable."""
-    from loaders.decoded_place import ENV_PLACE
+    from loaders.read.decoded.place import ENV_PLACE
 
     old = os.environ.get(ENV_PLACE)
     os.environ[ENV_PLACE] = str(tmp_path_factory.mktemp("decoded-cache"))
@@ -108,8 +108,8 @@ def small_build(sample_src, tmp_path_factory) -> Path:
 @pytest.fixture
 def decode_calls(monkeypatch) -> list:
     """Count the loaders' PNG decodes in this process: the returned list grows by one per
-    call of ``loaders.stream.decode_into`` (clear it to start counting afresh)."""
-    import loaders.stream as stream
+    call of ``loaders.read.samples.decode_into`` (clear it to start counting afresh)."""
+    import loaders.read.samples as stream
 
     calls: list = []
     real = stream.decode_into

@@ -23,10 +23,10 @@ from conftest import ROOT, run_cli
 from http_build_server import BuildServer
 
 from loaders import LoaderError, UsageError, make_loader
-from loaders.decoded import DecodedEntry, DecodedStore, entry_bytes, entry_name
-from loaders.decoded_place import auto_places, plan_decoded
+from loaders.read.decoded.store import DecodedEntry, DecodedStore, entry_bytes, entry_name
+from loaders.read.decoded.place import auto_places, plan_decoded
 from loaders.loader import open_split
-from loaders.stream import SampleReader
+from loaders.read.samples import SampleReader
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_a_budget_smaller_than_the_split_caches_a_prefix_of_whole_shards(five_sh
 COUNTING = """
 import os, sys
 sys.path.insert(0, {root!r})
-import loaders.stream as st
+import loaders.read.samples as st
 fd = os.open({count!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 decode = st.decode_into
 def counting(*a, **k):
@@ -268,8 +268,8 @@ KILLED = """
 import fcntl, os, sys, time
 sys.path.insert(0, {root!r})
 from loaders.loader import open_split
-from loaders.decoded import DecodedStore
-from loaders.decoded_place import plan_decoded
+from loaders.read.decoded.store import DecodedStore
+from loaders.read.decoded.place import plan_decoded
 spec = open_split({build!r}, "train")
 cfg = plan_decoded(spec.shards, spec.size, len(spec.classes), {place!r})
 e = DecodedStore(cfg, spec.shards, spec.size, len(spec.classes), spec.local_root).entry(0)

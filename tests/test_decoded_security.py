@@ -31,7 +31,7 @@ from conftest import run_cli
 from test_multilabel import make_nih, nih_build
 
 from loaders import StyleGANShards, UsageError, make_loader
-from loaders.decoded_place import ENV_PLACE
+from loaders.read.decoded.place import ENV_PLACE
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 SIZE = 32
@@ -328,8 +328,8 @@ def test_entries_of_an_unverified_loader_are_never_read_by_a_verifying_one(build
 
 
 def test_entry_names_are_made_only_from_checked_checksums():
-    from loaders.decoded import entry_name
-    from loaders.sources import ShardInfo
+    from loaders.read.decoded.store import entry_name
+    from loaders.read.shards.sources import ShardInfo
 
     assert entry_name(ShardInfo("train/a.tar", 3, 9000, "0123456789abcdef"), 32, 4) == \
         "0123456789abcdef-9000-32px-4c.dec"

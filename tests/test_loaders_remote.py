@@ -24,8 +24,8 @@ from conftest import make_build
 from http_build_server import BuildServer
 
 from loaders import LoaderError, make_loader
-from loaders.cache import ShardCache
-from loaders.sources import ShardInfo
+from loaders.read.shards.cache import ShardCache
+from loaders.read.shards.sources import ShardInfo
 
 
 @pytest.fixture(scope="module")

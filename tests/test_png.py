@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from loaders.errors import LoaderError
-from loaders.stream import RawSample, decode_into
+from loaders.read.samples import RawSample, decode_into
 from shardgen.format.png import decode_gray_png, encode_png
 
 

@@ -32,7 +32,7 @@ def _rank_main(source: str, cache: str, count: str, workers: int, epochs: int, b
     sys.path.insert(0, ROOT)
     import torch.distributed as dist
 
-    import loaders.stream as stream
+    import loaders.read.samples as stream
 
     fd = os.open(count, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     decode = stream.decode_into

@@ -2,9 +2,9 @@
 decoded_cache_limit=...)``), planned in the main process: the place (``auto``: a
 ``$SHARDGEN_DECODED_CACHE`` folder, else ``/dev/shm`` when the split fits, else the user's
 cache folder), the byte budget, eviction of other splits' entries, and the shards cached.
-The entries themselves are :mod:`loaders.decoded`.
+The entries themselves are :mod:`loaders.read.decoded.store`.
 
-The place must be private (:mod:`loaders.private_dir`: a folder of this user, not a
+The place must be private (:mod:`loaders.read.decoded.private_dir`: a folder of this user, not a
 symbolic link, not writable by group or others), checked on every start. A default
 place that is not (``/dev/shm/shardgen-<user>`` made by another local user, say) is
 not used: the cache goes to a private ``<place>-<random>`` folder next to it instead,
@@ -22,10 +22,10 @@ import stat
 import time
 from typing import Any
 
-from .decoded import DecodedConfig, entry_bytes, entry_name, label_bytes
-from .errors import UsageError
+from .store import DecodedConfig, entry_bytes, entry_name, label_bytes
+from ...errors import UsageError
 from .private_dir import make_private_dir, private_fallback
-from .sources import parse_size
+from ..shards.sources import parse_size
 
 __all__ = ["plan_decoded", "plan_split", "check_decoded_args", "auto_places", "ENV_PLACE"]
 
@@ -188,7 +188,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
         size, classes: image side in pixels and number of classes.
         multilabel: the targets are multi-hot vectors (C bytes per sample, not 4).
         verified: the loader checks shard bytes (``verify``); False names the entries
-            ``.unverified.dec`` (see :func:`loaders.decoded.entry_name`).
+            ``.unverified.dec`` (see :func:`loaders.read.decoded.store.entry_name`).
         cache: ``"auto"``/True (the first of :func:`auto_places` where the whole split fits
             its limit, else the one with the largest limit; a place that is not private is
             replaced by a private folder next to it, with a warning), a folder (which must
@@ -234,7 +234,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
 
 
 def plan_split(spec: Any, cache: Any = "auto", limit: Any = "auto") -> DecodedConfig | None:
-    """:func:`plan_decoded` for an opened split (a :class:`loaders.stream.Spec`): its shards,
+    """:func:`plan_decoded` for an opened split (a :class:`loaders.read.samples.Spec`): its shards,
     image side, classes and targets; what ``make_loader`` and ``StyleGANShards`` store as
     ``spec.decoded``."""
     return plan_decoded(spec.shards, spec.size, len(spec.classes), cache, limit, spec.multilabel,

@@ -8,7 +8,7 @@ background thread while the current one is parsed; a failed chunk request is ret
 with exponential backoff, starting again at the same byte, so a broken connection
 costs one chunk, not the shard. With a :class:`ShardCache`, every byte that arrives is
 also written to a temporary file, and the file joins the cache only when its size and
-xxh64 match the manifest (:mod:`loaders.cache`).
+xxh64 match the manifest (:mod:`loaders.read.shards.cache`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from shardgen.format import ShardEntry
 from shardgen.redact import redact
 
 from .cache import CacheWriter, ShardCache  # ShardCache: still importable from here (stream.py)
-from .errors import LoaderError
+from ...errors import LoaderError
 from .ranged import BodyTooLarge, read_range
-from .sizes import parse_size  # still importable from here
+from ..args import parse_size  # still importable from here
 
 __all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "prefetch_pool", "DEFAULT_CHUNK"]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from shardgen.format import CLS_EXT, LABELS_EXT, decode_multihot
 
-from .errors import LoaderError
+from ..errors import LoaderError
 
 __all__ = ["PAD_LABEL", "Targets"]
 

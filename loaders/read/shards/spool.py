@@ -18,8 +18,8 @@ import threading
 
 import xxhash
 
-from .errors import LoaderError
-from .sizes import parse_size
+from ...errors import LoaderError
+from ..args import parse_size
 
 __all__ = ["MemorySpool", "FileSpool", "BytesSource", "private_spool", "memory_limit", "shard_changed",
            "take_buffer", "give_back",

@@ -14,7 +14,7 @@ from typing import Callable
 
 from shardgen.format import TarReader
 
-from .errors import LoaderError
+from ...errors import LoaderError
 
 __all__ = ["SampleCounter", "count_samples", "check_samples"]
 

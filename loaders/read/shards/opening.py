@@ -1,6 +1,6 @@
 """How a reader opens a shard: checked before use (``verify``, the default) or streamed as it comes.
 
-With ``spec.verify`` every shard goes through :mod:`loaders.verified`: a local file, a
+With ``spec.verify`` every shard goes through :mod:`loaders.read.shards.verified`: a local file, a
 ``cache_dir`` copy (a copy that fails its check is removed and the shard fetched again) or
 a remote object received whole; only bytes that matched the manifest come out, so a
 reader whose segment starts inside a remote shard receives the whole shard first (with a

@@ -10,10 +10,10 @@ rebuilt split (new checksums) never meets an old file and builds that share a sh
 share its entry. Entries filled by a loader with ``verify=False`` (shard bytes not
 checked against the manifest) are named ``...c.unverified.dec``: a verifying loader
 never reads them. The file itself (header, samples with their checksums, the fill
-protocol) is :mod:`loaders.decoded_entry`.
+protocol) is :mod:`loaders.read.decoded.entry`.
 
-**Where.** The folder is private (:mod:`loaders.private_dir`): checked when the loader
-is made (:mod:`loaders.decoded_place`) and again, on an ``O_NOFOLLOW`` descriptor, in
+**Where.** The folder is private (:mod:`loaders.read.decoded.private_dir`): checked when the loader
+is made (:mod:`loaders.read.decoded.place`) and again, on an ``O_NOFOLLOW`` descriptor, in
 every process that uses it; every file is created and opened relative to that
 descriptor (``openat``), by a name made of the manifest's checked hex checksum and
 numbers only, so no path leaves the folder. Temporary files are created with
@@ -24,7 +24,7 @@ numbers only, so no path leaves the folder. Temporary files are created with
 manifest's ``xxh64`` and ``bytes``, and whether they were verified); a file whose header
 or size says otherwise (another format, another shard, a symbolic link) is replaced by
 a new, empty entry, never read. Each sample's checksum is checked the first time a
-process copies it (:class:`~loaders.decoded_entry.DecodedEntry`).
+process copies it (:class:`~loaders.read.decoded.entry.DecodedEntry`).
 
 **Stale data.** For a local build, the entry also records the identity (device, inode,
 size, mtime) of the shard file it is filled from; a process whose shard file has another
@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING
 from shardgen.format.checksum import file_xxh64
 from shardgen.format.validate import is_hex16
 
-from .decoded_entry import KEY_BYTES, DecodedEntry, entry_bytes, entry_head, label_bytes
+from .entry import KEY_BYTES, DecodedEntry, entry_bytes, entry_head, label_bytes
 from .private_dir import open_private_dir
 
 if TYPE_CHECKING:
-    from .sources import ShardInfo
+    from ..shards.sources import ShardInfo
 
 __all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "entry_bytes", "entry_name", "label_bytes",
            "KEY_BYTES"]
@@ -105,7 +105,7 @@ class DecodedStore:
     """A process's view of the decoded cache of one split (opened lazily, per process).
 
     Args:
-        config: the plan made by :func:`loaders.decoded_place.plan_decoded`.
+        config: the plan made by :func:`loaders.read.decoded.place.plan_decoded`.
         shards: the split's shards (manifest order).
         size: side of the square images in pixels.
         classes: number of classes.

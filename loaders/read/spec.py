@@ -1,5 +1,5 @@
 """Opening a split for the loaders: the manifest (and, for ``balance``, the labels) into
-the picklable :class:`~loaders.stream.Spec` every worker reads from."""
+the picklable :class:`~loaders.read.samples.Spec` every worker reads from."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from shardgen.format import DATASET_JSON
 from shardgen.redact import redact
 from shardgen.storage import DEFAULT_TIMEOUT_S, check_timeout, open_build, read_dataset_json
 
-from .errors import UsageError
-from .cache import cache_root
-from .sources import DEFAULT_CHUNK, parse_size
-from .stream import Spec, check_on_error
+from ..errors import UsageError
+from .shards.cache import cache_root
+from .shards.sources import DEFAULT_CHUNK, parse_size
+from .samples import Spec, check_on_error
 
 __all__ = ["open_split", "split_labels", "as_int"]
 

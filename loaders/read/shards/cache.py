@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from shardgen.format.validate import is_hex16
 
-from .errors import LoaderError, UsageError
+from ...errors import LoaderError, UsageError
 from .spool import CREATE_FLAGS, FileSpool, shard_changed
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ import numpy as np
 import xxhash
 from PIL import PngImagePlugin
 
-from .errors import LoaderError, UsageError
-from .order.plan import SlotPlan, plan_slot
-from .order.sequence import Segment
-from .sources import DEFAULT_CHUNK, RemoteSource, ShardCache, ShardInfo
+from ..errors import LoaderError, UsageError
+from ..order.plan import SlotPlan, plan_slot
+from ..order.sequence import Segment
+from .shards.sources import DEFAULT_CHUNK, RemoteSource, ShardCache, ShardInfo
 from .targets import PAD_LABEL, Targets
-from .opening import jump, open_shard
+from .shards.opening import jump, open_shard
 from shardgen.format import DATASET_JSON, ShardReadError, TarReader
 from shardgen.format.validate import member_limit
 from shardgen.redact import redact
@@ -63,7 +63,7 @@ class Spec:
     _fs_pid: int = field(default=-1, repr=False, compare=False)
     _keys: Any = field(default=None, repr=False, compare=False)
     _split_id: str | None = field(default=None, repr=False, compare=False)
-    decoded: Any = None            # a loaders.decoded.DecodedConfig: the decoded cache (None: off)
+    decoded: Any = None            # a loaders.read.decoded.store.DecodedConfig: the decoded cache (None: off)
     _store: Any = field(default=None, repr=False, compare=False)
     verify: bool = True            # no sample of a shard is yielded before its size and xxh64 match (unsafe off)
 
@@ -73,11 +73,11 @@ class Spec:
         return d
 
     def decoded_store(self):
-        """This process's :class:`loaders.decoded.DecodedStore` (None when the cache is off)."""
+        """This process's :class:`loaders.read.decoded.store.DecodedStore` (None when the cache is off)."""
         if self.decoded is None:
             return None
         if self._store is None or self._store[0] != os.getpid():
-            from .decoded import DecodedStore
+            from .decoded.store import DecodedStore
 
             self._store = (os.getpid(), DecodedStore(self.decoded, self.shards, self.size, len(self.classes),
                                                      self.local_root, self.multilabel, self.verify))
@@ -170,7 +170,7 @@ class SampleReader:
         decoded sample is stored in the cache, when this shard is cached).
 
         A cached sample that fails its checksum or label check (see
-        :mod:`loaders.decoded_entry`) is never served: it is read again from its shard,
+        :mod:`loaders.read.decoded.entry`) is never served: it is read again from its shard,
         decoded and stored again (``s.key`` is then the shard's)."""
         e = s.entry
         if e is None and self._decoded is not None and s.index >= 0:
@@ -222,12 +222,12 @@ class SampleReader:
 
     def _open(self, shard: ShardInfo):
         """A stream of the shard's bytes: checked against the manifest before its first byte
-        comes out when ``spec.verify`` (:func:`loaders.opening.open_shard`)."""
+        comes out when ``spec.verify`` (:func:`loaders.read.shards.opening.open_shard`)."""
         return open_shard(self.spec, self._cache, shard)
 
     def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
         """Enter an unchecked remote stream near sample ``target`` (``verify=False`` only;
-        :func:`loaders.opening.jump`)."""
+        :func:`loaders.read.shards.opening.jump`)."""
         jump(self.spec, tar, src, index, shard, target)
 
     def _fail(self, msg: str, missing: int) -> None:
@@ -326,7 +326,7 @@ def slot_samples(reader: SampleReader, plan: SlotPlan, order: Iterator[int], ski
 def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int):
     """Decode ``s`` into ``out`` (``S x S`` uint8) and return its target.
 
-    ``targets``: the split's :class:`~loaders.targets.Targets` (an int is the class count
+    ``targets``: the split's :class:`~loaders.read.targets.Targets` (an int is the class count
     of a single-label build). ``s.cls`` holds the target member's bytes (``.cls``, or
     ``.labels.npy`` of a multi-label build). Returns the class index, or the float32
     ``[C]`` multi-hot vector. PNGs as shardgen writes them take a fast numpy path

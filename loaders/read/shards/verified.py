@@ -1,6 +1,6 @@
 """Verify before yield: a shard's samples are handed out only once its bytes match the manifest.
 
-With ``verify`` on (the default), :class:`loaders.stream.SampleReader` opens every shard
+With ``verify`` on (the default), :class:`loaders.read.samples.SampleReader` opens every shard
 through this module, which returns a stream (``read``, ``skip``, ``close``) only after
 
 - the shard's size and xxh64 equal the manifest's ``bytes`` and ``xxh64``, and
@@ -11,7 +11,7 @@ through this module, which returns a stream (``read``, ``skip``, ``close``) only
 otherwise it raises :class:`~loaders.errors.LoaderError` and nothing of the shard is used.
 
 Local files (:func:`open_local`, :func:`open_local_fd`): a shard of at most
-:func:`~loaders.spool.memory_limit` bytes (64 MiB) is read into memory once (a buffer each
+:func:`~loaders.read.shards.spool.memory_limit` bytes (64 MiB) is read into memory once (a buffer each
 process reuses), checked, and its samples are parsed from exactly the bytes checked; a
 larger one is hashed in a first pass and parsed in a second (from the page cache). A per-process memo keyed by the file's
 ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` remembers shards already checked,
@@ -20,7 +20,7 @@ file changes its ``st_ctime_ns``, which no user can set back).
 
 Remote shards (:func:`fetch_remote`) are received whole, in ranged chunks with the usual
 retries and prefetch, hashed as they arrive, into memory or a spool file
-(:mod:`loaders.spool`) that is the ``cache_dir`` entry when there is one.
+(:mod:`loaders.read.shards.spool`) that is the ``cache_dir`` entry when there is one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import xxhash
 from shardgen.format import ShardReadError
 
 from .cache import CacheWriter, ShardCache
-from .errors import LoaderError
+from ...errors import LoaderError
 from .sources import LocalSource, RemoteSource, ShardInfo
 from .spool import BytesSource, MemorySpool, give_back, memory_limit, private_spool, shard_changed, take_buffer
 from .tarcount import SampleCounter, check_samples
