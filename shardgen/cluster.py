@@ -7,7 +7,7 @@ and :class:`~shardgen.assemble.ShardTask` calls the local build makes, each writ
 files atomically under their final names: a task that Dask runs twice (its worker died)
 writes the same bytes again, so the output is byte-identical whatever the cluster does.
 
-Before any task runs, every worker's library versions (:mod:`shardgen.codecs`) are
+Before any task runs, every worker's library versions (:mod:`shardgen.imaging.codecs`) are
 compared with the client's, and the workers must see the build's scratch folder (a
 probe file the client writes, read back by each worker). ``distributed`` is imported only
 here, only when ``--scheduler`` is given.
@@ -25,11 +25,11 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
-from .codecs import codec_versions
-from .errors import ShardgenError, UsageError
 from .cluster_setup import NEED_DASK, QuietLogs as _QuietLogs, greeting, open_client
 from .cluster_tasks import _probe, _run_batch, _size, _worker_versions, batches as _batches, short_error as _short
+from .errors import ShardgenError, UsageError
 from .format import CodecVersions, TMP_PREFIX
+from .imaging.codecs import codec_versions
 
 __all__ = ["Cluster", "DaskPool", "parse_scheduler", "connect", "DEFAULT_CONNECT_TIMEOUT_S"]
 
@@ -143,7 +143,7 @@ class DaskPool:
         Raises:
             UsageError: one line naming the library, the worker and both versions.
         """
-        from .codecs import check_same_codecs
+        from .imaging.codecs import check_same_codecs
 
         try:
             got = self.client.run(_worker_versions, on_error="return")

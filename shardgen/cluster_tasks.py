@@ -13,8 +13,8 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
-from .codecs import codec_versions
 from .format import TMP_PREFIX, CodecVersions
+from .imaging.codecs import codec_versions
 
 __all__ = ["short_error", "batches", "dask_setup"]
 
@@ -51,8 +51,8 @@ def _run_batch(fn: Callable, jobs: list, max_pixels: int, codecs: dict[str, str]
 
     Several of the build's jobs per Dask task: each task costs the scheduler and the client
     some milliseconds of CPU, which on a small machine the workers would otherwise get."""
-    from .codecs import check_same_codecs
-    from .image import configure_worker
+    from .imaging.codecs import check_same_codecs
+    from .imaging.image import configure_worker
 
     check_same_codecs(CodecVersions.parse(codecs), codec_versions(),
                       "a Dask worker has {lib} {got}, the client has {lib} {expected}")

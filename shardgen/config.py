@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cpus import usable_cpus
-from .dicom import DICOM_WINDOWS
 from .errors import UsageError
 from .format import SPLIT_RE
-from .image import DEFAULT_MAX_PIXELS, FITS, encoder_info
+from .imaging.dicom import DICOM_WINDOWS
+from .imaging.image import DEFAULT_MAX_PIXELS, FITS, encoder_info
 
 __all__ = ["BuildConfig", "parse_splits", "parse_columns", "parse_split_lists", "fingerprint_of", "FORMATS",
            "DEFAULT_SPLITS", "ROLES"]
@@ -231,14 +231,14 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
     """The options that decide the output, as recorded in ``manifest.json`` ``config``.
 
     ``splits`` holds the ratios used (the default ones too), or ``"as found"`` for a
-    source that was already split. ``encoder`` (:func:`~shardgen.image.encoder_info`) and
-    ``codecs`` (:func:`~shardgen.codecs.codec_versions`) are part of it so that a build is
+    source that was already split. ``encoder`` (:func:`~shardgen.imaging.image.encoder_info`) and
+    ``codecs`` (:func:`~shardgen.imaging.codecs.codec_versions`) are part of it so that a build is
     never resumed with another PNG encoder or other decoding libraries. ``dicom_window``
     is there only when it is not ``auto``, and the CSV options (``columns``, ``label_sep``,
     ``no_finding``, ``split_lists``) only when given, so builds that do not use them record
     exactly what they always did.
     """
-    from .codecs import codec_versions
+    from .imaging.codecs import codec_versions
 
     fp: dict[str, Any] = {
         "size": cfg.size,

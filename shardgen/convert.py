@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from .format import atomic_write_bytes, file_xxh64
-from .image import ImageSkip, process_file
+from .imaging.image import ImageSkip, process_file
 from .stamps import stamp_of, unchanged
 
 __all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "SizedJobs", "chunk_jobs"]

@@ -12,10 +12,10 @@ import os
 import re
 import shutil
 
-from .codecs import check_same_codecs
 from .errors import UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, CodecVersions, wids_index_name)
+from .imaging.codecs import check_same_codecs
 from .lock import LOCK_FILE
 
 __all__ = ["prepare_out", "decide", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]

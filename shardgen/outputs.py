@@ -12,11 +12,11 @@ import os
 import shutil
 
 from . import __version__
-from .plan import Plan
 from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, MULTILABEL, SINGLE, SKIPPED, ImageSpec, Manifest,
                      ShardEntry, SplitEntry, atomic_write, atomic_write_bytes, atomic_write_json, dump_json)
-from .image import encoder_info
+from .imaging.image import encoder_info
 from .outdir import remove_stale
+from .plan import Plan
 from .readers import write_reader_files
 
 __all__ = ["finish_build"]

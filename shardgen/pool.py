@@ -7,7 +7,7 @@ import threading
 from multiprocessing.pool import Pool as ProcessPool
 from typing import Callable
 
-from .image import configure_worker
+from .imaging.image import configure_worker
 
 __all__ = ["AHEAD", "run_jobs", "worker_init"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .dicom import has_dicom_magic
 from .errors import UsageError
+from .imaging.dicom import has_dicom_magic
 from .remote import Location
 from .scan import Tree, _is_image, _visible
 

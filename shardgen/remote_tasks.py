@@ -27,7 +27,7 @@ from .assemble import ShardJob, ShardTask
 from .convert import ChunkResult, ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
-from .image import ImageSkip, process_bytes
+from .imaging.image import ImageSkip, process_bytes
 from .remote import Location
 from .remote_get import read_many, read_ranges
 from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from .columns import ItemTable
-from .dicom import sniff_dicom
 from .errors import UsageError
-from .image import IMAGE_EXTENSIONS
+from .imaging.dicom import sniff_dicom
+from .imaging.image import IMAGE_EXTENSIONS
 from .items import Item, Skip
 
 __all__ = ["Item", "Skip", "ScanResult", "SPLIT_NAMES", "scan"]

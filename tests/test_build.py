@@ -19,7 +19,7 @@ import xxhash
 from PIL import Image
 
 from conftest import run_cli, sample_tool
-from shardgen.image import encoder_info
+from shardgen.imaging.image import encoder_info
 
 KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -8,7 +8,7 @@ import shutil
 import PIL
 
 from conftest import run_cli
-from shardgen.codecs import codec_versions
+from shardgen.imaging.codecs import codec_versions
 
 
 def test_manifest_records_the_codec_versions_and_info_and_verify_show_them(small_build):

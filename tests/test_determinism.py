@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import ROOT, run_cli, sample_tool
 import stress_determinism as stress
-from shardgen.image import encode_png, encoder_info
+from shardgen.imaging.image import encode_png, encoder_info
 
 OPTS = ["--size", "64", "--shard_size", "40", "--progress", "false"]
 

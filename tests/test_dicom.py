@@ -28,7 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, a
 
 import make_dicom as md
 from conftest import run_cli
-from shardgen.image import fit_square, to_gray
+from shardgen.imaging.image import fit_square, to_gray
 
 SIZE = 64
 
@@ -313,7 +313,7 @@ def test_dicom_in_kaggle_layout_and_csv_index(dicom_src, tmp_path):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom: "Invalid value for VR CS"
 def test_only_code_strings_are_recorded(tmp_path):
     """View Position and Modality are recorded only as DICOM code strings: free text never leaks."""
-    from shardgen.dicom import decode_dicom
+    from shardgen.imaging.dicom import decode_dicom
 
     ds = md.dicom_dataset(md.xray16(0, 16), "free", view_position="PA")
     ds.ViewPosition = "Doe^Jane"
@@ -328,7 +328,8 @@ def test_importing_shardgen_does_not_import_pydicom():
     import subprocess
     import sys
 
-    code = ("import sys, shardgen.build, shardgen.image, shardgen.scan, shardgen.dicom, shardgen.cli; "
+    code = ("import sys, shardgen.build, shardgen.imaging.image, shardgen.scan, shardgen.imaging.dicom, "
+            "shardgen.cli; "
             "print(sorted(m for m in sys.modules if m.startswith(('pydicom', 'pylibjpeg', 'openjpeg', 'libjpeg'))))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -338,7 +339,7 @@ def test_importing_shardgen_does_not_import_pydicom():
 def test_lookup_table_path_equals_per_pixel_path(dicom_src, monkeypatch):
     """Integer images go through an 8-bit table over their value range: the same pixels as
     running pydicom's LUT functions over every pixel (the table turned off)."""
-    from shardgen import dicom
+    from shardgen.imaging import dicom
 
     files = [dicom_src / rel for rel in sorted(set(CONVERTS) | set(GENERATED))]
     for window in dicom.DICOM_WINDOWS:

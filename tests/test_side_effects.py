@@ -21,7 +21,7 @@ from conftest import ROOT
 THIRD_PARTY = ["numpy", "torch", "torch.utils.data", "PIL.Image", "PIL.PngImagePlugin", "fsspec",
                "fsspec.implementations.local", "xxhash", "tqdm", "fire", "isal.isal_zlib"]
 
-#: shardgen modules that import shardgen.image, which still sets MAX_IMAGE_PIXELS (see below).
+#: shardgen modules that import shardgen.imaging.image, which still sets MAX_IMAGE_PIXELS (see below).
 IMAGE_SIDE = {"build", "image", "scan", "index"}
 
 SCRIPT = r"""
@@ -115,4 +115,4 @@ def test_importing_loaders_and_the_reading_side_of_shardgen_changes_nothing():
 
 
 def test_importing_the_build_side_changes_nothing():
-    assert changes(["shardgen.image", "shardgen.build", "shardgen.cli", "loaders"]) == {}
+    assert changes(["shardgen.imaging.image", "shardgen.build", "shardgen.cli", "loaders"]) == {}

@@ -56,7 +56,7 @@ import make_dicom  # noqa: E402
 import make_sample_dataset as msd  # noqa: E402
 from bench_dask_s3 import dask_column, s3_column  # noqa: E402
 from shardgen.cpus import usable_cpus  # noqa: E402
-from shardgen.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
+from shardgen.imaging.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
 
 
 def _env():

@@ -50,7 +50,7 @@ PNG_OVERHEAD = 8 + 25 + 12 + 12
 
 def filtered_rows(a: np.ndarray) -> bytes:
     """The exact bytes shardgen deflates: filter byte 3 + Average residuals per row."""
-    from shardgen.image import encode_png
+    from shardgen.imaging.image import encode_png
 
     png = encode_png(a)
     return zlib.decompress(png[8 + 25 + 8:-16])

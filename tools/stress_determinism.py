@@ -120,7 +120,7 @@ def kill_build(cmd: list[str], out: str, after_chunks: int | None = None, after_
 HEAP_PRELUDE = """
 import os, random
 import numpy as np
-from shardgen.image import encode_png
+from shardgen.imaging.image import encode_png
 _r = random.Random({seed})
 _keep = []
 for _ in range(_r.randint(50, 400)):
@@ -135,7 +135,7 @@ del _keep[:_r.randint(0, len(_keep))]
 
 def sample_arrays(n: int, size: int) -> list:
     """``n`` converted 8-bit images like a build's (fake chest X-rays fitted to ``size``)."""
-    from shardgen.image import fit_square
+    from shardgen.imaging.image import fit_square
 
     return [fit_square(msd.xray(7_000 + i, i % 4), size, "pad") for i in range(n)]
 
@@ -145,7 +145,7 @@ def heap_child_digests(seed: int, n: int, size: int) -> list[str]:
     import xxhash
 
     exec(HEAP_PRELUDE.format(seed=seed), {})
-    from shardgen.image import encode_png
+    from shardgen.imaging.image import encode_png
 
     arrays = sample_arrays(n, size)
     order = list(range(n))
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown part {bad[0]!r}")
     from shardgen.build import CHUNK
-    from shardgen.image import encoder_info
+    from shardgen.imaging.image import encoder_info
 
     rng = random.Random(a.seed)
     t_all = time.perf_counter()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 from importlib import metadata
 
-from .errors import UsageError
-from .format import CodecVersions
+from ..errors import UsageError
+from ..format import CodecVersions
 
 __all__ = ["codec_versions", "check_same_codecs"]
 
@@ -42,7 +42,7 @@ def codec_versions() -> CodecVersions:
     the libjpeg API version when it is another libjpeg), zlib and zlib-ng, OpenJPEG,
     libtiff and libwebp. Pillow does not use libpng (its PNG codec is its own, on zlib),
     so ``libpng`` is recorded only when a Pillow build reports it. libdeflate comes from
-    :func:`shardgen.image.encoder_info`; pydicom only when it is installed.
+    :func:`shardgen.imaging.image.encoder_info`; pydicom only when it is installed.
     """
     import numpy
     import PIL

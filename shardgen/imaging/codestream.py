@@ -4,7 +4,7 @@ A JPEG, JPEG-LS or JPEG 2000 decoder allocates its output from the sizes in the
 codestream's own header, not from the DICOM header's Rows and Columns: a 1 KB file whose
 JPEG 2000 SIZ marker says 20000 x 20000 makes openjpeg allocate about 1.6 GB before it
 fails. :func:`frame_problem` reads that header (a few hundred bytes, no decoder, no
-allocation beyond the header itself) so that :mod:`shardgen.dicom` can skip such a file
+allocation beyond the header itself) so that :mod:`shardgen.imaging.dicom` can skip such a file
 before any decoder runs. What is read:
 
 - **JPEG 2000 codestream** (``FF4F FF51``, J2K and HTJ2K): the SIZ marker segment, right

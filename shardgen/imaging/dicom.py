@@ -25,9 +25,9 @@ What :func:`decode_dicom` does to one single-frame image (``docs/dicom.md`` for 
 
 Colour images (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through its
 palette) are scaled to 8 bits per channel from Bits Stored and then follow the luma rule
-of colour PNGs (``shardgen.image.to_gray``). Multi-frame images, files without pixel data,
+of colour PNGs (``shardgen.imaging.image.to_gray``). Multi-frame images, files without pixel data,
 truncated pixel data, transfer syntaxes with no installed decoder, and compressed frames
-whose codestream header (:mod:`shardgen.codestream`) disagrees with Rows, Columns and
+whose codestream header (:mod:`shardgen.imaging.codestream`) disagrees with Rows, Columns and
 Samples per Pixel or exceeds ``max_pixels`` (checked before any decoder allocates) raise
 :class:`DicomSkip` with the reason. Only the attributes in :class:`DicomInfo` leave this
 module: never a name, an ID, a date or any other patient data.
@@ -46,7 +46,7 @@ import numpy as np
 from .codestream import frame_problem
 from .dicom_info import DicomInfo
 
-__all__ = ["DICOM_EXTENSIONS", "DICOM_WINDOWS", "DicomSkip", "DicomInfo", "DicomImage", "has_dicom_magic",
+__all__ = ["DICOM_EXTENSIONS", "DICOM_WINDOWS", "DicomSkip", "DicomImage", "has_dicom_magic",
            "sniff_dicom", "is_dicom", "to_uint8", "decode_dicom"]
 
 #: File name extensions read as DICOM (lower case).
@@ -58,7 +58,7 @@ _MAGIC_AT, _MAGIC = 128, b"DICM"
 _CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 #: Transfer syntaxes whose decoders size their output from the frame's own codestream header
-#: (JPEG, JPEG-LS, JPEG 2000, HTJ2K): checked by :func:`shardgen.codestream.frame_problem` first.
+#: (JPEG, JPEG-LS, JPEG 2000, HTJ2K): checked by :func:`shardgen.imaging.codestream.frame_problem` first.
 _CODESTREAM_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93,
                                                                       201, 202, 203))
 

@@ -1,6 +1,6 @@
 """The audit attributes of a DICOM sample (the ``dicom`` object of its ``.json``).
 
-Kept apart from :mod:`shardgen.dicom` (which re-exports :class:`DicomInfo`) so that the
+Kept apart from :mod:`shardgen.imaging.dicom` (which imports pydicom when it decodes) so that the
 converted result a worker sends back names a small, dependency-free class.
 """
 

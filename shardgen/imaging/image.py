@@ -17,9 +17,10 @@ import numpy as np
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .dicom import DICOM_EXTENSIONS, DicomInfo, DicomSkip, decode_dicom, is_dicom
-from .format.png import DEFLATE_LEVEL, encode_png, encoder_info
-from .format.sample import pixels_digest
+from ..format.png import DEFLATE_LEVEL, encode_png, encoder_info
+from ..format.sample import pixels_digest
+from .dicom import DICOM_EXTENSIONS, DicomSkip, decode_dicom, is_dicom
+from .dicom_info import DicomInfo
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: File extensions treated as images (lower case), DICOM's included; other files are images
-#: when they start with the DICOM preamble (:func:`shardgen.dicom.sniff_dicom`).
+#: when they start with the DICOM preamble (:func:`shardgen.imaging.dicom.sniff_dicom`).
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm", ".jp2"}
 ) | DICOM_EXTENSIONS
@@ -74,7 +75,7 @@ class Processed:
             (as a viewer shows it; a 300x200 JPEG with orientation 6 gives 200x300).
         mode: the PIL mode of the decoded original.
         true_color: the original had colour channels that differ somewhere.
-        dicom: the audit attributes of a DICOM source (:mod:`shardgen.dicom`), else None.
+        dicom: the audit attributes of a DICOM source (:mod:`shardgen.imaging.dicom`), else None.
     """
 
     png: bytes
@@ -219,7 +220,7 @@ def _finish(gray: np.ndarray, true_color: bool, width: int, height: int, mode: s
 
 
 def _process_dicom(data: bytes, size: int, fit: str, max_pixels: int, window: str) -> Processed:
-    """A DICOM file: :func:`shardgen.dicom.decode_dicom`, then colour through :func:`to_gray`."""
+    """A DICOM file: :func:`shardgen.imaging.dicom.decode_dicom`, then colour through :func:`to_gray`."""
     try:
         d = decode_dicom(data, window, max_pixels)
     except DicomSkip as e:
