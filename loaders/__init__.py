@@ -20,7 +20,7 @@ from .device import DevicePrefetcher, to_device
 from .dist import world
 from .errors import LoaderError, UsageError
 from .loader import ShardLoader, make_loader
-from .read.samples import PAD_LABEL
+from .read.targets import PAD_LABEL
 from .stylegan import StyleGANShards
 from .transform import transform_seed
 from .worker import ShardStream

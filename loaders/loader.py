@@ -21,12 +21,13 @@ from .order.plan import MODES
 from .order.resume import EpochRun, LoaderState, Phase
 from .order.sequence import check_balance
 from .order.shuffle import slot_seed
+from .read.args import as_int
 from .read.shards.sources import DEFAULT_CHUNK
-from .read.spec import as_int as _as_int, open_split, split_labels
+from .read.spec import open_split, split_labels
 from .transform import check_picklable
 from .worker import ShardStream
 
-__all__ = ["make_loader", "ShardLoader", "ShardStream", "open_split", "split_labels"]
+__all__ = ["make_loader", "ShardLoader"]
 
 def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     """The DataLoader's own generator: without one it draws its workers' base seed from
@@ -106,7 +107,7 @@ class ShardLoader:
         After :meth:`load_state_dict`, the state's own epoch keeps the loaded position;
         any other epoch discards it.
         """
-        self.dataset.epoch = _as_int(epoch, "epoch", 0)
+        self.dataset.epoch = as_int(epoch, "epoch", 0)
         if self._pending is not None and self._pending.epoch != epoch:
             self._pending = None
 
@@ -373,11 +374,11 @@ def make_loader(source: Any, split: str = "train", batch_size: int = 256, mode: 
         raise UsageError(f"transform must be callable or None, got {type(transform).__name__}")
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    batch_size = _as_int(batch_size, "batch_size", 1)
-    num_workers = _as_int(num_workers, "num_workers", 0)
-    seed = _as_int(seed, "seed", 0)
-    shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
-    prefetch_factor = _as_int(prefetch_factor, "prefetch_factor", 1)
+    batch_size = as_int(batch_size, "batch_size", 1)
+    num_workers = as_int(num_workers, "num_workers", 0)
+    seed = as_int(seed, "seed", 0)
+    shuffle_buffer = as_int(shuffle_buffer, "shuffle_buffer", 0)
+    prefetch_factor = as_int(prefetch_factor, "prefetch_factor", 1)
     check_decoded_args(decoded_cache, decoded_cache_limit)
     spec = open_split(source, split, storage_options, on_error, cache_dir, cache_limit, retries, chunk_size,
                       io_timeout, verify)

@@ -25,10 +25,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .read.decoded.place import check_decoded_args, plan_split
 from .dist import world
 from .errors import LoaderError
-from .loader import _as_int, open_split
-from .read.shards.sources import DEFAULT_CHUNK
+from .order.plan import plan_slot
 from .order.shuffle import output_order, slot_rng, slot_seed
-from .read.samples import SampleReader, slot_plan, slot_samples
+from .read.args import as_int
+from .read.samples import SampleReader, slot_samples
+from .read.shards.sources import DEFAULT_CHUNK
+from .read.spec import open_split
 
 __all__ = ["StyleGANShards"]
 
@@ -86,8 +88,8 @@ class StyleGANShards(IterableDataset):
         self.spec.decoded = plan_split(self.spec, decoded_cache, decoded_cache_limit)
         self.xflip = bool(xflip)
         self.use_labels = bool(use_labels)
-        self.seed = _as_int(seed, "seed", 0)
-        self.shuffle_buffer = _as_int(shuffle_buffer, "shuffle_buffer", 0)
+        self.seed = as_int(seed, "seed", 0)
+        self.shuffle_buffer = as_int(shuffle_buffer, "shuffle_buffer", 0)
         self.rank, self.world_size = world()
         self._labels: Any = None
         self._source = str(source)
@@ -164,7 +166,8 @@ class StyleGANShards(IterableDataset):
         flip_rng = random.Random(slot_seed(self.seed, self.rank, worker, 2))
         epoch = 0
         while True:
-            plan = slot_plan(spec, 1, self.rank, self.world_size, worker, workers, "train", self.seed, epoch)
+            plan = plan_slot([s.samples for s in spec.shards], 1, self.rank, self.world_size, worker, workers, "train",
+                             self.seed, epoch)
             order = output_order(plan.real, self.shuffle_buffer, slot_rng(self.seed, epoch, self.rank, worker, 0))
             for s in slot_samples(reader, plan, order):
                 if s is None:  # unreadable, skipped (on_error="skip")

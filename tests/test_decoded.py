@@ -23,9 +23,10 @@ from conftest import ROOT, run_cli
 from http_build_server import BuildServer
 
 from loaders import LoaderError, UsageError, make_loader
-from loaders.read.decoded.store import DecodedEntry, DecodedStore, entry_bytes, entry_name
+from loaders.read.decoded.entry import DecodedEntry, entry_bytes
+from loaders.read.decoded.store import DecodedStore, entry_name
 from loaders.read.decoded.place import auto_places, plan_decoded
-from loaders.loader import open_split
+from loaders.read.spec import open_split
 from loaders.read.samples import SampleReader
 
 
@@ -267,7 +268,7 @@ def test_two_torchrun_ranks_fill_one_cache_once(five_shards, tmp_path):
 KILLED = """
 import fcntl, os, sys, time
 sys.path.insert(0, {root!r})
-from loaders.loader import open_split
+from loaders.read.spec import open_split
 from loaders.read.decoded.store import DecodedStore
 from loaders.read.decoded.place import plan_decoded
 spec = open_split({build!r}, "train")

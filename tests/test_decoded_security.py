@@ -329,13 +329,13 @@ def test_entries_of_an_unverified_loader_are_never_read_by_a_verifying_one(build
 
 def test_entry_names_are_made_only_from_checked_checksums():
     from loaders.read.decoded.store import entry_name
-    from loaders.read.shards.sources import ShardInfo
+    from shardgen.format import ShardEntry
 
-    assert entry_name(ShardInfo("train/a.tar", 3, 9000, "0123456789abcdef"), 32, 4) == \
+    assert entry_name(ShardEntry("train/a.tar", 3, 9000, "0123456789abcdef"), 32, 4) == \
         "0123456789abcdef-9000-32px-4c.dec"
     for bad in ("../../../tmp/x", "/tmp/x", "0123456789abcdeg", "0123456789ABCDEF", "0" * 17):
         with pytest.raises(ValueError):
-            entry_name(ShardInfo("train/a.tar", 3, 9000, bad), 32, 4)
+            entry_name(ShardEntry("train/a.tar", 3, 9000, bad), 32, 4)
 
 
 def test_the_folder_is_checked_again_in_every_process(build, tmp_path):

@@ -27,7 +27,7 @@ from conftest import run_cli
 
 from loaders import DevicePrefetcher, LoaderError, StyleGANShards, UsageError, make_loader, to_device
 from loaders.order.plan import batch_order, batches_per_rank, extra_shift, plan_slot
-from loaders.read.shards.sources import parse_size
+from loaders.read.args import parse_size
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -25,7 +25,7 @@ from http_build_server import BuildServer
 
 from loaders import LoaderError, make_loader
 from loaders.read.shards.cache import ShardCache
-from loaders.read.shards.sources import ShardInfo
+from shardgen.format import ShardEntry
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_cache_limit_keeps_the_most_recently_used_shards(build, served, tmp_path
 
     # LRU, not first-in-first-out: using an entry protects it from the next eviction.
     c = ShardCache(str(tmp_path / "lru"), limit=sizes[0] + sizes[1] + sizes[2] // 2)
-    infos = [ShardInfo(s["path"], s["samples"], s["bytes"], s["xxh64"]) for s in shards]
+    infos = [ShardEntry(s["path"], s["samples"], s["bytes"], s["xxh64"]) for s in shards]
 
     def put(i):
         w = c.writer(infos[i], infos[i].path)

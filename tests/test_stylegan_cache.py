@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from loaders import StyleGANShards, UsageError, make_loader
-from loaders.read.decoded.store import entry_bytes
+from loaders.read.decoded.entry import entry_bytes
 
 from test_multilabel import make_nih, nih_build
 

@@ -299,7 +299,7 @@ def _reader_worker(args):
     # the parent by fork, is not usable here: the ring's share_memory_() copy would hang).
     torch.set_num_threads(1)
     from loaders.delivery import Ring
-    from loaders.loader import open_split
+    from loaders.read.spec import open_split
     from loaders.worker import ShardStream
 
     spec = open_split(source, split)

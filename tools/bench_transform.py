@@ -36,7 +36,7 @@ def _samples_per_s(source: str, seconds: float, with_transform: bool) -> float:
     import torch
 
     torch.set_num_threads(1)
-    from loaders.loader import open_split
+    from loaders.read.spec import open_split
     from loaders.worker import ShardStream
 
     spec = open_split(source, "train")

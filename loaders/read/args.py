@@ -1,4 +1,7 @@
-"""Sizes as users write them: ``10GB``, ``512MiB``, ``1e9`` or an int (bytes)."""
+"""Arguments as users write them, checked once where the loaders take them: sizes
+(``10GB``, ``512MiB``, ``1e9`` or an int of bytes), integers with a floor, booleans and
+``on_error``. Each check raises a one-line :class:`~loaders.errors.UsageError` naming
+the argument."""
 
 from __future__ import annotations
 
@@ -7,7 +10,10 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["parse_size"]
+__all__ = ["parse_size", "as_int", "as_bool", "check_on_error", "ON_ERROR"]
+
+#: What ``on_error`` may be: raise on bad data, or skip the sample (a padding sample in its place).
+ON_ERROR = ("raise", "skip")
 
 
 def parse_size(value: Any, what: str = "cache_limit") -> int:
@@ -31,3 +37,38 @@ def parse_size(value: Any, what: str = "cache_limit") -> int:
     if n <= 0:
         raise UsageError(f"{what}: must be positive, got {value!r}")
     return n
+
+
+def as_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``.
+
+    Raises:
+        UsageError: not an integer, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UsageError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """``value`` if it is True or False.
+
+    Raises:
+        UsageError: anything else (``1``, ``"yes"``...).
+    """
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_on_error(on_error: str) -> str:
+    """``on_error`` if it is one of :data:`ON_ERROR`.
+
+    Raises:
+        UsageError: anything else.
+    """
+    if on_error not in ON_ERROR:
+        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error

@@ -1,9 +1,13 @@
-"""The per-worker pipeline: plan -> read shards -> shuffle -> decode into batches.
+"""A slot's samples: read shard by shard in plan order, handed out in the slot's output
+order, decoded straight into place.
 
-Everything here runs inside DataLoader workers (or the main process with
-``num_workers=0``). Objects are plain picklable classes so any multiprocessing start
-method works; a worker opens its own files and its own remote filesystem (from the
-URL and storage options in the :class:`Spec`), never one inherited from its parent.
+:class:`SampleReader` reads the members of a plan's segments (a shard's bytes come
+checked from :mod:`loaders.read.shards`; a sample in the decoded cache,
+:mod:`loaders.read.decoded`, is copied from there instead); :func:`slot_samples` holds
+them until their turn in the output order (:func:`loaders.order.shuffle.output_order`);
+:func:`decode_into` decodes one PNG into an ``S x S`` array. Everything here runs inside
+DataLoader workers (or the main process with ``num_workers=0``), from the picklable
+:class:`~loaders.read.spec.Spec`.
 """
 
 from __future__ import annotations
@@ -11,125 +15,30 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import os
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
-import xxhash
 from PIL import PngImagePlugin
 
-from ..errors import LoaderError, UsageError
-from ..order.plan import SlotPlan, plan_slot
-from ..order.sequence import Segment
-from .shards.sources import DEFAULT_CHUNK, RemoteSource, ShardCache, ShardInfo
-from .targets import PAD_LABEL, Targets
-from .shards.opening import jump, open_shard
-from shardgen.format import DATASET_JSON, ShardReadError, TarReader
-from shardgen.format.validate import member_limit
-from shardgen.redact import redact
-from shardgen.storage import read_dataset_json
+from shardgen.format import ShardEntry, ShardReadError, TarReader
 from shardgen.format.png import decode_gray_png
+from shardgen.format.validate import member_limit
 
-__all__ = ["Spec", "RawSample", "SampleReader", "decode_into", "slot_samples", "PAD_LABEL", "ON_ERROR"]
+from ..errors import LoaderError
+from ..order.plan import SlotPlan
+from ..order.sequence import Segment
+from .shards.opening import jump, open_shard
+from .shards.sources import RemoteSource
+from .shards.cache import ShardCache
+from .spec import Spec
+from .targets import Targets
+
+__all__ = ["RawSample", "SampleReader", "decode_into", "slot_samples"]
 
 log = logging.getLogger("loaders")
 
-ON_ERROR = ("raise", "skip")
 #: Seconds to wait for a sample another process is decoding into the cache (then decode it here).
 CLAIM_WAIT_S = 0.2
-
-
-@dataclass
-class Spec:
-    """Everything a worker needs to read one split (picklable; no open handles)."""
-
-    root: str                      # build folder or URL, for messages
-    local_root: str | None         # filesystem path when the build is local
-    storage_options: dict[str, Any]
-    split: str
-    shards: list[ShardInfo]
-    classes: list[str]
-    size: int
-    on_error: str = "raise"
-    cache_dir: str | None = None
-    cache_limit: int = 0
-    retries: int = 5
-    chunk_size: int = DEFAULT_CHUNK
-    timeout: float | None = 30.0   # connect/read timeout of each remote request, seconds
-    labels: Any = None             # class index per sample (int32, split order); loaded for balance
-    multilabel: bool = False       # multi-hot targets (manifest task "multilabel")
-    _fs: Any = field(default=None, repr=False, compare=False)
-    _fs_pid: int = field(default=-1, repr=False, compare=False)
-    _keys: Any = field(default=None, repr=False, compare=False)
-    _split_id: str | None = field(default=None, repr=False, compare=False)
-    decoded: Any = None            # a loaders.read.decoded.store.DecodedConfig: the decoded cache (None: off)
-    _store: Any = field(default=None, repr=False, compare=False)
-    verify: bool = True            # no sample of a shard is yielded before its size and xxh64 match (unsafe off)
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_fs"], d["_fs_pid"], d["_keys"], d["_store"] = None, -1, None, None
-        return d
-
-    def decoded_store(self):
-        """This process's :class:`loaders.read.decoded.store.DecodedStore` (None when the cache is off)."""
-        if self.decoded is None:
-            return None
-        if self._store is None or self._store[0] != os.getpid():
-            from .decoded.store import DecodedStore
-
-            self._store = (os.getpid(), DecodedStore(self.decoded, self.shards, self.size, len(self.classes),
-                                                     self.local_root, self.multilabel, self.verify))
-        return self._store[1]
-
-    def shard_keys(self, index: int) -> dict[str, int] | None:
-        """``{key: position in shard}`` for shard ``index``, from ``<split>/dataset.json``
-        (which lists the split's samples in shard order); None if that is unavailable."""
-        if self._keys is None:
-            self._keys = False
-            try:
-                fs, base = self.remote_fs()
-                labels = read_dataset_json(fs, f"{base.rstrip('/')}/{self.split}/{DATASET_JSON}")
-                keys = [key for key, _ in labels]
-                if len(keys) == sum(s.samples for s in self.shards):
-                    out, pos = [], 0
-                    for s in self.shards:
-                        out.append({k: i for i, k in enumerate(keys[pos:pos + s.samples])})
-                        pos += s.samples
-                    self._keys = out
-            except Exception as e:  # an optimisation only: read from the start instead
-                log.info("%s", redact(f"{self.root}: no sample index ({e}); shards are read from their start"))
-        return self._keys[index] if self._keys else None
-
-    def split_xxh64(self) -> str:
-        """xxh64 of the split's shard list (path, samples, checksum) from the manifest:
-        identifies the split's content, wherever the build is read from."""
-        if self._split_id is None:
-            h = xxhash.xxh64()
-            for s in self.shards:
-                h.update(f"{s.path}\0{s.samples}\0{s.xxh64}\n".encode())
-            self._split_id = h.hexdigest()
-        return self._split_id
-
-    @property
-    def targets(self) -> Targets:
-        """What this split's targets are (class indices or multi-hot vectors)."""
-        return Targets(len(self.classes), self.multilabel)
-
-    def shard_name(self, shard: ShardInfo) -> str:
-        """The shard's URL or path for messages and logs (credentials and signatures redacted)."""
-        return redact(self.root.rstrip("/") + "/" + shard.path)
-
-    def remote_fs(self):
-        """This process's fsspec filesystem and the build's path in it (opened on first use
-        in each process: a worker never uses a filesystem inherited from its parent)."""
-        if self._fs is None or self._fs_pid != os.getpid():
-            from shardgen.storage import filesystem
-
-            self._fs = filesystem(self.root, self.storage_options, timeout=self.timeout)
-            self._fs_pid = os.getpid()
-        return self._fs
 
 
 class RawSample:
@@ -220,12 +129,12 @@ class SampleReader:
             with self.skipped.get_lock():
                 self.skipped.value += n
 
-    def _open(self, shard: ShardInfo):
+    def _open(self, shard: ShardEntry):
         """A stream of the shard's bytes: checked against the manifest before its first byte
         comes out when ``spec.verify`` (:func:`loaders.read.shards.opening.open_shard`)."""
         return open_shard(self.spec, self._cache, shard)
 
-    def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
+    def _jump(self, tar: TarReader, src: RemoteSource, index: int, shard: ShardEntry, target: int) -> None:
         """Enter an unchecked remote stream near sample ``target`` (``verify=False`` only;
         :func:`loaders.read.shards.opening.jump`)."""
         jump(self.spec, tar, src, index, shard, target)
@@ -354,14 +263,3 @@ def decode_into(out: np.ndarray, s: RawSample, size: int, targets: Targets | int
     except Exception as e:  # PIL raises many types for broken data
         raise LoaderError(f"{where}: corrupt PNG: {type(e).__name__}: {e}") from None
     return label
-
-
-def check_on_error(on_error: str) -> str:
-    if on_error not in ON_ERROR:
-        raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    return on_error
-
-
-def slot_plan(spec: Spec, batch_size: int, rank: int, world: int, worker: int, workers: int, mode: str,
-              seed: int, epoch: int) -> SlotPlan:
-    return plan_slot([s.samples for s in spec.shards], batch_size, rank, world, worker, workers, mode, seed, epoch)

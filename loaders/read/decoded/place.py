@@ -22,10 +22,11 @@ import stat
 import time
 from typing import Any
 
-from .store import DecodedConfig, entry_bytes, entry_name, label_bytes
 from ...errors import UsageError
+from ..args import parse_size
+from .entry import entry_bytes, label_bytes
 from .private_dir import make_private_dir, private_fallback
-from ..shards.sources import parse_size
+from .store import DecodedConfig, entry_name
 
 __all__ = ["plan_decoded", "plan_split", "check_decoded_args", "auto_places", "ENV_PLACE"]
 
@@ -234,7 +235,7 @@ def plan_decoded(shards: list, size: int, classes: int, cache: Any = "auto",
 
 
 def plan_split(spec: Any, cache: Any = "auto", limit: Any = "auto") -> DecodedConfig | None:
-    """:func:`plan_decoded` for an opened split (a :class:`loaders.read.samples.Spec`): its shards,
+    """:func:`plan_decoded` for an opened split (a :class:`loaders.read.spec.Spec`): its shards,
     image side, classes and targets; what ``make_loader`` and ``StyleGANShards`` store as
     ``spec.decoded``."""
     return plan_decoded(spec.shards, spec.size, len(spec.classes), cache, limit, spec.multilabel,

@@ -49,19 +49,18 @@ from typing import TYPE_CHECKING
 from shardgen.format.checksum import file_xxh64
 from shardgen.format.validate import is_hex16
 
-from .entry import KEY_BYTES, DecodedEntry, entry_bytes, entry_head, label_bytes
+from .entry import DecodedEntry, entry_bytes, entry_head, label_bytes
 from .private_dir import open_private_dir
 
 if TYPE_CHECKING:
-    from ..shards.sources import ShardInfo
+    from shardgen.format import ShardEntry
 
-__all__ = ["DecodedConfig", "DecodedEntry", "DecodedStore", "entry_bytes", "entry_name", "label_bytes",
-           "KEY_BYTES"]
+__all__ = ["DecodedConfig", "DecodedStore", "entry_name"]
 
 log = logging.getLogger("loaders")
 
 
-def entry_name(shard: ShardInfo, size: int, classes: int, multilabel: bool = False, verified: bool = True) -> str:
+def entry_name(shard: ShardEntry, size: int, classes: int, multilabel: bool = False, verified: bool = True) -> str:
     """The file name of a shard's entry (checksum, bytes, image side, class count, ``m``
     instead of ``c`` for multi-hot targets, ``.unverified`` for ``verify=False``).
 
@@ -160,7 +159,7 @@ class DecodedStore:
                 raise
         return self._dir
 
-    def _fields(self, shard: ShardInfo) -> dict:
+    def _fields(self, shard: ShardEntry) -> dict:
         return {"format": 2, "n": shard.samples, "size": self.size, "classes": self.classes,
                 "multilabel": self.multilabel, "xxh64": shard.xxh64, "bytes": shard.bytes, "verified": self.verified}
 
@@ -180,7 +179,7 @@ class DecodedStore:
         os.utime(e.fd)
         return e
 
-    def _open_entry(self, name: str, shard: ShardInfo, ident: list[int] | None) -> DecodedEntry:
+    def _open_entry(self, name: str, shard: ShardEntry, ident: list[int] | None) -> DecodedEntry:
         """Open entry ``name``, creating it if missing; a file that is not this shard's entry
         (another format or shard, a symbolic link, a wrong size) is replaced by a new one."""
         folder, want = self._folder(), self._fields(shard)

@@ -26,7 +26,7 @@ from ...errors import LoaderError, UsageError
 from .spool import CREATE_FLAGS, FileSpool, shard_changed
 
 if TYPE_CHECKING:
-    from shardgen.format import ShardEntry as ShardInfo
+    from shardgen.format import ShardEntry
 
 __all__ = ["ShardCache", "CacheWriter", "check_private_folder", "cache_root"]
 
@@ -91,7 +91,7 @@ class CacheWriter(FileSpool):
     0600) plus a running xxh64; a write that fails (disk full) stops the copying, not the
     read (:attr:`failed` says why)."""
 
-    def __init__(self, cache: "ShardCache", shard: ShardInfo, name: str):
+    def __init__(self, cache: "ShardCache", shard: ShardEntry, name: str):
         final = cache.path(shard)
         self.tmp = os.path.join(cache.root, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(final)}")
         super().__init__(os.open(self.tmp, CREATE_FLAGS, 0o600), name)
@@ -148,7 +148,7 @@ class ShardCache:
         self.root = cache_root(root)
         self.limit = int(limit)
 
-    def path(self, shard: ShardInfo) -> str:
+    def path(self, shard: ShardEntry) -> str:
         """The entry's path, proven to lie in the cache folder.
 
         Raises:
@@ -161,7 +161,7 @@ class ShardCache:
             raise LoaderError(f"{shard.path}: cache entry {p} would lie outside {self.root}")
         return p
 
-    def lookup(self, shard: ShardInfo) -> str | None:
+    def lookup(self, shard: ShardEntry) -> str | None:
         """The cached copy's path (marking it used), or None (used with ``verify=False``)."""
         fd = self.open_entry(shard)
         if fd is None:
@@ -170,7 +170,7 @@ class ShardCache:
         os.close(fd)
         return self.path(shard)
 
-    def open_entry(self, shard: ShardInfo) -> int | None:
+    def open_entry(self, shard: ShardEntry) -> int | None:
         """A read-only descriptor of the cached copy (a regular file of the right size,
         not a link), or None. Its bytes are not checked here."""
         try:
@@ -189,7 +189,7 @@ class ShardCache:
         except OSError:
             pass
 
-    def remove(self, shard: ShardInfo, fd: int) -> None:
+    def remove(self, shard: ShardEntry, fd: int) -> None:
         """Delete the entry that ``fd`` reads (found damaged), unless another process has
         replaced it with a new copy meanwhile."""
         with self._lock():
@@ -200,7 +200,7 @@ class ShardCache:
             except FileNotFoundError:
                 pass
 
-    def writer(self, shard: ShardInfo, name: str) -> CacheWriter | None:
+    def writer(self, shard: ShardEntry, name: str) -> CacheWriter | None:
         if shard.bytes > self.limit:
             return None
         try:
@@ -227,7 +227,7 @@ class ShardCache:
     def _lock(self):
         return _Lock(os.path.join(self.root, ".lock"))
 
-    def _admit(self, tmp: str, fd: int, shard: ShardInfo) -> bool:
+    def _admit(self, tmp: str, fd: int, shard: ShardEntry) -> bool:
         with self._lock():
             final = self.path(shard)
             entries = [e for e in self.entries() if e[1] != final]

@@ -15,18 +15,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shardgen.format import TarReader, find_sample_headers
+from shardgen.format import ShardEntry, TarReader, find_sample_headers
 from shardgen.format.validate import member_limit
 
 from .cache import ShardCache
-from .sources import LocalSource, RemoteSource, ShardInfo
+from .sources import LocalSource, RemoteSource
 from .verified import fetch_remote, open_cached, open_local
 
 
 __all__ = ["open_shard", "jump"]
 
 
-def open_shard(spec: Any, cache: ShardCache | None, shard: ShardInfo):
+def open_shard(spec: Any, cache: ShardCache | None, shard: ShardEntry):
     """A stream (``read``, ``skip``, ``close``) of ``shard``'s bytes (see the module's docstring).
 
     Raises:
@@ -54,7 +54,7 @@ def open_shard(spec: Any, cache: ShardCache | None, shard: ShardInfo):
     return fetch_remote(src, shard, name, limit, cache) if spec.verify else src
 
 
-def jump(spec: Any, tar: TarReader, src: RemoteSource, index: int, shard: ShardInfo, target: int) -> None:
+def jump(spec: Any, tar: TarReader, src: RemoteSource, index: int, shard: ShardEntry, target: int) -> None:
     """Move an unchecked remote stream close to sample ``target`` without reading what comes before.
 
     The position is guessed from the shard's mean sample size; one ranged read of

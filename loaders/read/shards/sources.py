@@ -1,14 +1,15 @@
-"""Byte streams of shards: local files, remote objects read in ranged chunks with
-retries, and a size-bounded local cache of verified shards.
+"""Byte streams of shards: local files, and remote objects read in ranged chunks with
+retries.
 
 A source has ``read(n) -> bytes`` (short only at the end), ``skip(n)`` and
 ``close()``. :class:`RemoteSource` streams any fsspec URL (``s3://``, ``http(s)://``,
 ``gs://`` ...) in chunks of ``chunk_size`` bytes, fetching the next chunk in a
 background thread while the current one is parsed; a failed chunk request is retried
 with exponential backoff, starting again at the same byte, so a broken connection
-costs one chunk, not the shard. With a :class:`ShardCache`, every byte that arrives is
-also written to a temporary file, and the file joins the cache only when its size and
-xxh64 match the manifest (:mod:`loaders.read.shards.cache`).
+costs one chunk, not the shard. With a ``cache_dir``, every byte that arrives is also
+written to a temporary file (a :class:`~loaders.read.shards.cache.CacheWriter`), and the
+file joins the cache only when its size and xxh64 match the manifest
+(:mod:`loaders.read.shards.cache`).
 """
 
 from __future__ import annotations
@@ -17,27 +18,20 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from shardgen import retry
-from shardgen.format import ShardEntry
 from shardgen.redact import redact
 
-from .cache import CacheWriter, ShardCache  # ShardCache: still importable from here (stream.py)
+from .cache import CacheWriter
 from ...errors import LoaderError
 from .ranged import BodyTooLarge, read_range
-from ..args import parse_size  # still importable from here
 
-__all__ = ["ShardInfo", "LocalSource", "RemoteSource", "ShardCache", "parse_size", "prefetch_pool", "DEFAULT_CHUNK"]
+__all__ = ["LocalSource", "RemoteSource", "prefetch_pool", "DEFAULT_CHUNK"]
 
 log = logging.getLogger("loaders")
 
 #: Bytes per ranged request when streaming a remote shard (8 MiB).
 DEFAULT_CHUNK = 8 << 20
-
-
-#: A shard as the manifest describes it (``path`` relative to the build): the format's entry.
-ShardInfo = ShardEntry
 
 
 class LocalSource:

@@ -31,11 +31,11 @@ from typing import Callable
 
 import xxhash
 
-from shardgen.format import ShardReadError
+from shardgen.format import ShardEntry, ShardReadError
 
 from .cache import CacheWriter, ShardCache
 from ...errors import LoaderError
-from .sources import LocalSource, RemoteSource, ShardInfo
+from .sources import LocalSource, RemoteSource
 from .spool import BytesSource, MemorySpool, give_back, memory_limit, private_spool, shard_changed, take_buffer
 from .tarcount import SampleCounter, check_samples
 
@@ -54,11 +54,11 @@ def _key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _known(st: os.stat_result, shard: ShardInfo) -> bool:
+def _known(st: os.stat_result, shard: ShardEntry) -> bool:
     return _CHECKED.get(_key(st)) == (shard.xxh64, shard.bytes, shard.samples)
 
 
-def _remember(st: os.stat_result, shard: ShardInfo) -> None:
+def _remember(st: os.stat_result, shard: ShardEntry) -> None:
     if len(_CHECKED) >= _CHECKED_MAX:
         _CHECKED.clear()
     _CHECKED[_key(st)] = (shard.xxh64, shard.bytes, shard.samples)
@@ -71,7 +71,7 @@ def forget_all() -> None:
 
 # ----------------------------------------------------------------------------- local files
 
-def open_local(path: str, shard: ShardInfo, name: str, limit: int):
+def open_local(path: str, shard: ShardEntry, name: str, limit: int):
     """A checked stream of the local shard ``path`` (see the module's docstring).
 
     Raises:
@@ -87,7 +87,7 @@ def open_local(path: str, shard: ShardInfo, name: str, limit: int):
     return open_local_fd(fd, shard, name, limit)
 
 
-def open_local_fd(fd: int, shard: ShardInfo, name: str, limit: int, touch: Callable[[int], None] | None = None):
+def open_local_fd(fd: int, shard: ShardEntry, name: str, limit: int, touch: Callable[[int], None] | None = None):
     """:func:`open_local` for an open descriptor (taken over: closed when the stream is,
     or on error). ``touch(fd)``: called once the file passed (a cache entry marks its use),
     before the memo records the file's state."""
@@ -112,7 +112,7 @@ def open_local_fd(fd: int, shard: ShardInfo, name: str, limit: int, touch: Calla
     return LocalSource("", name, file=f)
 
 
-def _fill(fd: int, view: memoryview, start: int, shard: ShardInfo, name: str) -> int:
+def _fill(fd: int, view: memoryview, start: int, shard: ShardEntry, name: str) -> int:
     """Read the file at byte ``start`` into ``view`` (all of it, unless the file ends); returns the bytes read."""
     got = 0
     while got < len(view):
@@ -127,7 +127,7 @@ def _fill(fd: int, view: memoryview, start: int, shard: ShardInfo, name: str) ->
     return got
 
 
-def _check_fd(fd: int, shard: ShardInfo, name: str, limit: int) -> BytesSource | None:
+def _check_fd(fd: int, shard: ShardEntry, name: str, limit: int) -> BytesSource | None:
     """Check an open local shard: returns its bytes as a stream when they were read into
     memory (shards up to :func:`memory_limit`, parsed from exactly the bytes checked), None
     when it is to be read from the file again (larger ones: hashed in 4 MiB blocks, its
@@ -156,7 +156,7 @@ def _check_fd(fd: int, shard: ShardInfo, name: str, limit: int) -> BytesSource |
     return None
 
 
-def _hash_blocks(fd: int, block: memoryview, shard: ShardInfo, name: str) -> tuple[str, SampleCounter]:
+def _hash_blocks(fd: int, block: memoryview, shard: ShardEntry, name: str) -> tuple[str, SampleCounter]:
     """xxh64 of the file's ``shard.bytes`` bytes, read block by block, and the sample headers
     counted from the same blocks."""
     h, counter, pos = xxhash.xxh64(), SampleCounter(shard.bytes), 0
@@ -183,13 +183,13 @@ def _receive(src: RemoteSource, spool, tee: CacheWriter | None) -> None:
             tee.write(data)
 
 
-def _spool_for(shard: ShardInfo, name: str, writer: CacheWriter | None):
+def _spool_for(shard: ShardEntry, name: str, writer: CacheWriter | None):
     if shard.bytes <= memory_limit():
         return MemorySpool(shard.bytes, name)
     return writer if writer is not None else private_spool(name)
 
 
-def fetch_remote(src: RemoteSource, shard: ShardInfo, name: str, limit: int, cache: ShardCache | None = None):
+def fetch_remote(src: RemoteSource, shard: ShardEntry, name: str, limit: int, cache: ShardCache | None = None):
     """Receive the remote shard ``src`` whole, check it, and return a stream of its checked
     bytes; with ``cache`` the checked copy joins the cache. ``src`` is closed.
 
@@ -224,7 +224,7 @@ def fetch_remote(src: RemoteSource, shard: ShardInfo, name: str, limit: int, cac
             writer.discard()
 
 
-def open_cached(cache: ShardCache, shard: ShardInfo, name: str, limit: int):
+def open_cached(cache: ShardCache, shard: ShardEntry, name: str, limit: int):
     """A checked stream of the cached copy of ``shard``, or None when there is none or it
     failed its check (then it is removed from the cache, and the caller fetches the shard)."""
     fd = cache.open_entry(shard)
