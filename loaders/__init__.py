@@ -23,7 +23,7 @@ from .loader import ShardLoader, make_loader
 from .read.targets import PAD_LABEL
 from .stylegan import StyleGANShards
 from .transform import transform_seed
-from .worker import ShardStream
+from .deliver.worker import ShardStream
 
 __all__ = [
     "make_loader",

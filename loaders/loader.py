@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from shardgen.redact import redact
 from shardgen.storage import DEFAULT_TIMEOUT_S
 
-from .read.decoded.place import check_decoded_args, plan_split
-from .delivery import Delivery, Receiver, Ring
+from .deliver.delivery import Delivery, Receiver
+from .deliver.ring import Ring
+from .deliver.worker import ShardStream
 from .dist import world
 from .errors import LoaderError, UsageError
 from .order.plan import MODES
@@ -22,12 +23,13 @@ from .order.resume import EpochRun, LoaderState, Phase
 from .order.sequence import check_balance
 from .order.shuffle import slot_seed
 from .read.args import as_int
+from .read.decoded.place import check_decoded_args, plan_split
 from .read.shards.sources import DEFAULT_CHUNK
 from .read.spec import open_split, split_labels
 from .transform import check_picklable
-from .worker import ShardStream
 
 __all__ = ["make_loader", "ShardLoader"]
+
 
 def _own_generator(ds: ShardStream, epoch: int) -> torch.Generator:
     """The DataLoader's own generator: without one it draws its workers' base seed from
@@ -53,12 +55,9 @@ class ShardLoader:
 
     def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool, prefetch_factor: int | None,
                  multiprocessing_context: Any = None, timeout: float = 0):
-        self.dataset = dataset
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.prefetch_factor = prefetch_factor
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
+        self.prefetch_factor, self.timeout = prefetch_factor, timeout
         self.multiprocessing_context = multiprocessing_context
-        self.timeout = timeout
         self._delivery = Delivery(dataset, num_workers, pin_memory)
         self._rx: Receiver | None = None
         self._next_epoch: int | None = None

@@ -22,12 +22,12 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .read.decoded.place import check_decoded_args, plan_split
 from .dist import world
 from .errors import LoaderError
 from .order.plan import plan_slot
 from .order.shuffle import output_order, slot_rng, slot_seed
 from .read.args import as_int
+from .read.decoded.place import check_decoded_args, plan_split
 from .read.samples import SampleReader, slot_samples
 from .read.shards.sources import DEFAULT_CHUNK
 from .read.spec import open_split

@@ -298,9 +298,9 @@ def _reader_worker(args):
     # One intra-op thread, as in a DataLoader worker (and OpenMP's pool, inherited from
     # the parent by fork, is not usable here: the ring's share_memory_() copy would hang).
     torch.set_num_threads(1)
-    from loaders.delivery import Ring
+    from loaders.deliver.ring import Ring
     from loaders.read.spec import open_split
-    from loaders.worker import ShardStream
+    from loaders.deliver.worker import ShardStream
 
     spec = open_split(source, split)
     ds = ShardStream(spec, batch_size, "train", 0, 0, 1, 1000, False)

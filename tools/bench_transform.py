@@ -37,7 +37,7 @@ def _samples_per_s(source: str, seconds: float, with_transform: bool) -> float:
 
     torch.set_num_threads(1)
     from loaders.read.spec import open_split
-    from loaders.worker import ShardStream
+    from loaders.deliver.worker import ShardStream
 
     spec = open_split(source, "train")
     kw = {"transform": identity} if with_transform else {}

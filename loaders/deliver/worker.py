@@ -2,7 +2,7 @@
 of an epoch, reads and shuffles its samples and decodes them straight into batches.
 
 :class:`ShardStream` is the ``IterableDataset``; it holds only plain, picklable data
-(the split's :class:`~loaders.read.spec.Spec`, numbers, the shared :class:`~loaders.delivery.Ring`
+(the split's :class:`~loaders.read.spec.Spec`, numbers, the shared :class:`~loaders.deliver.ring.Ring`
 and skip counter), so workers can be started by any multiprocessing method, and each
 worker opens what it reads itself.
 """
@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .delivery import Batch, Ring, WorkerFailure
-from .errors import LoaderError
-from .order.plan import batches_per_rank, shard_sequence
-from .order.resume import EpochRun, Layout, Phase
-from .order.sequence import EpochSequence, balanced_units, class_targets, multiplicities
-from .order.shuffle import output_order
-from .read.targets import Targets
-from .read.samples import SampleReader, slot_samples
-from .read.spec import Spec
-from .transform import SampleTransform
+from .ring import Batch, Ring, WorkerFailure
+from ..errors import LoaderError
+from ..order.plan import batches_per_rank, shard_sequence
+from ..order.resume import EpochRun, Layout, Phase
+from ..order.sequence import EpochSequence, balanced_units, class_targets, multiplicities
+from ..order.shuffle import output_order
+from ..read.targets import Targets
+from ..read.samples import SampleReader, slot_samples
+from ..read.spec import Spec
+from ..transform import SampleTransform
 
 __all__ = ["ShardStream", "BatchOut"]
 

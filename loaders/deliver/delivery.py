@@ -1,8 +1,8 @@
 """Delivery of batches from the DataLoader workers to the main process.
 
-The main process allocates a :class:`Ring` of batch slots in shared memory once per
-loader. A worker decodes each batch straight into one of its slots and sends only a
-small :class:`Batch` message (slot number, labels, keys) through the DataLoader; in
+The main process allocates a :class:`~loaders.deliver.ring.Ring` of batch slots in shared
+memory once per loader. A worker decodes each batch straight into one of its slots and sends
+only a small :class:`~loaders.deliver.ring.Batch` message (slot number, labels, keys) through the DataLoader; in
 the main process a :class:`Receiver` thread copies the slot out (into pinned memory
 when pinning), frees it, restores the canonical batch order (:class:`Delivery`) and
 queues the batches for the training loop.
@@ -18,60 +18,15 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from .errors import LoaderError
-from .order.plan import batch_order, extra_shift
+from ..errors import LoaderError
+from ..order.plan import batch_order, extra_shift
+from .ring import Batch, WorkerFailure
 
 if TYPE_CHECKING:
-    from .order.resume import EpochRun
+    from ..order.resume import EpochRun
     from .worker import ShardStream
 
-__all__ = ["Ring", "Batch", "WorkerFailure", "Delivery", "Receiver"]
-
-
-class WorkerFailure:
-    """Sent through the DataLoader in place of a batch when a worker hits bad data."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-
-class Ring:
-    """Batch slots in shared memory, allocated once by the main process.
-
-    Worker ``w`` writes its batches into ``images[w, k]`` for ``k`` cycling through its
-    slots and sends only labels and keys through the DataLoader; the main process copies
-    the slot out (into pinned memory when pinning) and frees it. This replaces a fresh
-    shared-memory tensor per batch (page faults on both sides, every batch) with one
-    copy into reused memory. ``state[w, k]`` is 1 while slot ``k`` of worker ``w`` holds
-    a batch the main process has not copied out yet.
-
-    The tensors are ordinary shared-memory tensors (``Tensor.share_memory_``), so the
-    ring reaches workers started by any multiprocessing method.
-
-    Args:
-        workers: DataLoader workers.
-        slots: slots per worker (prefetch factor + 1).
-        batch_size: samples per batch.
-        size: side of the square images in pixels.
-    """
-
-    def __init__(self, workers: int, slots: int, batch_size: int, size: int):
-        shape = (workers, slots, batch_size, 1, size, size)
-        self.images = torch.empty(shape, dtype=torch.uint8).share_memory_()
-        self.state = torch.zeros((workers, slots), dtype=torch.int32).share_memory_()
-        self.slots = slots
-
-
-class Batch:
-    """A batch on its way to the main process (``slot >= 0``: the pixels are in the ring)."""
-
-    __slots__ = ("slot", "images", "labels", "keys")
-
-    def __init__(self, slot: int, images, labels, keys):
-        self.slot, self.images, self.labels, self.keys = slot, images, labels, keys
-
-    def __reduce__(self):
-        return (Batch, (self.slot, self.images, self.labels, self.keys))
+__all__ = ["Delivery", "Receiver"]
 
 
 class Delivery:
