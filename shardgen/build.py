@@ -233,7 +233,7 @@ def _hold_out(out: str, urls):
     """
     if urls is not None and urls.out_remote:
         from .lease import Lease
-        from .remote import storage_errors
+        from .storage.transport import storage_errors
 
         with storage_errors(urls.out.url, "taking the lease on OUT", urls.out.options):
             lock = Lease(urls.out).acquire()

@@ -166,7 +166,7 @@ class DaskPool:
         Args:
             folder: a folder of the build (its scratch folder).
             what: how messages name it (``"OUT"``).
-            loc: the :class:`~shardgen.remote.Location` of ``folder`` when it is a URL.
+            loc: the :class:`~shardgen.storage.location.Location` of ``folder`` when it is a URL.
 
         Raises:
             UsageError: a worker does not see it (OUT is a local path of the client's machine,
@@ -175,7 +175,7 @@ class DaskPool:
         token = secrets.token_hex(16)
         name = f"{TMP_PREFIX}probe-{token[:8]}"
         if loc is not None:
-            from .remote import put_atomic
+            from .storage.io import put_atomic
 
             fs, path = loc.fs(), loc.join(name)
             put_atomic(fs, path, token.encode())
@@ -200,7 +200,7 @@ class DaskPool:
         Args:
             paths: candidate source files; the first one the client can stat is used (none: no check).
             what: how messages name SRC.
-            loc: the :class:`~shardgen.remote.Location` of SRC when it is a URL.
+            loc: the :class:`~shardgen.storage.location.Location` of SRC when it is a URL.
 
         Raises:
             UsageError: a worker cannot read it (SRC is a local path of the client's machine).

@@ -85,11 +85,11 @@ def batches(jobs: Iterable, total: int, slots: int, most: int) -> Iterator[list]
 def _probe(path: str, token: str, loc: Any = None) -> str | None:
     """None when this worker reads ``token`` from ``path`` and may write next to it, else why not.
 
-    ``loc``: a :class:`~shardgen.remote.Location` whose filesystem holds ``path`` (None: this machine's).
+    ``loc``: a :class:`~shardgen.storage.location.Location` whose filesystem holds ``path`` (None: this machine's).
     """
     try:
         if loc is not None:
-            from .remote import put_atomic
+            from .storage.io import put_atomic
 
             fs = loc.fs()
             if fs.cat_file(path).decode() != token:

@@ -267,7 +267,7 @@ class _Bounded:
         n = room if n is None or n < 0 or n > room else n
         try:
             data = self.f.read(n)
-        except (TransportError, AccessDenied):  # already one line naming the shard's URL (shardgen.transport)
+        except (TransportError, AccessDenied):  # already one line naming the shard's URL (shardgen.storage.transport)
             raise
         except Exception as e:  # noqa: BLE001 - transports raise many types (aiohttp, botocore, OSError)
             raise ShardReadError(f"read error at byte {self.n:,}: {redact(str(e)) or type(e).__name__}") from None

@@ -48,8 +48,8 @@ from typing import Any
 from .errors import UsageError
 from .lock import LEASE, MAX_RECORD, Holder, OutBusy, OutLockLost, busy
 from .redact import redact
-from .remote_io import retried
 from .storage import S3_PROTOCOLS
+from .storage.io import retried
 
 __all__ = ["LEASE", "DEFAULT_TTL_S", "SETTLE_S", "ENV_TTL", "Lease", "lease_ttl"]
 
@@ -130,7 +130,7 @@ class Lease:
     """The lease on an OUT URL (see the module docstring); :meth:`acquire` it first.
 
     Args:
-        loc: OUT, a :class:`~shardgen.remote.Location`.
+        loc: OUT, a :class:`~shardgen.storage.location.Location`.
         ttl_s: the TTL (default :func:`lease_ttl`).
 
     Attributes:

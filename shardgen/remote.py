@@ -1,13 +1,10 @@
-"""SRC and OUT as fsspec URLs (``s3://bucket/raw``): locations, the scan of a remote SRC, and OUT's state.
-
-A :class:`Location` is a URL and the fsspec options to open it: picklable, so that every
-worker process (local or on a Dask cluster) opens its own filesystem and reads its
-sources and writes its files directly; no image bytes pass through the client.
+"""SRC and OUT as fsspec URLs (``s3://bucket/raw``): OUT's state on object storage, and the build's
+SRC and OUT as two :class:`~shardgen.storage.location.Location` objects.
 
 Writes to object storage are atomic, as on disk: on an object store (S3, GCS, Azure) an
 object becomes visible whole or not at all when its one PUT (or its multipart upload)
 completes, so every object of the build goes up with one PUT under its final name
-(:mod:`shardgen.remote_io`) and no object under a final name is ever partial; elsewhere (a
+(:mod:`shardgen.storage.io`) and no object under a final name is ever partial; elsewhere (a
 local folder, SFTP, ...) it is written under a temporary name (``.tmp-<random>-<name>``,
 the format's :data:`TMP_PREFIX`) and moved. ``manifest.json`` is written last. Objects
 are read with one GET each (no HEAD first). Credentials stay in the
@@ -16,104 +13,26 @@ options (or the environment) and are never written into the build or into a mess
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from .errors import ShardgenError, UsageError
+from .errors import UsageError
 from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
                      WORK_DIR, dump_json, wids_index_name)
 from .lock import LEASE
-from .remote_io import (put_atomic, put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none,
-                        single_get)
-from .storage import S3_PROTOCOLS, filesystem, is_url, storage_options_for
+from .storage import is_url
+from .storage.io import put_atomic, read_or_none
+from .storage.location import Location, location
+from .storage.transport import storage_errors
 
-__all__ = ["Location", "Paths", "storage_errors", "location", "paths_of", "is_url", "put_atomic", "put_file_atomic",
-           "put_scratch", "put_scratch_pair", "read_object", "single_get", "RemoteOut"]
+__all__ = ["Paths", "paths_of", "RemoteOut"]
 
 _OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
-_CREDENTIAL_ENV = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
-
-
-@dataclass(frozen=True)
-class Location:
-    """A folder as a path or fsspec URL, with the options that open it (picklable, no open handles).
-
-    Attributes:
-        url: the URL (or local path) as given, without a trailing ``/``.
-        options: fsspec options, the S3 endpoint settled (:func:`~shardgen.storage.storage_options_for`);
-            left out of ``repr`` because it may hold credentials.
-    """
-
-    url: str
-    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def fs(self) -> Any:
-        """This process's filesystem for the location (fsspec caches it per process)."""
-        return filesystem(self.url, self.options)[0]
-
-    def join(self, rel: str) -> str:
-        return f"{self.url.rstrip('/')}/{rel}" if rel else self.url
-
-    def with_env_credentials(self) -> "Location":
-        """The same, carrying this process's ``AWS_*`` credentials in its options (for workers
-        elsewhere that have none of their own); unchanged when the options name credentials."""
-        protocol = self.url.split("://", 1)[0]
-        if protocol not in S3_PROTOCOLS or any(k in self.options for k in ("key", "secret", "profile", "anon")):
-            return self
-        creds = {k: os.environ[v] for k, v in _CREDENTIAL_ENV.items() if os.environ.get(v)}
-        return Location(self.url, dict(self.options, **creds)) if "key" in creds else self
-
-
-def location(url: str, storage_options: dict[str, Any] | None = None, endpoint_url: str | None = None) -> Location:
-    """A :class:`Location` for ``url``.
-
-    Raises:
-        UsageError: ``endpoint_url`` for a URL that is not ``s3://``; no bucket in an ``s3://`` URL.
-    """
-    url = str(url).rstrip("/")
-    if url.startswith(("s3://", "s3a://")) and not url.split("://", 1)[1].split("/")[0]:
-        raise UsageError(f"{url}: no bucket in the URL (expected s3://bucket/prefix)")
-    return Location(url, storage_options_for(url, storage_options, endpoint_url))
-
-
-@contextlib.contextmanager
-def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
-    """Turn a storage failure while ``doing`` into one line (exit 2), credentials scrubbed.
-
-    Raises:
-        UsageError: unreachable endpoint, no or wrong credentials, missing bucket, other OSError.
-    """
-    from .retry import error_named, is_unreachable, timed_out
-    from .upload.scrub import Scrubber, display_url, short
-
-    try:
-        yield
-    except ShardgenError:
-        raise
-    except Exception as e:  # noqa: BLE001 - classified below, re-raised when not a storage error
-        where, scrub = display_url(url), Scrubber(storage_options)
-        if is_unreachable(e) or timed_out(e):
-            msg = (f"{where}: cannot reach the storage endpoint while {doing} "
-                   "(is the endpoint URL right and the server up?)")
-        elif error_named(e, "NoCredentialsError", "PartialCredentialsError"):
-            msg = (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
-                   "in ~/.aws) or pass --storage_options")
-        elif isinstance(e, PermissionError):
-            msg = (f"{where}: access denied while {doing} ({short(e)}); check the credentials and the "
-                   "bucket's permissions")
-        elif isinstance(e, FileNotFoundError) and url.startswith(("s3://", "s3a://")):
-            msg = f"{where}: not found while {doing} (does the bucket {url.split('/')[2]!r} exist?)"
-        elif isinstance(e, OSError):
-            msg = f"{where}: storage error while {doing} ({short(e)})"
-        else:
-            raise
-        raise UsageError(scrub(msg)) from None
 
 
 # ---- OUT on object storage -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from .errors import UsageError
 from .imaging.dicom import has_dicom_magic
-from .remote import Location
+from .storage.location import Location
 from .scan import Tree, _is_image, _visible
 
 __all__ = ["RemoteBareNames", "scan_url"]

@@ -1,11 +1,11 @@
 """The build's two tasks when SRC or OUT is a URL: the same work, through fsspec.
 
-:class:`FsChunkTask` reads each source file through its :class:`~shardgen.remote.Location`
-and writes the chunk's ``.bin`` and ``.json`` together (:func:`~shardgen.remote_io.put_scratch_pair`);
+:class:`FsChunkTask` reads each source file through its :class:`~shardgen.storage.location.Location`
+and writes the chunk's ``.bin`` and ``.json`` together (:func:`~shardgen.storage.io.put_scratch_pair`);
 :class:`FsShardTask` gathers a shard's PNGs from the chunks with ranged reads, writes the
 shard to a local temporary file with the one :class:`~shardgen.format.ShardWriter`, and
-uploads it atomically (:func:`~shardgen.remote_io.put_file_atomic`: one PUT on an object store).
-Every whole-object read is one GET (:func:`~shardgen.remote_io.single_get`). The bytes are those
+uploads it atomically (:func:`~shardgen.storage.io.put_file_atomic`: one PUT on an object store).
+Every whole-object read is one GET (:func:`~shardgen.storage.io.single_get`). The bytes are those
 of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask`.
 """
 
@@ -28,9 +28,9 @@ from .convert import ChunkResult, ChunkTask, ImageRecord
 from .errors import ShardgenError
 from .format import ShardWriter, dump_json, stream_xxh64
 from .imaging.image import ImageSkip, process_bytes
-from .remote import Location
-from .remote_get import read_many, read_ranges
-from .remote_io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
+from .storage.location import Location
+from .storage.get import read_many, read_ranges
+from .storage.io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
 from .retry import is_transient
 
 __all__ = ["FsChunkTask", "FsShardTask"]
@@ -140,7 +140,7 @@ _FIRST = 4
 
 def _prefetched(fs, paths: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
     """``(path, bytes or the error)`` in order; batches of :data:`_BATCH` concurrent reads (the
-    first :data:`_FIRST`), one batch ahead, each read one GET (:func:`~shardgen.remote_get.read_many`)."""
+    first :data:`_FIRST`), one batch ahead, each read one GET (:func:`~shardgen.storage.get.read_many`)."""
 
     def fetch(batch: list[str]) -> dict[str, bytes | BaseException]:
         got = read_many(fs, batch) if len(batch) > 1 else _one(fs, batch[0])

@@ -32,7 +32,7 @@ def resolve(cfg: BuildConfig, urls=None):
         UsageError: no images, unknown or empty classes, bad class names, ``--splits`` on a split SRC.
     """
     if urls is not None and urls.src_remote:
-        from .remote import storage_errors
+        from .storage.transport import storage_errors
         from .remote_scan import scan_url
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):

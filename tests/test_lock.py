@@ -239,7 +239,7 @@ def test_s3_a_build_that_lost_its_lease_never_writes_its_manifest(s3server, src,
 
 def _lease(server, prefix: str):
     from shardgen.lease import Lease
-    from shardgen.remote import location
+    from shardgen.storage.location import location
 
     return Lease(location(f"s3://{BUCKET}/{prefix}", {"key": server.access_key, "secret": server.secret_key},
                           server.endpoint))

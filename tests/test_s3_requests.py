@@ -47,7 +47,7 @@ HOOK = textwrap.dedent('''
 
         _orig_url = s3fs.core.S3FileSystem._url
 
-        async def _url(self, path, *args, **kwargs):  # shardgen.remote_get's reads: one GET per URL
+        async def _url(self, path, *args, **kwargs):  # shardgen.storage.get's reads: one GET per URL
             url = await _orig_url(self, path, *args, **kwargs)
             _log(f"presigned_get whole {self.split_path(path)[1]}\\n")
             if os.environ.get("SHARDGEN_TEST_S3_REFUSE_URLS"):  # a store that refuses presigned URLs
@@ -92,7 +92,7 @@ def test_s3_build_makes_one_get_per_source_and_one_put_per_object(s3server, s3_s
     kinds = collections.Counter(m for m, _, _ in reqs)
     images = sum(s["samples"] for s in local_manifest["splits"].values())
     sources = _sources(reqs)
-    # every source image read once, with one presigned GET (shardgen.remote_get): no HEAD, and
+    # every source image read once, with one presigned GET (shardgen.storage.get): no HEAD, and
     # not through botocore's per-request machinery
     assert sorted(m for m, _ in sources) == ["presigned_get"] * images
     assert len({k for _, k in sources}) == images
@@ -139,7 +139,7 @@ def test_read_many_returns_what_s3fs_cat_returns(s3server):  # noqa: F811
     bytes and the same errors as ``fs.cat(..., on_error="return")``."""
     import fsspec
 
-    from shardgen.remote_get import read_many
+    from shardgen.storage.get import read_many
 
     fs = s3server.client()
     objs = {f"{BUCKET}/rm/{i}.png": bytes([i]) * (1000 + i) for i in range(20)}
@@ -157,7 +157,7 @@ def test_read_many_returns_what_s3fs_cat_returns(s3server):  # noqa: F811
 def test_read_ranges_returns_what_s3fs_cat_ranges_returns(s3server):  # noqa: F811
     """Ranged presigned reads: the same bytes as ``fs.cat_ranges``, a range past the end and a
     missing object included."""
-    from shardgen.remote_get import read_ranges
+    from shardgen.storage.get import read_ranges
 
     fs = s3server.client()
     fs.pipe({f"{BUCKET}/rr/a.bin": bytes(range(256)) * 40, f"{BUCKET}/rr/b.bin": b"xyz" * 1000})

@@ -8,7 +8,7 @@ import tracemalloc
 
 from test_s3 import BUCKET, s3server  # noqa: F401  (the session's SeaweedFS server)
 
-from shardgen.remote import location
+from shardgen.storage.location import location
 from shardgen.remote_scan import _remote_tree
 
 

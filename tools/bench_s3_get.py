@@ -5,9 +5,9 @@ Starts a SeaweedFS server on loopback (``tests/s3server.py``), puts N objects of
 and reads them all, in batches of 16 as a build's chunk task does, three ways:
 
 * ``s3fs``: ``fs.cat(batch, max_concurrency=1)`` (one GET per object through botocore);
-* ``shardgen``: :func:`shardgen.remote_get.read_many` (presigned URLs over aiohttp, s3fs as
+* ``shardgen``: :func:`shardgen.storage.get.read_many` (presigned URLs over aiohttp, s3fs as
   the fallback);
-* ``shardgen ranges``: :func:`shardgen.remote_get.read_ranges` of the objects' first halves.
+* ``shardgen ranges``: :func:`shardgen.storage.get.read_ranges` of the objects' first halves.
 
 and lists them with s3fs's ``find`` and with the build's streaming scan. Prints one JSON line:
 client CPU, server CPU and wall per object, in ms (best of ``--rounds``).
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
 
     from s3server import SeaweedS3
 
-    from shardgen.remote import location
-    from shardgen.remote_get import read_many, read_ranges
+    from shardgen.storage.location import location
+    from shardgen.storage.get import read_many, read_ranges
     from shardgen.remote_scan import _remote_tree
 
     with tempfile.TemporaryDirectory(prefix="bench-s3-get-") as tmp:

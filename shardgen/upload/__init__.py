@@ -41,12 +41,11 @@ written.
 
 Modules: :mod:`.local` (the build on this disk), :mod:`.dest` (the destination),
 :mod:`.guard` (whose files are at the destination),
-:mod:`.run` (the steps above), :mod:`.result` (what happened), :mod:`.scrub` (secrets
-out of messages).
+:mod:`.run` (the steps above), :mod:`.result` (what happened); secrets are kept out of
+messages by :mod:`shardgen.storage.scrub`.
 """
 
 from .result import UploadFailed, UploadInterrupted, UploadResult, format_upload
 from .run import upload
-from .scrub import display_url
 
-__all__ = ["UploadResult", "UploadFailed", "UploadInterrupted", "upload", "format_upload", "display_url"]
+__all__ = ["UploadResult", "UploadFailed", "UploadInterrupted", "upload", "format_upload"]

@@ -14,7 +14,7 @@ from ..format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST,
 from ..progress import bar
 from ..storage import open_build
 from .dest import BLOCK
-from .scrub import display_url
+from ..storage.scrub import display_url
 
 __all__ = ["Shard", "LocalBuild", "local_build", "verify_local"]
 

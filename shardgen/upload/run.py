@@ -17,7 +17,7 @@ from .dest import TMP_RE, Dest
 from .guard import MARKER, decide, index_files, marker_bytes
 from .local import LocalBuild, Shard, local_build, verify_local
 from .result import UploadFailed, UploadInterrupted, UploadResult
-from .scrub import Scrubber, display_url, short
+from ..storage.scrub import Scrubber, display_url, short
 
 __all__ = ["upload"]
 

@@ -1,4 +1,5 @@
-"""Keeping credentials out of upload's messages."""
+"""Keeping credentials out of messages: upload's, and those of the build's storage calls
+(:func:`shardgen.storage.transport.storage_errors`)."""
 
 from __future__ import annotations
 

@@ -17,17 +17,23 @@ fsspec's http reports a refused connection, a DNS failure or a 403 as
 ``FileNotFoundError`` raised from the real error; :func:`storage_error` looks along that
 chain, so these are never mistaken for a missing file. Messages name the URL redacted
 (:func:`shardgen.redact.redact`: no userinfo, no signature).
+
+The build's side (listing SRC, preparing OUT, its lease) wraps its storage calls in
+:func:`storage_errors`, which says the same failures as one usage error (exit 2) naming what
+the build was doing, secrets scrubbed (:mod:`.scrub`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
-from .errors import AccessDenied, TransportError, UsageError
-from .redact import redact
-from .retry import access_denied, timed_out, transport_problem
+from ..errors import AccessDenied, ShardgenError, TransportError, UsageError
+from ..redact import redact
+from ..retry import access_denied, error_named, is_unreachable, timed_out, transport_problem
+from .scrub import Scrubber, display_url, short
 
-__all__ = ["storage_error", "GuardedFile", "open_guarded"]
+__all__ = ["storage_error", "GuardedFile", "open_guarded", "storage_errors"]
 
 
 def _access_hint(url: str) -> str:
@@ -117,3 +123,34 @@ def open_guarded(fs: Any, path: str, url: str, timeout: float | None, **kwargs: 
         _raise_mapped(e, url, timeout)
         raise
     return GuardedFile(f, url, timeout)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Turn a storage failure while ``doing`` into one line (exit 2), credentials scrubbed.
+
+    Raises:
+        UsageError: unreachable endpoint, no or wrong credentials, missing bucket, other OSError.
+    """
+    try:
+        yield
+    except ShardgenError:
+        raise
+    except Exception as e:  # noqa: BLE001 - classified below, re-raised when not a storage error
+        where, scrub = display_url(url), Scrubber(storage_options)
+        if is_unreachable(e) or timed_out(e):
+            msg = (f"{where}: cannot reach the storage endpoint while {doing} "
+                   "(is the endpoint URL right and the server up?)")
+        elif error_named(e, "NoCredentialsError", "PartialCredentialsError"):
+            msg = (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
+                   "in ~/.aws) or pass --storage_options")
+        elif isinstance(e, PermissionError):
+            msg = (f"{where}: access denied while {doing} ({short(e)}); check the credentials and the "
+                   "bucket's permissions")
+        elif isinstance(e, FileNotFoundError) and url.startswith(("s3://", "s3a://")):
+            msg = f"{where}: not found while {doing} (does the bucket {url.split('/')[2]!r} exist?)"
+        elif isinstance(e, OSError):
+            msg = f"{where}: storage error while {doing} ({short(e)})"
+        else:
+            raise
+        raise UsageError(scrub(msg)) from None

@@ -21,15 +21,15 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import AccessDenied, InvalidBuild, TransportError, UsageError
-from .redact import redact
+from ..errors import AccessDenied, InvalidBuild, TransportError, UsageError
+from ..format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
+from ..format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
+from ..redact import redact
 from .transport import open_guarded, storage_error
-from .format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
-from .format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
-           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json", "storage_error"]
+           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json"]
 
 
 def is_url(path: str) -> bool:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .format import TMP_PREFIX
-from .retry import RetryPolicy, call
+from ..format import TMP_PREFIX
+from ..retry import RetryPolicy, call
 
 __all__ = ["put_atomic", "put_file_atomic", "put_scratch", "put_scratch_pair", "single_get", "read_object",
            "read_or_none", "STORAGE_RETRY", "retried"]

@@ -28,8 +28,8 @@ import sys
 import weakref
 from typing import Any, Callable
 
-from .remote_io import read_object, retried, single_get
-from .retry import is_transient
+from ..retry import is_transient
+from .io import read_object, retried, single_get
 
 __all__ = ["read_many", "read_ranges"]
 
@@ -46,7 +46,7 @@ def read_many(fs: Any, paths: list[str]) -> dict[str, bytes | BaseException]:
     """Every object in ``paths`` (paths as ``fs`` takes them), read whole with one GET each,
     concurrently: ``{path: bytes, or the exception that reading it raised}``, as
     ``fs.cat(paths, on_error="return")`` returns; a read that fails with a transient error
-    is tried again (:data:`~shardgen.remote_io.STORAGE_RETRY`) before its error is returned."""
+    is tried again (:data:`~shardgen.storage.io.STORAGE_RETRY`) before its error is returned."""
 
     def through_s3fs(idx: list[int]) -> list[Any]:
         part = [paths[i] for i in idx]
