@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_cli
-from shardgen.preview import PAD, tile_origin
+from shardgen.commands.preview import PAD, tile_origin
 
 
 def manifest(b: Path) -> dict:

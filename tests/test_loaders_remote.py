@@ -255,7 +255,7 @@ def test_forked_children_and_verify_workers_leave_the_parents_connections_alone(
     local DataLoader workers, verify's worker pool) leave the parent able to read on."""
     import gc
 
-    from shardgen.verify import verify
+    from shardgen.commands.verify import verify
 
     url = served.url + "/xray"
     assert len(in_time(lambda: eval_epoch(url, split="test", num_workers=0)[0])) == 24  # pooled connections

@@ -134,7 +134,7 @@ def test_a_member_named_out_of_dest_writes_nothing_outside_it(small_build, site,
 
 
 def test_an_output_name_never_leaves_the_folder(tmp_path):
-    from shardgen.dest import FolderOut, ZipOut
+    from shardgen.commands.archive import FolderOut, ZipOut
     from shardgen.errors import ShardgenError
 
     (tmp_path / "victim").mkdir()

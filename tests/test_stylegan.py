@@ -158,7 +158,7 @@ def test_folder_export_and_all_splits(small_build, tmp_path):
 
 
 def test_archive_names_follow_dataset_tool():
-    from shardgen.stylegan import archive_name
+    from shardgen.commands.stylegan import archive_name
 
     assert archive_name(0) == "00000/img00000000.png"
     assert archive_name(999) == "00000/img00000999.png"

@@ -21,7 +21,7 @@ import xxhash
 from PIL import Image
 
 from conftest import run_cli
-from shardgen.verify import format_result, verify
+from shardgen.commands.verify import format_result, verify
 from shardgen.format import TAR_MTIME, TarReader
 
 

@@ -216,7 +216,7 @@ class CLI:
             workers: processes decoding images (default: all usable cores).
             progress: show a progress bar on stderr (default true).
         """
-        from ..verify import format_result, verify as run_verify
+        from ..commands.verify import format_result, verify as run_verify
 
         result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"),
                             workers=None if workers is None else as_int(workers, "workers", 1),
@@ -241,7 +241,7 @@ class CLI:
                 recorded pixel digests (default false).
             progress: show a progress bar on stderr while reading shards (default true).
         """
-        from ..diff import diff_builds, format_diff
+        from ..commands.diff import diff_builds, format_diff
 
         result = diff_builds(as_str(a, "a"), as_str(b, "b"), decode=as_bool(decode, "decode"),
                              progress=as_bool(progress, "progress"))
@@ -260,7 +260,7 @@ class CLI:
         """
         import json as _json
 
-        from ..info import build_info, format_info
+        from ..commands.info import build_info, format_info
         from ..storage import check_timeout
 
         secs = check_timeout(timeout if isinstance(timeout, (int, float)) else as_str(timeout, "timeout"), "--timeout")
@@ -282,7 +282,7 @@ class CLI:
             thumb: tile side in pixels (default: image size, at most 128).
             overwrite: replace an existing --out file (default: refuse).
         """
-        from ..preview import make_preview
+        from ..commands.preview import make_preview
 
         r = make_preview(as_str(source, "source"), split=as_str(split, "split"),
                          per_class=as_int(per_class, "per_class", 1), out=as_str(out, "out"),
@@ -310,7 +310,7 @@ class CLI:
             progress: show a progress bar on stderr (default true).
         """
         from ..report import human_bytes
-        from ..stylegan import export_stylegan
+        from ..commands.stylegan import export_stylegan
 
         if dest is None:
             raise UsageError("--dest is required: NAME.zip or a folder ending in /")
@@ -339,7 +339,7 @@ class CLI:
             overwrite: replace a non-empty DEST.
             progress: show a progress bar on stderr (default true).
         """
-        from ..export import export_folders
+        from ..commands.export import export_folders
         from ..report import human_bytes
 
         if dest is None:
@@ -374,7 +374,7 @@ class CLI:
             retries: attempts after a transient error, with exponential backoff (default 5).
         """
         from ..storage import parse_storage_options
-        from ..upload import UploadInterrupted, format_upload, upload as run_upload
+        from ..commands.upload import UploadInterrupted, format_upload, upload as run_upload
 
         opts = storage_options
         if opts is not None and not isinstance(opts, dict):

@@ -7,14 +7,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..cpus import usable_cpus
-from ..errors import UsageError
-from ..format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, Manifest,
+from ...cpus import usable_cpus
+from ...errors import UsageError
+from ...format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, Manifest,
                       file_xxh64, wids_index_name)
-from ..progress import bar
-from ..storage import open_build
+from ...progress import bar
+from ...storage import open_build
+from ...storage.scrub import display_url
 from .dest import BLOCK
-from ..storage.scrub import display_url
 
 __all__ = ["Shard", "LocalBuild", "local_build", "verify_local"]
 

@@ -33,12 +33,12 @@ import shutil
 import zipfile
 from typing import Any, Iterator
 
-from .errors import AccessDenied, ShardgenError, TransportError
-from .format import CLS_EXT, LABELS_EXT, ShardReadError, TarReader, decode_cls, decode_multihot
-from .format.atomic import atomic_write, create_temp_dir, sweep_stale_temps
-from .format.checksum import HashingReader
-from .format.validate import member_limit, shown
-from .redact import redact
+from ..errors import AccessDenied, ShardgenError, TransportError
+from ..format import CLS_EXT, LABELS_EXT, ShardReadError, TarReader, decode_cls, decode_multihot
+from ..format.atomic import atomic_write, create_temp_dir, sweep_stale_temps
+from ..format.checksum import HashingReader
+from ..format.validate import member_limit, shown
+from ..redact import redact
 
 __all__ = ["ZIP_DATE", "ZipOut", "FolderOut", "ReplacingFolderOut", "sweep", "has_entries", "checked_parts",
            "write_error", "shard_samples", "samples_of", "label_of", "labels_of"]

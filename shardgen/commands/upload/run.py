@@ -9,15 +9,15 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, TypeVar
 
-from .. import retry
-from ..format import MANIFEST
-from ..progress import bar, note as progress_note
-from ..storage import parse_storage_options
+from ... import retry
+from ...format import MANIFEST
+from ...progress import bar, note as progress_note
+from ...storage import parse_storage_options
+from ...storage.scrub import Scrubber, display_url, short
 from .dest import TMP_RE, Dest
 from .guard import MARKER, decide, index_files, marker_bytes
 from .local import LocalBuild, Shard, local_build, verify_local
 from .result import UploadFailed, UploadInterrupted, UploadResult
-from ..storage.scrub import Scrubber, display_url, short
 
 __all__ = ["upload"]
 

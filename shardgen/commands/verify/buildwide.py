@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..format import CLASSES, DATASET_JSON, MANIFEST, SKIPPED
-from ..readers import check_reader_files
-from ..storage import Build
+from ...format import CLASSES, DATASET_JSON, MANIFEST, SKIPPED
+from ...readers import check_reader_files
+from ...storage import Build
 from .result import Problem, VerifyResult
 from .shards import ShardResult
 

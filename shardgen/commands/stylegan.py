@@ -22,7 +22,7 @@ zip or folder, and what this export therefore guarantees:
 The zip is ``ZIP_STORED`` like ``dataset_tool.py``'s, with fixed member timestamps, so
 the same build gives a byte-identical archive; it is written under a temporary name and
 renamed (never committed when a shard does not match the manifest: every shard is
-checked while it streams, see :func:`shardgen.dest.shard_samples`). The shard PNG bytes
+checked while it streams, see :func:`shardgen.commands.archive.shard_samples`). The shard PNG bytes
 are copied unchanged (lossless; already small) unless ``uncompressed`` asks for PNGs
 re-encoded at ``compress_level=0`` as ``dataset_tool.py`` stores them.
 """
@@ -37,10 +37,10 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import ShardgenError, UsageError
-from .dest import FolderOut, ZipOut, has_entries, label_of, labels_of, samples_of
-from .progress import bar as progress_bar
-from .storage import is_url, open_build
+from ..errors import ShardgenError, UsageError
+from ..progress import bar as progress_bar
+from ..storage import is_url, open_build
+from .archive import FolderOut, ZipOut, has_entries, label_of, labels_of, samples_of
 
 __all__ = ["IMAGES_PER_FOLDER", "archive_name", "check_resolution", "ExportResult", "export_stylegan"]
 

@@ -1,10 +1,10 @@
-"""What :func:`shardgen.verify.verify` found, and the report the CLI prints."""
+"""What :func:`shardgen.commands.verify.verify` found, and the report the CLI prints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..report import human_bytes
+from ...report import human_bytes
 
 __all__ = ["Problem", "VerifyResult", "format_result"]
 
@@ -23,7 +23,7 @@ class Problem:
 
 @dataclass
 class VerifyResult:
-    """What :func:`shardgen.verify.verify` found.
+    """What :func:`shardgen.commands.verify.verify` found.
 
     Attributes:
         root: the build as given.

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from .dest import shard_samples
-from .errors import AccessDenied, ShardgenError, TransportError
-from .format import DATASET_JSON, ShardEntry, pixels_digest
-from .progress import bar as progress_bar
-from .storage import Build, open_build
+from ..errors import AccessDenied, ShardgenError, TransportError
+from ..format import DATASET_JSON, ShardEntry, pixels_digest
+from ..progress import bar as progress_bar
+from ..storage import Build, open_build
+from .archive import shard_samples
 
 __all__ = ["Change", "DiffResult", "DiffError", "diff_builds", "format_diff", "SHOWN"]
 
@@ -218,7 +218,7 @@ def _row(s, classes: list[str], ext: str, decode: bool, where: str) -> tuple[tup
 def _read_shard(side: _Side, i: int, decode: bool) -> tuple[list[tuple[str, str, str]], int]:
     """(key, class name, pixel digest) of every sample of shard ``i`` in shard order, and images decoded.
 
-    The shard is read through :func:`shardgen.dest.shard_samples`: its size and xxh64 must be
+    The shard is read through :func:`shardgen.commands.archive.shard_samples`: its size and xxh64 must be
     the manifest's, and no member may declare more bytes than the shard and image size allow.
 
     Raises:

@@ -9,12 +9,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from ..cpus import usable_cpus
-from ..errors import AccessDenied, InvalidBuild, ShardgenError, TransportError, UsageError
-from ..format import ShardEntry
-from ..progress import bar as progress_bar
-from ..redact import redact
-from ..storage import Build, filesystem, open_build, split_url, storage_error
+from ...cpus import usable_cpus
+from ...errors import AccessDenied, InvalidBuild, ShardgenError, TransportError, UsageError
+from ...format import ShardEntry
+from ...progress import bar as progress_bar
+from ...redact import redact
+from ...storage import Build, filesystem, open_build, split_url, storage_error
 from .buildwide import check_build_files, check_splits
 from .result import Problem, VerifyResult
 from .samples import Checker, Expect
@@ -25,7 +25,7 @@ __all__ = ["verify"]
 
 def verify(source: str, *, decode: bool = True, workers: int | None = None, progress: bool = False,
            storage_options: dict[str, Any] | None = None) -> VerifyResult:
-    """Check a whole build; see :mod:`shardgen.verify` for the list of checks.
+    """Check a whole build; see :mod:`shardgen.commands.verify` for the list of checks.
 
     Args:
         source: build folder, its ``manifest.json``, or a URL of either.

@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 from PIL import Image
 
-from ..format.sample import CLS_EXT, LABELS_EXT, decode_multihot, pixels_digest
+from ...format.sample import CLS_EXT, LABELS_EXT, decode_multihot, pixels_digest
 
 __all__ = ["Expect", "SampleCheck", "check_sample", "check_batch", "Checker"]
 

@@ -19,8 +19,8 @@ guarantees:
 DEST is filled under a temporary name beside it and renamed into place at the end; an
 existing non-empty DEST is replaced only with ``overwrite``. The shards are read with
 :mod:`shardgen.format`, from a folder or any URL, as ``shardgen stylegan`` reads them:
-each checked against the manifest while it streams (:func:`shardgen.dest.shard_samples`),
-every output path proven inside the temporary folder (:class:`shardgen.dest.FolderOut`);
+each checked against the manifest while it streams (:func:`shardgen.commands.archive.shard_samples`),
+every output path proven inside the temporary folder (:class:`shardgen.commands.archive.FolderOut`);
 a shard that does not match, or a DEST that cannot be written, leaves nothing behind.
 """
 
@@ -30,10 +30,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ShardgenError, UsageError
-from .progress import bar as progress_bar
-from .storage import Build, is_url, open_build
-from .dest import ReplacingFolderOut, has_entries, label_of, samples_of
+from ..errors import ShardgenError, UsageError
+from ..progress import bar as progress_bar
+from ..storage import Build, is_url, open_build
+from .archive import ReplacingFolderOut, has_entries, label_of, samples_of
 
 __all__ = ["LAYOUTS", "FolderExportResult", "export_folders"]
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .dest import label_of, labels_of, shard_samples, sweep, write_error
-from .errors import ShardgenError, UsageError
-from .format import atomic_write_bytes
-from .storage import is_url, open_build
+from ..errors import ShardgenError, UsageError
+from ..format import atomic_write_bytes
+from ..storage import is_url, open_build
+from .archive import label_of, labels_of, shard_samples, sweep, write_error
 
 __all__ = ["PAD", "PreviewResult", "make_preview", "tile_origin"]
 

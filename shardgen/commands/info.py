@@ -10,9 +10,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from .format import SKIPPED
-from .report import format_table, human_bytes
-from .storage import DEFAULT_TIMEOUT_S, Build, open_build
+from ..format import SKIPPED
+from ..report import format_table, human_bytes
+from ..storage import DEFAULT_TIMEOUT_S, Build, open_build
 
 __all__ = ["build_info", "format_info"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..format import KEY_RE, HashingReader, Sample, ShardEntry, ShardReadError, TarReader, shard_pixels_xxh64
-from ..format.validate import member_limit
-from ..storage import Build
+from ...format import KEY_RE, HashingReader, Sample, ShardEntry, ShardReadError, TarReader, shard_pixels_xxh64
+from ...format.validate import member_limit
+from ...storage import Build
 from .result import Problem
 from .samples import Checker
 

@@ -14,11 +14,11 @@ import threading
 import urllib.parse
 from typing import Any, Callable
 
-from ..errors import UsageError
-from ..retry import error_named, is_unreachable
-from ..storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
-from ..format import stream_xxh64
-from ..storage.scrub import Scrubber, display_url, short
+from ...errors import UsageError
+from ...format import stream_xxh64
+from ...retry import error_named, is_unreachable
+from ...storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
+from ...storage.scrub import Scrubber, display_url, short
 
 __all__ = ["Dest", "BLOCK", "S3_PART", "META_KEY", "TMP_RE"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ShardgenError
-from ..format import MANIFEST
+from ...errors import ShardgenError
+from ...format import MANIFEST
 
 __all__ = ["UploadResult", "UploadFailed", "UploadInterrupted", "format_upload"]
 
@@ -24,7 +24,7 @@ class UploadInterrupted(ShardgenError):
 
 @dataclass
 class UploadResult:
-    """What :func:`shardgen.upload.upload` did.
+    """What :func:`shardgen.commands.upload.upload` did.
 
     Attributes:
         out: the local build folder.
@@ -58,7 +58,7 @@ class UploadResult:
 
 def format_upload(r: UploadResult) -> str:
     """The summary the CLI prints."""
-    from ..report import human_bytes
+    from ...report import human_bytes
 
     lines = [f"uploaded {r.out} -> {r.dest}",
              f"shards: {r.shards} ({r.sent} sent, {r.skipped} skipped: already there with the right size and xxh64), "
