@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import shardgen.convert as C  # noqa: E402
+import shardgen.build.convert as C  # noqa: E402
 import shardgen.format as F  # noqa: E402
-import shardgen.outputs as O  # noqa: E402
+import shardgen.build.finish as O  # noqa: E402
 from shardgen.__main__ import main  # noqa: E402
 
 

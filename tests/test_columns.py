@@ -8,11 +8,11 @@ import tracemalloc
 
 import numpy as np
 
-from shardgen.columns import ItemTable, RecordTable, StrColumn
-from shardgen.convert import ImageRecord
+from shardgen.sources.columns import ItemTable, RecordTable, StrColumn
+from shardgen.build.convert import ImageRecord
 from shardgen.format import make_keys
-from shardgen.items import Item
-from shardgen.split import assign_splits, shuffle_order
+from shardgen.sources.items import Item
+from shardgen.build.split import assign_split_indices, shuffle_order
 
 
 def test_str_column_round_trips_any_file_name():
@@ -149,3 +149,8 @@ def test_item_table_take_equals_appending_the_items():
         assert got.label_codes().tolist() == want.label_codes().tolist()
         assert got.group_codes().tolist() == want.group_codes().tolist()
         assert [got.key_source(i) for i in range(len(got))] == [want.key_source(i) for i in range(len(want))]
+
+
+def assign_splits(relpaths, labels, together, ratios, seed):
+    """The split name of each sample, from the build's one split rule."""
+    return [ratios[j][0] for j in assign_split_indices(relpaths, labels, together, ratios, seed).tolist()]

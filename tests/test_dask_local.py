@@ -3,7 +3,7 @@ and a local cluster set up for the build without touching the caller's process.
 
 The local cluster's workers are real spawned processes; every build is compared, file by file,
 with the multiprocessing build of the same inputs. The cluster starts while the client scans
-SRC (:mod:`shardgen.cluster_start`): whatever ends the build first leaves no process behind.
+SRC (:mod:`shardgen.engines.dask_start`): whatever ends the build first leaves no process behind.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from conftest import ROOT, default_sigint, group_gone, run_cli, sample_tool
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")  # a dependency of distributed
 
-from shardgen.cluster import connect, parse_scheduler  # noqa: E402
-from shardgen.cluster_start import start  # noqa: E402
-from shardgen.cluster_tasks import batches  # noqa: E402
+from shardgen.engines.dask import connect, parse_scheduler  # noqa: E402
+from shardgen.engines.dask_start import start  # noqa: E402
+from shardgen.engines.dask_tasks import batches  # noqa: E402
 
 
 def checksums(out: Path) -> dict[str, str]:

@@ -328,7 +328,7 @@ def test_importing_shardgen_does_not_import_pydicom():
     import subprocess
     import sys
 
-    code = ("import sys, shardgen.build, shardgen.imaging.image, shardgen.scan, shardgen.imaging.dicom, "
+    code = ("import sys, shardgen.build.run, shardgen.imaging.image, shardgen.sources.folder, shardgen.imaging.dicom, "
             "shardgen.cli; "
             "print(sorted(m for m in sys.modules if m.startswith(('pydicom', 'pylibjpeg', 'openjpeg', 'libjpeg'))))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))

@@ -150,7 +150,7 @@ def test_cli_storage_options_that_are_not_a_json_object(small_build, tmp_path, v
 def test_progress_bars_leave_the_users_tqdm_settings_and_start_no_thread(sample_src, tmp_path, capsys):
     import tqdm
 
-    from shardgen.build import BuildConfig, build
+    from shardgen.build.run import BuildConfig, build
     from shardgen.progress import bar
 
     before = tqdm.tqdm.monitor_interval

@@ -238,7 +238,7 @@ def test_s3_a_build_that_lost_its_lease_never_writes_its_manifest(s3server, src,
 
 
 def _lease(server, prefix: str):
-    from shardgen.lease import Lease
+    from shardgen.build.lease import Lease
     from shardgen.storage.location import location
 
     return Lease(location(f"s3://{BUCKET}/{prefix}", {"key": server.access_key, "secret": server.secret_key},
@@ -247,7 +247,7 @@ def _lease(server, prefix: str):
 
 def _race(leases) -> tuple[list, list]:
     """Every lease's ``acquire()`` at once; returns (winners, refusals)."""
-    from shardgen.lock import OutBusy
+    from shardgen.build.lock import OutBusy
 
     wins, busy, go = [], [], threading.Barrier(len(leases))
 

@@ -300,7 +300,7 @@ def test_ambiguous_bare_name_is_a_usage_error(tmp_path):
 def test_iterative_stratification_keeps_rates_and_groups():
     """The split rule alone, at a size where proportions mean something: rates close to the
     corpus's in every split, groups whole, totals close to the ratios, same seed same split."""
-    from shardgen.mlsplit import assign_multilabel
+    from shardgen.build.mlsplit import assign_multilabel_indices
 
     rng = random.Random(5)
     rates = [0.2, 0.05, 0.1, 0.01]
@@ -313,8 +313,11 @@ def test_iterative_stratification_keeps_rates_and_groups():
         groups.setdefault(patient, []).append(i)
     together = [g for g in groups.values() if len(g) > 1]
     ratios = [("train", 0.7), ("val", 0.1), ("test", 0.2)]
-    out = assign_multilabel(paths, labels, len(rates), together, ratios, seed=1)
-    assert out == assign_multilabel(paths, labels, len(rates), together, ratios, seed=1)
+    sets = sorted(set(labels))
+    codes = np.asarray([sets.index(ls) for ls in labels], dtype=np.int64)
+    idx = assign_multilabel_indices(paths, sets, codes, len(rates), together, ratios, seed=1)
+    assert idx.tolist() == assign_multilabel_indices(paths, sets, codes, len(rates), together, ratios, seed=1).tolist()
+    out = [ratios[j][0] for j in idx.tolist()]
     assert all(len({out[i] for i in g}) == 1 for g in groups.values())
     for name, r in ratios:
         members = [i for i, s in enumerate(out) if s == name]

@@ -9,7 +9,7 @@ import tracemalloc
 from test_s3 import BUCKET, s3server  # noqa: F401  (the session's SeaweedFS server)
 
 from shardgen.storage.location import location
-from shardgen.remote_scan import _remote_tree
+from shardgen.sources.url import _remote_tree
 
 
 def _find_tree(fs, root: str) -> dict[str, tuple[list[str], list[str]]]:

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import pytest
 
-from shardgen import splitlists
-from shardgen.columns import ItemTable
+from shardgen.sources import splitlists
+from shardgen.sources.columns import ItemTable
 from shardgen.errors import UsageError
-from shardgen.items import Item, Skip
+from shardgen.sources.items import Item, Skip
 
 
 def _ref_read(path: str) -> list[tuple[int, str]]:

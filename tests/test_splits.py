@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from shardgen.split import assign_splits, largest_remainder
+from shardgen.build.split import assign_split_indices, largest_remainder
 from test_cli import tiny_src
 
 
@@ -109,3 +109,8 @@ def test_assign_splits_keeps_components_together_and_close():
     again = assign_splits([rel[i] for i in perm], [lab[i] for i in perm],
                           [[inv[a], inv[b]] for a, b in groups], ratios, seed=1)
     assert again == [out[i] for i in perm]
+
+
+def assign_splits(relpaths, labels, together, ratios, seed):
+    """The split name of each sample, from the build's one split rule."""
+    return [ratios[j][0] for j in assign_split_indices(relpaths, labels, together, ratios, seed).tolist()]

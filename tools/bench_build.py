@@ -350,7 +350,7 @@ def main(argv=None) -> int:
         print(f"kill at {a.kill_at:.0%} and resume ...", file=sys.stderr)
         out2 = os.path.join(a.root, "out-resume")
         shutil.rmtree(out2, ignore_errors=True)
-        from shardgen.build import CHUNK
+        from shardgen.build.run import CHUNK
 
         _, _, rc, _ = run_build(src, out2, a.size, a.workers, kill_at_chunks=int(a.kill_at * -(-n // CHUNK)))
         t_res, _, _, _ = run_build(src, out2, a.size, a.workers)

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_sample_dataset as msd  # noqa: E402
 from bench_build import kill_after_chunks  # noqa: E402
 
-CHUNK = 64  # shardgen.convert.CHUNK: files per conversion chunk
+CHUNK = 64  # shardgen.build.convert.CHUNK: files per conversion chunk
 _RESUMED = re.compile(r"reused (\d+)/(\d+) chunks")
 _REHASHED = re.compile(r"re-hashed (\d+) sources?")
 

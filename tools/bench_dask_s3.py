@@ -31,7 +31,7 @@ def dask_column(run_build, src: str, root: str, size: int, workers: int, rounds:
         t, _, _, stdout = run_build(src, out, size, None, extra=("--scheduler", f"local:{workers}"))
         best_dask, cpu_dask = min(best_dask, t), min(cpu_dask, run_build.cpu_seconds)
         # The build's own timing ("N images in X s") starts at the scan of SRC; since the local
-        # cluster starts during the scan (shardgen.cluster_start), it includes the part of the
+        # cluster starts during the scan (shardgen.engines.dask_start), it includes the part of the
         # start that the scan does not cover, but not the import of shardgen and distributed.
         m = re.search(r"images in ([0-9.]+) s", stdout)
         best_inner = min(best_inner, float(m.group(1)) if m else t)

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     from shardgen.storage.location import location
     from shardgen.storage.get import read_many, read_ranges
-    from shardgen.remote_scan import _remote_tree
+    from shardgen.sources.url import _remote_tree
 
     with tempfile.TemporaryDirectory(prefix="bench-s3-get-") as tmp:
         server = SeaweedS3(tmp)

@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     bad = [p for p in parts if p not in ("heap", "history", "kill")]
     if bad:
         ap.error(f"unknown part {bad[0]!r}")
-    from shardgen.build import CHUNK
+    from shardgen.build.run import CHUNK
     from shardgen.imaging.image import encoder_info
 
     rng = random.Random(a.seed)

@@ -97,13 +97,13 @@ def as_str(value: Any, flag: str) -> str:
 
 
 def _cluster(scheduler: Any, workers: Any):
-    """``--scheduler`` as a :class:`~shardgen.cluster.Cluster` (None without it); its messages go to stderr."""
+    """``--scheduler`` as a :class:`~shardgen.engines.dask.Cluster` (None without it); its messages go to stderr."""
     if scheduler is None:
         return None
     if workers is not None:
         raise UsageError("--workers is for the local build; with --scheduler, the cluster's workers run the "
                          "tasks (local:N sets their number)")
-    from ..cluster import parse_scheduler
+    from ..engines.dask import parse_scheduler
     from ..progress import note
 
     return parse_scheduler(as_str(scheduler, "scheduler"), log=note)
@@ -166,7 +166,8 @@ class CLI:
             endpoint_url: S3 endpoint when SRC or OUT is an ``s3://`` URL (beats the environment).
             storage_options: fsspec options as JSON for a SRC or OUT URL, e.g. ``'{"profile": "lab"}'``.
         """
-        from ..build import BuildConfig, build as run_build
+        from ..build.run import BuildConfig
+        from ..build.run import build as run_build
         from ..report import format_summary
 
         strict = as_bool(strict, "strict")  # checked before the build, like every other flag
@@ -216,7 +217,8 @@ class CLI:
             workers: processes decoding images (default: all usable cores).
             progress: show a progress bar on stderr (default true).
         """
-        from ..commands.verify import format_result, verify as run_verify
+        from ..commands.verify import format_result
+        from ..commands.verify import verify as run_verify
 
         result = run_verify(as_str(source, "source"), decode=as_bool(decode, "decode"),
                             workers=None if workers is None else as_int(workers, "workers", 1),
@@ -309,8 +311,8 @@ class CLI:
             overwrite: replace an existing zip.
             progress: show a progress bar on stderr (default true).
         """
-        from ..report import human_bytes
         from ..commands.stylegan import export_stylegan
+        from ..report import human_bytes
 
         if dest is None:
             raise UsageError("--dest is required: NAME.zip or a folder ending in /")
@@ -373,8 +375,9 @@ class CLI:
             progress: show progress bars on stderr (default true).
             retries: attempts after a transient error, with exponential backoff (default 5).
         """
+        from ..commands.upload import UploadInterrupted, format_upload
+        from ..commands.upload import upload as run_upload
         from ..storage import parse_storage_options
-        from ..commands.upload import UploadInterrupted, format_upload, upload as run_upload
 
         opts = storage_options
         if opts is not None and not isinstance(opts, dict):

@@ -4,5 +4,5 @@
 samples they are filled from.
 
 Each command reads a build through :func:`shardgen.storage.open_build` and the format; it
-may use the build's lock rules (:mod:`shardgen.build.lock`), and only the CLI imports it.
+may use the build's lock rules (:mod:`shardgen.build.run.lock`), and only the CLI imports it.
 """

@@ -35,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ..errors import AccessDenied, ShardgenError, TransportError
 from ..format import DATASET_JSON, ShardEntry, pixels_digest
 from ..progress import bar as progress_bar

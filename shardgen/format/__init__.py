@@ -19,12 +19,13 @@ from .checksum import HashingReader, file_xxh64, stream_xxh64
 from .keys import MAX_KEY, make_keys
 from .manifest import (MULTILABEL, SINGLE, TASKS, CodecVersions, ImageSpec, Manifest, ManifestError, ShardEntry,
                        SplitEntry, parse_dataset_json, validate_manifest)
-from .names import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, KEY_RE, MANIFEST, SKIPPED,
-                    SPLIT_RE, WIDS_SUFFIX, WORK_DIR, shard_name, shard_relpath, wids_index_name)
+from .names import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, KEY_RE, MANIFEST, OWN_FILES, SKIPPED,
+                    SPLIT_RE, WIDS_SUFFIX, WORK_DIR, is_own_split_file, is_own_top, shard_name, shard_relpath,
+                    wids_index_name)
+from .reader import Member, Sample, ShardReadError, TarReader, find_sample_headers, split_member_name
 from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, LABELS_EXT, MEMBERS, MULTILABEL_MEMBERS, SampleMeta, decode_cls,
                      decode_multihot, encode_cls, encode_multihot, multilabel_members, path_fields, pixels_digest,
                      sample_members, shard_pixels_xxh64)
-from .reader import Member, Sample, ShardReadError, TarReader, find_sample_headers, split_member_name
 from .writer import TAR_MTIME, ShardWriter, tar_header
 
 __all__ = [
@@ -34,7 +35,8 @@ __all__ = [
     "MULTILABEL", "SINGLE", "TASKS", "CodecVersions", "ImageSpec", "Manifest", "ManifestError", "ShardEntry",
     "SplitEntry", "parse_dataset_json", "validate_manifest",
     "CLASSES", "DATASET_CARD", "DATASET_JSON", "DUPLICATES", "FORMAT", "KEY_RE", "MANIFEST", "SKIPPED",
-    "SPLIT_RE", "WIDS_SUFFIX", "WORK_DIR", "shard_name", "shard_relpath", "wids_index_name",
+    "SPLIT_RE", "WIDS_SUFFIX", "WORK_DIR", "OWN_FILES", "is_own_split_file", "is_own_top", "shard_name", "shard_relpath",
+    "wids_index_name",
     "CLS_EXT", "IMAGE_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta", "decode_cls",
     "decode_multihot", "encode_cls", "encode_multihot", "multilabel_members", "path_fields", "pixels_digest",
     "sample_members", "shard_pixels_xxh64",

@@ -25,7 +25,7 @@ from ..errors import AccessDenied, InvalidBuild, TransportError, UsageError
 from ..format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
 from ..format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
 from ..redact import redact
-from .transport import open_guarded, storage_error
+from .transport import open_guarded
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
@@ -236,7 +236,7 @@ class Build:
         """Open file ``relpath`` of the build (``rb``: guarded as :meth:`open_shard` is).
 
         Raises:
-            TransportError, AccessDenied: see :func:`storage_error`.
+            TransportError, AccessDenied: see :func:`~.transport.storage_error`.
             OSError: missing or unreadable for another reason.
         """
         if mode != "rb":
@@ -246,12 +246,12 @@ class Build:
     def open_shard(self, relpath: str):
         """Open shard ``relpath`` for streaming (1 MiB blocks). A transport failure or refusal,
         opening or reading, is a one-line :class:`~shardgen.errors.TransportError` or
-        :class:`~shardgen.errors.AccessDenied` naming the shard's URL (:func:`storage_error`):
+        :class:`~shardgen.errors.AccessDenied` naming the shard's URL (:func:`~.transport.storage_error`):
         not the shard's fault, so never reported as a damaged shard.
 
         Raises:
             ShardReadError: missing or unreadable.
-            TransportError, AccessDenied: see :func:`storage_error`.
+            TransportError, AccessDenied: see :func:`~.transport.storage_error`.
         """
         try:
             return open_guarded(self.fs, self.join(relpath), self.url(relpath), self.timeout, block_size=1 << 20)
@@ -291,7 +291,7 @@ def read_dataset_json(fs: Any, path: str, timeout: float | None = DEFAULT_TIMEOU
 
     Raises:
         OSError: unreadable; ValueError: too large, or not a valid ``dataset.json``;
-        TransportError, AccessDenied: see :func:`storage_error`.
+        TransportError, AccessDenied: see :func:`~.transport.storage_error`.
     """
     with open_guarded(fs, path, url or path, timeout) as f:
         return parse_dataset_json(read_capped(f, MAX_DATASET_JSON_BYTES, path.rsplit("/", 2)[-2] + "/" + DATASET_JSON))
@@ -302,7 +302,7 @@ def _read_manifest(fs: Any, mpath: str, url: str, timeout: float | None) -> byte
 
     Raises:
         UsageError: missing, or unreadable for a reason of its own.
-        TransportError, AccessDenied: see :func:`storage_error`.
+        TransportError, AccessDenied: see :func:`~.transport.storage_error`.
         InvalidBuild: larger than ``MAX_MANIFEST_BYTES``.
     """
     try:

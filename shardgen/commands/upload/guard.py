@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 import xxhash
 
+from ...build.lock import MAX_RECORD, Holder
 from ...errors import UsageError
 from ...format import DATASET_JSON, MANIFEST, WIDS_SUFFIX
 from ...format.validate import shown
-from ...lock import MAX_RECORD, Holder
 from .dest import TMP_RE
 
 __all__ = ["MARKER", "Decision", "decide", "marker_bytes", "index_files"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ...cpus import usable_cpus
 from ...errors import UsageError
 from ...format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, WORK_DIR, Manifest,
-                      file_xxh64, wids_index_name)
+                       file_xxh64, wids_index_name)
 from ...progress import bar
 from ...storage import open_build
 from ...storage.scrub import display_url

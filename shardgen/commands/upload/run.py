@@ -11,7 +11,8 @@ from typing import Any, Callable, TypeVar
 
 from ... import retry
 from ...format import MANIFEST
-from ...progress import bar, note as progress_note
+from ...progress import bar
+from ...progress import note as progress_note
 from ...storage import parse_storage_options
 from ...storage.scrub import Scrubber, display_url, short
 from .dest import TMP_RE, Dest

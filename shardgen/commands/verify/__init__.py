@@ -19,7 +19,7 @@ two splits, per-class counts as in the manifest, each ``<split>/dataset.json`` l
 exactly that split's samples in shard order, no unlisted ``.tar`` in a split folder,
 ``classes.json`` equal to the manifest's classes, ``skipped.jsonl`` as long as the
 manifest says, each split's wids index listing the manifest's shards and counts
-(:mod:`shardgen.readers`; a missing index or ``README.md`` is a note).
+(:mod:`shardgen.format.companions`; a missing index or ``README.md`` is a note).
 
 Modules: :mod:`.result` (what was found, and the report), :mod:`.samples` (one sample's
 checks, run in the decoding processes, and the pool that runs them), :mod:`.shards`

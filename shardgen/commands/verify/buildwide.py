@@ -2,7 +2,7 @@
 
 Keys unique across the build, no image in two splits, per-split sample and class counts,
 each ``<split>/dataset.json``, unlisted shards, ``classes.json``, ``skipped.jsonl`` and
-the readers' files (:func:`shardgen.readers.check_reader_files`).
+the readers' files (:func:`shardgen.format.companions.check_reader_files`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...format import CLASSES, DATASET_JSON, MANIFEST, SKIPPED
-from ...readers import check_reader_files
+from ...format.companions import check_reader_files
 from ...storage import Build
 from .result import Problem, VerifyResult
 from .shards import ShardResult

@@ -6,7 +6,7 @@ own work before its first task (the scan of SRC, classes and splits, the keys) n
 of it, so :func:`start` begins the cluster in a thread once the arguments are known to be
 valid, and :meth:`Starting.wait` joins it where the build first needs the workers (the
 check that they see SRC), which is still before any task runs; the workers' versions are
-checked in that thread, as :func:`~shardgen.cluster.connect` does.
+checked in that thread, as :func:`~shardgen.engines.dask.connect` does.
 
 Whatever ends the build before that (an error found by the scan, Ctrl-C), :meth:`Starting.close`
 leaves nothing running: a cluster still starting is closed by its thread as soon as it is up,
@@ -24,21 +24,21 @@ import threading
 import time
 from typing import Any, Iterator
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Starting", "start"]
 
 
 class Starting:
-    """The build's :class:`~shardgen.cluster.DaskPool`, ready or still being started.
+    """The build's :class:`~shardgen.engines.dask.DaskPool`, ready or still being started.
 
     Args:
-        spec: the :class:`~shardgen.cluster.Cluster`.
-        max_pixels: Pillow's limit in the workers (:class:`~shardgen.cluster.DaskPool`).
+        spec: the :class:`~shardgen.engines.dask.Cluster`.
+        max_pixels: Pillow's limit in the workers (:class:`~shardgen.engines.dask.DaskPool`).
     """
 
     def __init__(self, spec: Any, max_pixels: int) -> None:
-        from .cluster import connect
+        from .dask import connect
 
         self._spec, self._lock, self._closed = spec, threading.Lock(), False
         self._pool: Any = None
@@ -49,7 +49,7 @@ class Starting:
             self._pool = connect(spec, max_pixels)  # unreachable, or other library versions: before any work
             return
         if importlib.util.find_spec("distributed") is None:
-            from .cluster_setup import NEED_DASK
+            from .dask_setup import NEED_DASK
 
             raise UsageError(NEED_DASK)
         self._thread = threading.Thread(target=self._start, args=(connect, max_pixels), name="shardgen-dask-start")
@@ -58,7 +58,7 @@ class Starting:
 
     def _start(self, connect: Any, max_pixels: int) -> None:
         """The thread: start the cluster, check its workers; keep it, or close it if the build has ended."""
-        from .cluster_setup import greeting
+        from .dask_setup import greeting
 
         pool = None
         try:
@@ -77,7 +77,7 @@ class Starting:
             pool.shutdown()
 
     def wait(self) -> Any:
-        """The connected :class:`~shardgen.cluster.DaskPool`, once the cluster is up and its workers
+        """The connected :class:`~shardgen.engines.dask.DaskPool`, once the cluster is up and its workers
         checked; the dashboard's line goes to ``spec.log`` here, in the caller's thread.
 
         Raises:
@@ -113,7 +113,7 @@ def _sigint_ignored_until_spawned(thread: threading.Thread, n: int, timeout_s: f
     traceback. About half a second (``import distributed``, the scheduler and its dashboard);
     the caller's handler is then put back, and the workers boot while the client scans SRC.
     Only in the main thread of a POSIX process (elsewhere the workers' preload ignores it, once
-    it runs: :func:`shardgen.cluster_tasks.dask_setup`)."""
+    it runs: :func:`shardgen.engines.dask_tasks.dask_setup`)."""
     import multiprocessing
     import os
     import signal

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any
 
-from .format import DATASET_CARD, Manifest, atomic_write_bytes, dump_json, wids_index_name
+from . import DATASET_CARD, Manifest, atomic_write_bytes, dump_json, wids_index_name
 
 __all__ = ["WIDS_KIND", "hf_split_ok", "json_fields", "dataset_card", "wids_index", "check_wids_index",
            "check_reader_files", "write_reader_files"]

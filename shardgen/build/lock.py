@@ -11,8 +11,8 @@ never blocks: the next build takes the lock and writes its own record. The lock 
 by the build's forked worker processes (they inherit the open file), so a build killed
 while its workers still write keeps OUT locked until the last of them has exited.
 
-An OUT on object storage is held with a lease object instead (:mod:`shardgen.lease`). The
-build (:func:`shardgen.build.build`) takes one or the other before it looks at OUT (and
+An OUT on object storage is held with a lease object instead (:mod:`shardgen.build.lease`). The
+build (:func:`shardgen.build.run.build`) takes one or the other before it looks at OUT (and
 before a Dask cluster starts), and gives it back after ``manifest.json`` is written and the
 scratch folder removed.
 """
@@ -32,16 +32,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .errors import ShardgenError, UsageError
-from .format import WORK_DIR
-from .format.validate import shown
-from .redact import printable, redact
+from ..errors import ShardgenError, UsageError
+from ..format import WORK_DIR
+from ..redact import printable, redact
 
 __all__ = ["LOCK_FILE", "LEASE", "OutBusy", "OutLockLost", "Holder", "LocalLock", "busy", "command_line", "machine_id"]
 
 #: The lock file's name inside the scratch folder ``OUT/.shardgen-work``.
 LOCK_FILE = "build.lock"
-#: The lease object's path under an OUT URL (:mod:`shardgen.lease`).
+#: The lease object's path under an OUT URL (:mod:`shardgen.build.lease`).
 LEASE = f"{WORK_DIR}/lease.json"
 #: The most bytes of a holder record read back (it may have been written by anyone).
 MAX_RECORD = 4096

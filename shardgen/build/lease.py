@@ -1,7 +1,7 @@
 """One writer per OUT on object storage: a lease object, renewed while the build runs.
 
-The lease is ``OUT/.shardgen-work/lease.json`` (:data:`~shardgen.lock.LEASE`): a
-:class:`~shardgen.lock.Holder` record (who, since when, the command, a random token, its time
+The lease is ``OUT/.shardgen-work/lease.json`` (:data:`~shardgen.build.lock.LEASE`): a
+:class:`~shardgen.build.lock.Holder` record (who, since when, the command, a random token, its time
 to live) and the count of its renewals.
 
 **Where the store honours conditional writes** (S3 ``PUT`` with ``If-None-Match: *`` and
@@ -14,7 +14,7 @@ to live) and the count of its renewals.
 3. renews it every TTL/3 with ``If-Match`` on its own last ETag: a renewal that fails that
    condition means another build took the lease over (this one was stalled past its TTL);
    the build then stops at its next finished job and never writes ``manifest.json``
-   (:class:`~shardgen.lock.OutLockLost`);
+   (:class:`~shardgen.build.lock.OutLockLost`);
 4. deletes it at the end with ``If-Match``.
 
 Whether the store honours ``If-None-Match`` is checked after the lease is created: the same
@@ -29,7 +29,7 @@ the time to within the TTL.
 The TTL is :data:`DEFAULT_TTL_S` (the environment variable ``SHARDGEN_LEASE_TTL`` overrides
 it, in seconds, from 2 to 3600): a killed build's lease can be taken over that long after
 its last renewal -- or at once by a build on the same machine (same boot id and PID
-namespace, :func:`~shardgen.lock.machine_id`) that finds the holder's pid gone.
+namespace, :func:`~shardgen.build.lock.machine_id`) that finds the holder's pid gone.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 from .lock import LEASE, MAX_RECORD, Holder, OutBusy, OutLockLost, busy
-from .redact import redact
-from .storage import S3_PROTOCOLS
-from .storage.io import retried
+from ..redact import redact
+from ..storage import S3_PROTOCOLS
+from ..storage.io import retried
 
 __all__ = ["LEASE", "DEFAULT_TTL_S", "SETTLE_S", "ENV_TTL", "Lease", "lease_ttl"]
 
@@ -306,7 +306,7 @@ class Lease:
         self.etag = self._write()
 
     def check(self, strict: bool = False) -> None:
-        """Raise :class:`~shardgen.lock.OutLockLost` once the lease is lost. ``strict`` (just before
+        """Raise :class:`~shardgen.build.lock.OutLockLost` once the lease is lost. ``strict`` (just before
         ``manifest.json`` is written) renews it first, so that a build stalled past its TTL learns
         it lost the lease before it publishes, not a renewal period later."""
         if strict and self._lost is None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import __version__
-from .format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, MULTILABEL, SINGLE, SKIPPED, ImageSpec, Manifest,
+from .. import __version__
+from ..format import (CLASSES, DATASET_JSON, DUPLICATES, MANIFEST, MULTILABEL, SINGLE, SKIPPED, ImageSpec, Manifest,
                      ShardEntry, SplitEntry, atomic_write, atomic_write_bytes, atomic_write_json, dump_json)
-from .imaging.image import encoder_info
+from ..imaging.image import encoder_info
 from .outdir import remove_stale
 from .plan import Plan
-from .readers import write_reader_files
+from ..format.companions import write_reader_files
 
 __all__ = ["finish_build"]
 
@@ -40,13 +40,13 @@ def finish_build(cfg, out: str, work: str, fp: dict, classes: list[str], plan: P
     """Write everything but the shards, manifest last; returns the manifest as written.
 
     Args:
-        cfg: the :class:`~shardgen.config.BuildConfig`.
+        cfg: the :class:`~shardgen.build.config.BuildConfig`.
         out, work: the build folder and its scratch folder (removed at the end).
         fp: the config fingerprint (the manifest's ``config``).
         classes: class names in label order.
-        plan: the build's :class:`~shardgen.assemble.Plan`.
+        plan: the build's :class:`~shardgen.build.assemble.Plan`.
         shard_recs: shard relpath -> ``{"samples", "bytes", "xxh64"}`` as written.
-        scan_result: the :class:`~shardgen.scan.ScanResult` (skips found by the scan, layout).
+        scan_result: the :class:`~shardgen.sources.items.ScanResult` (skips found by the scan, layout).
         excluded: images left out because their class is not in ``--classes``.
     """
     remove_stale(out, set(plan.shard_relpaths()), list(plan.splits))

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator
 
+from ..errors import UsageError
+from ..imaging.dicom import sniff_dicom
+from ..imaging.image import IMAGE_EXTENSIONS
 from .columns import ItemTable
-from .errors import UsageError
-from .imaging.dicom import sniff_dicom
-from .imaging.image import IMAGE_EXTENSIONS
-from .items import Item, Skip
+from .items import Item, ScanResult, Skip, group_of
 
-__all__ = ["Item", "Skip", "ScanResult", "SPLIT_NAMES", "scan"]
+__all__ = ["SPLIT_NAMES", "Tree", "scan", "scan_tree", "rebase", "unwrap", "compile_group", "is_image", "is_visible"]
 
 SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation", "dev"})
 #: The Kaggle image folder name inside a class folder.
@@ -43,36 +42,9 @@ IMAGES = "images"
 _MAX_NOTES = 3
 
 
-@dataclass
-class ScanResult:
-    """What the scan found.
-
-    Attributes:
-        layout: ``kaggle``, ``split``, ``imagefolder`` or ``index``.
-        items: every image found, sorted by relpath.
-        skipped: files found but not used, with reasons.
-        labels: every class found (sorted), including classes whose folders hold no image.
-        splits: split names of a pre-split source, else None.
-        root: the folder relpaths are relative to (SRC, or the one folder inside it).
-        notes: one-line notes for the user (wrapper folder used, symlink loops, ...).
-        class_dirs: label -> the folders it came from (relative to ``root``).
-        single_reason: why the source has one class, when it has one.
-        multilabel: the items carry label sets (``--label_sep``); ``labels`` are the findings.
-    """
-
-    layout: str
-    items: Sequence[Item]
-    skipped: list[Skip]
-    labels: list[str]
-    splits: list[str] | None
-    root: str = ""
-    notes: list[str] = field(default_factory=list)
-    class_dirs: dict[str, list[str]] = field(default_factory=dict)
-    single_reason: str = ""
-    multilabel: bool = False
 
 
-def _visible(name: str) -> bool:
+def is_visible(name: str) -> bool:
     return not name.startswith(".")
 
 
@@ -80,7 +52,7 @@ def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -122,7 +94,7 @@ class Tree:
             seen[ident] = rel
             dirs, files = [], []
             for e in entries:
-                if not _visible(e.name):
+                if not is_visible(e.name):
                     continue
                 try:
                     is_dir = e.is_dir()
@@ -137,9 +109,9 @@ class Tree:
 
     def is_image(self, rel: str) -> bool:
         """``rel`` has an image extension, or starts with the DICOM preamble (first 132 bytes read once)."""
-        if not _is_image(rel) and rel not in self._sniffed:
+        if not is_image(rel) and rel not in self._sniffed:
             self._sniffed[rel] = sniff_dicom(os.path.join(self.root, rel))
-        return _is_image(rel) or self._sniffed[rel]
+        return is_image(rel) or self._sniffed[rel]
 
     def subdirs(self, rel: str) -> list[str]:
         return self.folders.get(rel, ([], []))[0]
@@ -234,7 +206,7 @@ class _Collector:
         self.class_dirs.setdefault(label, []).append(cdir)
         for f in _class_files(self.tree, cdir, self.used_dirs):
             if self.tree.is_image(f):
-                self.items.append(Item(f, label, split, _group_of(self.regex, f), _keypath(f, cdir, self.tree)))
+                self.items.append(Item(f, label, split, group_of(self.regex, f), _keypath(f, cdir, self.tree)))
             else:
                 ext = os.path.splitext(f)[1].lower()
                 self.skipped.append(Skip(f, f"not an image file (extension {ext or 'none'!r})"))
@@ -253,16 +225,9 @@ def _in_kaggle_sibling(rel: str, tree: Tree) -> bool:
     return any(tree.is_kaggle_class("/".join(parts[:i])) for i in range(1, len(parts) - 1))
 
 
-def _group_of(regex: re.Pattern | None, relpath: str) -> str | None:
-    if regex is None:
-        return None
-    m = regex.search(relpath)
-    if not m:
-        return None
-    return m.group(1) if m.groups() else m.group(0)
 
 
-def _compile_group(group: str | None) -> re.Pattern | None:
+def compile_group(group: str | None) -> re.Pattern | None:
     if group is None:
         return None
     try:
@@ -292,7 +257,7 @@ def _leads_to_layout(tree: Tree, base: str) -> bool:
     return _multi_class(tree, base) or (inner is not None and _leads_to_layout(tree, inner))
 
 
-def _unwrap(tree: Tree, src: str, notes: list[str]) -> str:
+def unwrap(tree: Tree, src: str, notes: list[str]) -> str:
     """The folder to build from: SRC, or the one folder in it when that leads to a multi-class layout."""
     base = ""
     while (inner := _sole_folder(tree, base)) is not None and _leads_to_layout(tree, inner):
@@ -301,7 +266,7 @@ def _unwrap(tree: Tree, src: str, notes: list[str]) -> str:
     return base
 
 
-def _rebase(res: ScanResult, base: str) -> ScanResult:
+def rebase(res: ScanResult, base: str) -> ScanResult:
     """Make every path in ``res`` relative to ``base`` (a folder inside the scan root)."""
     if not base:
         return res
@@ -316,7 +281,7 @@ def _rebase(res: ScanResult, base: str) -> ScanResult:
     return res
 
 
-def _scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> ScanResult:
+def scan_tree(tree: Tree, base: str, regex: re.Pattern | None, name: str) -> ScanResult:
     """Detect the layout of ``base`` in ``tree`` and collect its items."""
     col = _Collector(tree, regex)
     if tree.is_kaggle_class(base):
@@ -348,7 +313,7 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
         index: optional CSV (``path,label[,group][,split]``) used instead of folder names.
         group: optional regex; files whose relative path gives the same match (first
             capture group if any) share a split.
-        options: the index's :class:`~shardgen.index.IndexOptions` (columns, multi-label,
+        options: the index's :class:`~shardgen.sources.index.IndexOptions` (columns, multi-label,
             split lists); None: the defaults.
 
     Raises:
@@ -356,7 +321,7 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
     """
     if not os.path.isdir(src):
         raise UsageError(f"SRC {src}: no such folder")
-    regex = _compile_group(group)
+    regex = compile_group(group)
     if index is not None:
         from .index import scan_index
 
@@ -366,13 +331,13 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
     skipped: list[Skip] = []
     tree = Tree(src, skipped)
     notes = list(tree.notes)
-    base = _unwrap(tree, src, notes)
+    base = unwrap(tree, src, notes)
     if not tree.subdirs(base):
         raise UsageError(f"SRC {src}: no class folders found (expected <class>/images/*, <class>/* or <split>/<class>/*)")
     name = os.path.basename(os.path.realpath(os.path.join(src, base) if base else src))
-    res = _scan_tree(tree, base, regex, name)
+    res = scan_tree(tree, base, regex, name)
     res.skipped = skipped + res.skipped
-    res = _rebase(res, base)
+    res = rebase(res, base)
     res.root = os.path.join(src, base) if base else src
     res.notes = notes
     res.items.compact()

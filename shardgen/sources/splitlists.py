@@ -15,7 +15,7 @@ Memory: no Python object per image or per entry. The lists are read a MiB at a t
 entry is found by its hash in a sorted array of the hashes of the images' base names (or
 paths), the strings compared on a hit; what is kept per entry is its image number and line
 (8 bytes). Repeats are found by sorting those numbers, and the few entries involved are
-read again for the message; the splits are set on the :class:`~shardgen.columns.ItemTable`
+read again for the message; the splits are set on the :class:`~shardgen.sources.columns.ItemTable`
 as codes, and the unlisted rows dropped column by column.
 """
 
@@ -29,8 +29,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..errors import UsageError
 from .columns import ItemTable, iter_ints
-from .errors import UsageError
 from .items import Skip
 
 __all__ = ["NOT_LISTED", "read_list", "iter_list", "apply_split_lists"]

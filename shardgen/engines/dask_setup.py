@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .cluster_tasks import short_error
-from .errors import ShardgenError
+from ..errors import ShardgenError
+from .dask_tasks import short_error
 
 __all__ = ["QuietLogs", "local_cluster", "open_client", "greeting", "NEED_DASK"]
 
@@ -51,16 +51,17 @@ class QuietLogs:
 _WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
                   "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 #: Imported by each worker of a local cluster as it starts (Dask's worker preload): its
-#: ``dask_setup`` ignores Ctrl-C there and imports the build's task modules.
-_PRELOAD = "shardgen.cluster_tasks"
+#: ``dask_setup`` ignores Ctrl-C there.
+_PRELOAD = "shardgen.engines.dask_tasks"
 
 
-def local_cluster(distributed: Any, n: int, quiet: QuietLogs) -> Any:
+def local_cluster(distributed: Any, n: int, quiet: QuietLogs, modules: tuple[str, ...] = ()) -> Any:
     """A LocalCluster of ``n`` one-thread worker processes that ignore Ctrl-C (the client handles it
     and closes them; otherwise each would print a traceback). Each worker ignores SIGINT from the
-    moment it imports its preload (:func:`shardgen.cluster_tasks.dask_setup`), before it joins the
+    moment it imports its preload (:func:`shardgen.engines.dask_tasks.dask_setup`), before it joins the
     cluster, and so does a worker that its Nanny starts again later; a Ctrl-C during a worker's
-    first half second (the interpreter importing ``distributed``) still reaches it. Nothing is
+    first half second (the interpreter importing ``distributed``) still reaches it. ``modules``
+    are preloaded too (:attr:`~shardgen.engines.dask.Cluster.preload`). Nothing is
     changed in this process's signal handling, so this may run in any thread.
 
     The workers start without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``: with it, glibc hands every
@@ -72,7 +73,8 @@ def local_cluster(distributed: Any, n: int, quiet: QuietLogs) -> Any:
     """
     import dask
 
-    preload = [p for p in dask.config.get("distributed.worker.preload", []) or [] if p != _PRELOAD] + [_PRELOAD]
+    ours = [_PRELOAD, *modules]
+    preload = [p for p in dask.config.get("distributed.worker.preload", []) or [] if p not in ours] + ours
     before = dict(os.environ)
     try:
         # read by each Nanny as it is made (and given to its worker)
@@ -85,7 +87,7 @@ def local_cluster(distributed: Any, n: int, quiet: QuietLogs) -> Any:
 
 
 def open_client(distributed: Any, spec: Any, quiet: QuietLogs) -> tuple[Any, Any]:
-    """``(client, local cluster or None)`` for a :class:`~shardgen.cluster.Cluster`; on any failure
+    """``(client, local cluster or None)`` for a :class:`~shardgen.engines.dask.Cluster`; on any failure
     nothing is left running and ``quiet`` is restored.
 
     Raises:
@@ -99,7 +101,7 @@ def open_client(distributed: Any, spec: Any, quiet: QuietLogs) -> tuple[Any, Any
     with dask.config.set({"distributed.admin.low-level-log-length": 0}):
         try:
             if spec.local_workers is not None:
-                local = local_cluster(distributed, spec.local_workers, quiet)
+                local = local_cluster(distributed, spec.local_workers, quiet, spec.preload)
                 # Results straight from the workers: one hop instead of two through the scheduler.
                 return distributed.Client(local, timeout=spec.timeout_s, direct_to_workers=True), local
             return distributed.Client(spec.address, timeout=spec.timeout_s), None

@@ -8,12 +8,12 @@ that is not directly in SRC is looked up anywhere under SRC (one walk, on first 
 ships ``images_001/images/...`` to ``images_012/``; a name found in two places is a usage
 error naming both. A path listed twice with the same label, group and split is used once
 (with a note); listed twice with different values, or pointing outside SRC, is a usage
-error naming the line. With a SRC URL (:func:`shardgen.remote_scan.scan_url`) the CSV stays a
+error naming the line. With a SRC URL (:func:`shardgen.sources.url.scan_url`) the CSV stays a
 local file, bare names are looked up in one listing of SRC, and an absolute path is a usage error.
 
 With ``--label_sep`` the label cell holds a set of labels (``Cardiomegaly|Effusion``) and
 the build is multi-label; ``--no_finding`` names the value meaning "no positive class"
-(an all-zero target, not a class). ``--split_lists`` (:mod:`shardgen.splitlists`) puts
+(an all-zero target, not a class). ``--split_lists`` (:mod:`shardgen.sources.splitlists`) puts
 the listed images in the named splits.
 """
 
@@ -30,17 +30,17 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import UsageError
+from ..storage import is_url
 from .columns import ItemTable, iter_ints
-from .errors import UsageError
-from .scan import Item, ScanResult, _group_of
-from .storage import is_url
+from .items import Item, ScanResult, group_of
 
 __all__ = ["IndexOptions", "scan_index"]
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    """How to read the CSV index (from :class:`~shardgen.config.BuildConfig`).
+    """How to read the CSV index (from :class:`~shardgen.build.config.BuildConfig`).
 
     Attributes:
         columns: ``(role, column)`` pairs overriding the default column of a role.
@@ -75,7 +75,7 @@ def _normalise(src: str, path: str, where: str) -> str:
 class _BareNames:
     """Finds a bare file name anywhere under SRC; SRC is walked once, on first need.
 
-    :class:`shardgen.remote_scan.RemoteBareNames` does the same for a SRC URL from one listing.
+    :class:`shardgen.sources.url.RemoteBareNames` does the same for a SRC URL from one listing.
     """
 
     def __init__(self, src: str) -> None:
@@ -208,7 +208,7 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
                 raise UsageError(f"{where}: empty path or label")
             rel = bare.resolve(_normalise(src, path, where), where)
             label, labels = _label_set(cell, opts, where)
-            group = _cell(row, roles, "group") or _group_of(regex, rel)
+            group = _cell(row, roles, "group") or group_of(regex, rel)
             table.append(Item(rel, label, _cell(row, roles, "split") or None, group, None, labels))
             lines.append(n)
     out, repeats = _unique(table, lines, index)

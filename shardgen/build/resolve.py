@@ -1,6 +1,6 @@
 """Settling what a build holds: SRC scanned, its classes and split ratios checked.
 
-The first phase of :func:`shardgen.build.build` (it reads SRC only, never OUT).
+The first phase of :func:`shardgen.build.run.build` (it reads SRC only, never OUT).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 
-from .columns import ItemTable
+from ..sources.columns import ItemTable
 from .config import DEFAULT_SPLITS, BuildConfig, parse_splits
-from .errors import UsageError
-from .index import IndexOptions
-from .scan import scan
+from ..errors import UsageError
+from ..sources.index import IndexOptions
+from ..sources.folder import scan
 
 __all__ = ["resolve"]
 
@@ -23,7 +23,7 @@ def resolve(cfg: BuildConfig, urls=None):
 
     Args:
         cfg: the build's config.
-        urls: the build's :class:`~shardgen.remote.Paths` (None: SRC and OUT are local).
+        urls: the build's :class:`~shardgen.build.remote_out.Paths` (None: SRC and OUT are local).
 
     Returns:
         (scan result, items, classes, split ratios or None, number of items left out by ``--classes``).
@@ -32,8 +32,8 @@ def resolve(cfg: BuildConfig, urls=None):
         UsageError: no images, unknown or empty classes, bad class names, ``--splits`` on a split SRC.
     """
     if urls is not None and urls.src_remote:
-        from .storage.transport import storage_errors
-        from .remote_scan import scan_url
+        from ..storage.transport import storage_errors
+        from ..sources.url import scan_url
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
             sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)

@@ -4,32 +4,32 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .errors import UsageError
-from .imaging.dicom import has_dicom_magic
-from .storage.location import Location
-from .scan import Tree, _is_image, _visible
+from ..errors import UsageError
+from ..imaging.dicom import has_dicom_magic
+from ..storage.location import Location
+from .folder import Tree, is_image, is_visible
 
 __all__ = ["RemoteBareNames", "scan_url"]
 
 
 class _RemoteTree(Tree):
-    """A :class:`~shardgen.scan.Tree` filled from a listing; files without an image extension are
+    """A :class:`~shardgen.sources.folder.Tree` filled from a listing; files without an image extension are
     sniffed for the DICOM preamble with one ranged read each, as the local tree reads them."""
 
     fs: Any
 
     def is_image(self, rel: str) -> bool:
-        if not _is_image(rel) and rel not in self._sniffed:
+        if not is_image(rel) and rel not in self._sniffed:
             try:
                 head = self.fs.cat_file(f"{self.root}/{rel}", start=0, end=132)
             except OSError:
                 head = b""
             self._sniffed[rel] = has_dicom_magic(head)
-        return _is_image(rel) or self._sniffed[rel]
+        return is_image(rel) or self._sniffed[rel]
 
 
 def _remote_tree(loc: Location):
-    """A :class:`~shardgen.scan.Tree` of the objects under ``loc`` (one recursive listing)."""
+    """A :class:`~shardgen.sources.folder.Tree` of the objects under ``loc`` (one recursive listing)."""
     fs = loc.fs()
     root = fs._strip_protocol(loc.url).rstrip("/")
     folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
@@ -48,7 +48,7 @@ def _remote_tree(loc: Location):
         return folders[rel]
 
     def add(rel: str, is_dir: bool) -> None:
-        if any(not _visible(p) for p in rel.split("/")):
+        if any(not is_visible(p) for p in rel.split("/")):
             return
         if is_dir:
             folder(rel)
@@ -104,7 +104,7 @@ def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
 
 
 class RemoteBareNames:
-    """:class:`shardgen.index._BareNames` for a SRC URL: a bare file name of the index is looked
+    """:class:`shardgen.sources.index._BareNames` for a SRC URL: a bare file name of the index is looked
     up in one streaming listing of SRC (made on first need), with the local walk's rules (hidden
     folders left out; of two places, the first and second in the walk's order are named).
 
@@ -124,7 +124,7 @@ class RemoteBareNames:
             if is_dir:
                 return
             parent, _, name = rel.rpartition("/")
-            if parent and any(not _visible(p) for p in parent.split("/")):
+            if parent and any(not is_visible(p) for p in parent.split("/")):
                 return
             where.setdefault(name, []).append(rel)
 
@@ -161,32 +161,32 @@ def _protocols(fs: Any) -> set[str]:
 
 
 def scan_url(loc: Location, index: str | None, group: str | None, options=None):
-    """:func:`shardgen.scan.scan` for a SRC given as a URL (same layouts, same rules).
+    """:func:`shardgen.sources.folder.scan` for a SRC given as a URL (same layouts, same rules).
 
     Args:
         loc: SRC.
         index: the ``--index`` CSV (a local file), or None.
         group: the ``--group`` regex, or None.
-        options: the index's :class:`~shardgen.index.IndexOptions` (None: the defaults).
+        options: the index's :class:`~shardgen.sources.index.IndexOptions` (None: the defaults).
 
     Raises:
-        UsageError: nothing under the URL, no class folders, or any error of :func:`~shardgen.index.scan_index`.
+        UsageError: nothing under the URL, no class folders, or any error of :func:`~shardgen.sources.index.scan_index`.
     """
-    from .scan import _compile_group, _rebase, _scan_tree, _unwrap
+    from .folder import compile_group, rebase, scan_tree, unwrap
 
-    regex = _compile_group(group)
+    regex = compile_group(group)
     if index is not None:
         return _scan_index_url(loc, index, regex, options)
     tree = _remote_tree(loc)
     if not tree.subdirs("") and not tree.files(""):
         raise UsageError(f"SRC {loc.url}: nothing found there")
     notes: list[str] = []
-    base = _unwrap(tree, loc.url, notes)
+    base = unwrap(tree, loc.url, notes)
     if not tree.subdirs(base):
         raise UsageError(f"SRC {loc.url}: no class folders found (expected <class>/images/*, <class>/* or "
                          "<split>/<class>/*)")
     name = (f"{loc.url}/{base}" if base else loc.url).rstrip("/").rsplit("/", 1)[-1]
-    res = _rebase(_scan_tree(tree, base, regex, name), base)
+    res = rebase(scan_tree(tree, base, regex, name), base)
     res.root = loc.join(base)
     res.notes = notes
     for label, dirs in sorted(res.class_dirs.items()):

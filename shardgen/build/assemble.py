@@ -1,6 +1,6 @@
 """Phase 2b of a build: write each planned shard from the scratch chunks.
 
-:func:`make_job` turns one shard of the plan (:mod:`shardgen.plan`) into a
+:func:`make_job` turns one shard of the plan (:mod:`shardgen.build.plan`) into a
 :class:`ShardJob`: each sample's PNG location in a chunk's ``.bin``, its label and its
 ``.json`` bytes. :class:`ShardTask` writes the shard under a temporary name and renames
 it; a shard already on disk whose plan fingerprint (keys, pixels, PNG lengths, labels,
@@ -18,8 +18,9 @@ import numpy as np
 import xxhash
 
 from .convert import CHUNK
-from .errors import ShardgenError
-from .format import SampleMeta, ShardWriter, atomic_write_json, file_xxh64, multilabel_members, sample_members
+from ..errors import ShardgenError
+from ..engines.pool import Batching
+from ..format import SampleMeta, ShardWriter, atomic_write_json, file_xxh64, multilabel_members, sample_members
 
 __all__ = ["SampleSource", "ShardJob", "make_job", "ShardTask"]
 
@@ -66,7 +67,7 @@ def make_job(relpath: str, rows: np.ndarray, pixels_xxh64: str, src: Any) -> Sha
         relpath: the shard's path relative to OUT.
         rows: its item numbers in shard order.
         pixels_xxh64: its ``pixels_xxh64`` (the manifest's).
-        src: the plan's columns (:class:`shardgen.plan._Source`: items, keys, records,
+        src: the plan's columns (:class:`shardgen.build.plan._Source`: items, keys, records,
             classes, work).
     """
     samples = []
@@ -99,6 +100,10 @@ class ShardTask:
         out: the build folder.
         work: its scratch folder (journal of written shards in ``work/shards``).
     """
+
+    #: One shard per Dask task, two ahead per worker thread: a shard job holds its samples' ``.json``
+    #: bytes, so few are in flight.
+    batching = Batching("shards", most_per_task=1, ahead_per_slot=2)
 
     def __init__(self, out: str, work: str) -> None:
         self.out, self.work = out, work

@@ -1,10 +1,10 @@
 """Phase 2a of a build: plan the splits and the shard layout from the converted records.
 
 With every image's pixel digest known, exact duplicates and ``--group`` members are
-joined, splits are assigned (:mod:`shardgen.split`, :mod:`shardgen.mlsplit`), each split is
+joined, splits are assigned (:mod:`shardgen.build.split`, :mod:`shardgen.build.mlsplit`), each split is
 shuffled with the seed and cut into shards of ``shard_size`` samples. The plan holds
-arrays of item numbers, not one object per sample (:mod:`shardgen.columns`): the
-:class:`~shardgen.assemble.ShardJob` of a shard, with its samples' ``.json`` bytes, is made
+arrays of item numbers, not one object per sample (:mod:`shardgen.sources.columns`): the
+:class:`~shardgen.build.assemble.ShardJob` of a shard, with its samples' ``.json`` bytes, is made
 only when the shard is handed to a worker (:meth:`Plan.jobs`).
 """
 
@@ -17,11 +17,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..engines.pool import SizedJobs
 from .assemble import make_job
-from .columns import ItemTable, RecordTable
-from .convert import SizedJobs
-from .format import path_fields, shard_pixels_xxh64, shard_relpath
-from .items import Skip
+from ..sources.columns import ItemTable, RecordTable
+from ..format import path_fields, shard_pixels_xxh64, shard_relpath
+from ..sources.items import Skip
 from .mlsplit import assign_multilabel_indices, positive_rates
 from .split import assign_split_indices, shuffle_order
 
@@ -84,7 +84,7 @@ class Plan:
         return [s.relpath for sp in self.splits.values() for s in sp.shards]
 
     def jobs(self) -> SizedJobs:
-        """Each shard's :class:`~shardgen.assemble.ShardJob`, made as it is taken."""
+        """Each shard's :class:`~shardgen.build.assemble.ShardJob`, made as it is taken."""
         specs = [spec for sp in self.splits.values() for spec in sp.shards]
         return SizedJobs(len(specs), lambda: (make_job(s.relpath, s.rows, s.pixels_xxh64, self.source)
                                               for s in specs))

@@ -3,7 +3,7 @@
 The sorted file list is cut into chunks of :data:`CHUNK` files. A worker process decodes,
 converts and encodes each chunk and writes ``OUT/.shardgen-work/chunks/c-NNNNNN.bin``
 (the PNGs, back to back) and then ``c-NNNNNN.json`` (one :class:`ImageRecord` per file, each
-source's stat stamp (:mod:`shardgen.stamps`) and the bin's xxh64), each renamed into place
+source's stat stamp (:mod:`shardgen.build.stamps`) and the bin's xxh64), each renamed into place
 when complete. A chunk whose record file exists, whose bin still has that checksum and
 whose source files are all unchanged is reused: this is what makes a killed build
 resumable. A source with its recorded stamp is unchanged without being read; any other
@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import astuple, dataclass
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import xxhash
 
-from .format import atomic_write_bytes, file_xxh64
-from .imaging.image import ImageSkip, process_file
+from ..engines.pool import Batching, SizedJobs
+from ..format import atomic_write_bytes, file_xxh64
+from ..imaging.image import ImageSkip, process_file
 from .stamps import stamp_of, unchanged
 
-__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "SizedJobs", "chunk_jobs"]
+__all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "chunk_jobs"]
 
 #: Files per conversion chunk (the unit of parallel work and of resume).
 CHUNK = 64
@@ -80,20 +81,6 @@ def _bin_ok(path: str, digest: str | None) -> bool:
         return False
 
 
-class SizedJobs:
-    """A build phase's jobs, made one at a time as they are taken, with their count (the
-    Dask pool sizes its tasks by it; nothing holds them all)."""
-
-    def __init__(self, n: int, make: Callable[[], Iterator]) -> None:
-        self.n, self._make = n, make
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator:
-        return self._make()
-
-
 class ChunkJobs(Sequence[tuple[int, list[tuple[str, str]]]]):
     """The conversion jobs of a build, made as they are asked for: ``jobs[cid]`` is
     ``(cid, [(relpath, path), ...])`` for chunk ``cid`` of the sorted ``relpaths`` under ``root``."""
@@ -139,6 +126,9 @@ class ChunkTask:
         rehash: on resume, read every source of a finished chunk again and compare its
             xxh64, instead of trusting an unchanged stat stamp (default False).
     """
+
+    #: Four chunks per Dask task, four tasks ahead per worker thread.
+    batching = Batching("convert", most_per_task=4, ahead_per_slot=4)
 
     def __init__(self, work: str, size: int, fit: str, max_pixels: int, dicom_window: str = "auto",
                  rehash: bool = False) -> None:

@@ -2,8 +2,8 @@
 
 :class:`DaskPool` has the part of :class:`multiprocessing.pool.Pool`'s interface the build
 uses (``imap_unordered``, ``close``, ``terminate``, ``join``), so the build's phases do not
-know where their tasks run. The tasks are the same picklable :class:`~shardgen.convert.ChunkTask`
-and :class:`~shardgen.assemble.ShardTask` calls the local build makes, each writing its
+know where their tasks run. The tasks are the same picklable :class:`~shardgen.build.convert.ChunkTask`
+and :class:`~shardgen.build.assemble.ShardTask` calls the local build makes, each writing its
 files atomically under their final names: a task that Dask runs twice (its worker died)
 writes the same bytes again, so the output is byte-identical whatever the cluster does.
 
@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
-from . import __version__
-from .cluster_setup import NEED_DASK, QuietLogs as _QuietLogs, greeting, open_client
-from .cluster_tasks import _probe, _run_batch, _size, _worker_versions, batches as _batches, short_error as _short
-from .errors import ShardgenError, UsageError
-from .format import CodecVersions, TMP_PREFIX
-from .imaging.codecs import codec_versions
+from .. import __version__
+from ..errors import ShardgenError, UsageError
+from ..format import TMP_PREFIX, CodecVersions
+from ..imaging.codecs import codec_versions
+from .dask_setup import NEED_DASK, QuietLogs, greeting, open_client
+from .dask_tasks import batches, file_size, probe_worker, run_batch, short_error, worker_versions
+from .pool import Batching
 
 __all__ = ["Cluster", "DaskPool", "parse_scheduler", "connect", "DEFAULT_CONNECT_TIMEOUT_S"]
 
@@ -39,10 +40,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 _POLL_S = 1.0
 #: Seconds without a finished task after which the client checks that the scheduler still answers.
 _PING_AFTER_S = 5.0
-#: Per phase: the most jobs per Dask task (:func:`~shardgen.cluster_tasks.batches`) and tasks
-#: sent ahead per worker thread; a shard job holds its samples' ``.json`` bytes: few in flight.
-_MOST_PER_TASK = {"convert": 4, "shards": 1}
-_WINDOW = {"convert": 4, "shards": 2}
 _ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+:\d{1,5}/?$")
 
 
@@ -55,12 +52,15 @@ class Cluster:
         local_workers: worker processes of a ``distributed.LocalCluster`` (1 thread each).
         timeout_s: seconds to connect, and to wait for a lost scheduler before giving up.
         log: called with one line for the user (the dashboard link); None: not shown.
+        preload: modules each worker of a local cluster imports as it starts, while the client
+            scans SRC (the modules of the tasks it will run), instead of in its first task.
     """
 
     address: str | None = None
     local_workers: int | None = None
     timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     log: Callable[[str], None] | None = None
+    preload: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -99,7 +99,7 @@ class DaskPool:
     """
 
     def __init__(self, client: Any, local: Any, max_pixels: int, name: str, timeout_s: float,
-                 quiet: "_QuietLogs") -> None:
+                 quiet: "QuietLogs") -> None:
         self.client, self.local, self.max_pixels, self.name, self.timeout_s = client, local, max_pixels, name, timeout_s
         self.codecs = codec_versions().to_json()
         self._futures: set[Any] = set()
@@ -143,16 +143,16 @@ class DaskPool:
         Raises:
             UsageError: one line naming the library, the worker and both versions.
         """
-        from .imaging.codecs import check_same_codecs
+        from ..imaging.codecs import check_same_codecs
 
         try:
-            got = self.client.run(_worker_versions, on_error="return")
+            got = self.client.run(worker_versions, on_error="return")
         except Exception as e:  # noqa: BLE001 - anything the transport raises
-            raise ShardgenError(f"Dask scheduler {self.name}: cannot ask the workers ({_short(e)})") from None
+            raise ShardgenError(f"Dask scheduler {self.name}: cannot ask the workers ({short_error(e)})") from None
         mine = codec_versions()
         for worker, v in sorted(got.items()):
             if isinstance(v, BaseException):
-                raise UsageError(f"Dask worker {worker} cannot run shardgen ({_short(v)}); install shardgen "
+                raise UsageError(f"Dask worker {worker} cannot run shardgen ({short_error(v)}); install shardgen "
                                  f"{__version__} and its pinned libraries on every worker")
             if v["shardgen"] != __version__:
                 raise UsageError(f"Dask worker {worker} has shardgen {v['shardgen']}, the client has {__version__}")
@@ -175,7 +175,7 @@ class DaskPool:
         token = secrets.token_hex(16)
         name = f"{TMP_PREFIX}probe-{token[:8]}"
         if loc is not None:
-            from .storage.io import put_atomic
+            from ..storage.io import put_atomic
 
             fs, path = loc.fs(), loc.join(name)
             put_atomic(fs, path, token.encode())
@@ -184,13 +184,13 @@ class DaskPool:
             with open(path, "w") as f:
                 f.write(token)
         try:
-            got = self.client.run(_probe, path, token, loc, on_error="return")
+            got = self.client.run(probe_worker, path, token, loc, on_error="return")
         finally:
             with contextlib.suppress(Exception):
                 fs.rm(path) if fs is not None else os.unlink(path)
         for worker, why in sorted(got.items()):
             if why is not None:
-                why = _short(why) if isinstance(why, BaseException) else why
+                why = short_error(why) if isinstance(why, BaseException) else why
                 raise UsageError(f"{what} {folder} is not reachable from Dask worker {worker} ({why}): "
                                  "use a folder every worker shares with this machine, or an s3:// URL")
 
@@ -213,10 +213,10 @@ class DaskPool:
                 continue
         else:
             return  # the client reads none of them either: the build reports them as unreadable
-        got = self.client.run(_size, path if loc is not None else os.path.abspath(path), loc, on_error="return")
+        got = self.client.run(file_size, path if loc is not None else os.path.abspath(path), loc, on_error="return")
         for worker, size in sorted(got.items()):
             if size != want:
-                why = _short(size) if isinstance(size, BaseException) else (
+                why = short_error(size) if isinstance(size, BaseException) else (
                     size if isinstance(size, str) else f"{size} bytes there, {want} here")
                 raise UsageError(f"{what} is not reachable from Dask worker {worker} ({why}): use a folder "
                                  "every worker shares with this machine, or an s3:// URL")
@@ -224,7 +224,7 @@ class DaskPool:
     def imap_unordered(self, fn: Callable, jobs: Iterable[Any]) -> Iterator[Any]:
         """``fn(job)`` for every job, as Dask tasks of a few jobs each; results in completion order.
 
-        At most ``_WINDOW[phase]`` tasks per worker thread are submitted ahead of the finished ones:
+        At most ``fn.batching.ahead_per_slot`` tasks per worker thread are submitted ahead of the finished ones:
         the scheduler holds a window of the build's jobs, not all of them (a 10-million-image
         build has 156,000 chunks), and a task is submitted the moment a slot frees.
 
@@ -237,10 +237,10 @@ class DaskPool:
         jobs = jobs if hasattr(jobs, "__len__") else list(jobs)
         # Task keys "shardgen-convert-<token>-<n>" / "shardgen-shards-<token>-<n>": the dashboard groups them
         # by the part before the token; the token keeps runs apart on a shared scheduler.
-        phase = "convert" if "Chunk" in type(fn).__name__ else "shards"
-        groups = _batches(jobs, len(jobs), slots, _MOST_PER_TASK[phase])
-        prefix = f"shardgen-{phase}-{secrets.token_hex(8)}"
-        window, ac, self._futures = _WINDOW[phase] * slots, as_completed([], with_results=False), set()
+        how: Batching = fn.batching
+        groups = batches(jobs, len(jobs), slots, how.most_per_task)
+        prefix = f"shardgen-{how.phase}-{secrets.token_hex(8)}"
+        window, ac, self._futures = how.ahead_per_slot * slots, as_completed([], with_results=False), set()
         sent = self._submit(fn, groups, prefix, 0, window, ac)
         while self._futures:
             batch = ac.next_batch(block=False)
@@ -263,7 +263,7 @@ class DaskPool:
         if not batch:
             return start
         stop = start + len(batch)
-        futs = self.client.map(_run_batch, [fn] * len(batch), batch, max_pixels=self.max_pixels,
+        futs = self.client.map(run_batch, [fn] * len(batch), batch, max_pixels=self.max_pixels,
                                codecs=self.codecs, key=[f"{prefix}-{i}" for i in range(start, stop)], pure=False)
         self._futures.update(futs)
         ac.update(futs)
@@ -365,7 +365,7 @@ def connect(spec: Cluster, max_pixels: int) -> DaskPool:
         import distributed
     except ImportError:
         raise UsageError(NEED_DASK) from None
-    quiet = _QuietLogs()
+    quiet = QuietLogs()
     client, local = open_client(distributed, spec, quiet)
     pool = DaskPool(client, local, max_pixels, spec.name, spec.timeout_s, quiet)
     try:

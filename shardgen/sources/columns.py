@@ -1,8 +1,8 @@
 """Compact, columnar storage of a build's per-image records, for the client process.
 
 A build of N images keeps per image its source path, class, split, group, key and what
-converting it gave. As Python objects (an :class:`~shardgen.items.Item`, an
-:class:`~shardgen.convert.ImageRecord`, their strings) that is about 1.8 KB per image: 18 GB
+converting it gave. As Python objects (an :class:`~shardgen.sources.items.Item`, an
+:class:`~shardgen.build.convert.ImageRecord`, their strings) that is about 1.8 KB per image: 18 GB
 on the client for a 10-million-image corpus. Here the same facts live in arrays:
 
 - :class:`StrColumn`: strings as one UTF-8 byte blob (surrogate-escaped, so undecodable
@@ -10,7 +10,7 @@ on the client for a 10-million-image corpus. Here the same facts live in arrays:
 - :class:`Interned`: repeated values (class names, splits, group ids, label sets) as int32
   codes into a table of distinct values;
 - :class:`ItemTable`: the scan's items as such columns, a ``Sequence[Item]`` that builds
-  each :class:`~shardgen.items.Item` when it is read;
+  each :class:`~shardgen.sources.items.Item` when it is read;
 - :class:`RecordTable`: the conversion's results as one numpy structured array, with the
   rare extras (skip reasons, DICOM attributes) in dictionaries.
 
@@ -356,7 +356,7 @@ class _KeySources(Sequence[str]):
         return self.items.key_source(i)
 
 
-#: One row per converted image: the facts :class:`~shardgen.convert.ImageRecord` holds that
+#: One row per converted image: the facts :class:`~shardgen.build.convert.ImageRecord` holds that
 #: the plan needs (xxh64 digests as integers; mode as a code into ``RecordTable.modes``).
 RECORD_DTYPE = np.dtype([("ok", "?"), ("offset", "<i8"), ("length", "<i8"), ("pixels", "<u8"),
                          ("width", "<i4"), ("height", "<i4"), ("mode", "<i2"), ("true_color", "?")])
@@ -383,7 +383,7 @@ class RecordTable:
         return self._modes.values
 
     def put(self, start: int, records: Sequence[Any]) -> None:
-        """Store :class:`~shardgen.convert.ImageRecord` s as rows ``start, start + 1, ...``."""
+        """Store :class:`~shardgen.build.convert.ImageRecord` s as rows ``start, start + 1, ...``."""
         for i, r in enumerate(records, start):
             if not r.ok:
                 self.rows[i] = (False, 0, 0, 0, 0, 0, -1, False)

@@ -2,15 +2,15 @@
 
 The orchestration of a build; each phase lives in its own module:
 
-0. **Lock** (:mod:`shardgen.lock`): OUT is held for the whole run (a ``flock``, or a lease on
+0. **Lock** (:mod:`shardgen.build.lock`): OUT is held for the whole run (a ``flock``, or a lease on
    object storage); a second build on the same OUT refuses.
-1. :mod:`shardgen.scan` / :mod:`shardgen.index` find the labelled images; classes and
-   splits are settled (:mod:`shardgen.resolve`), and OUT is checked (:mod:`shardgen.outdir`).
-2. **Convert** (:mod:`shardgen.convert`): worker processes turn chunks of files into PNGs
+1. :mod:`shardgen.sources.folder` / :mod:`shardgen.sources.index` find the labelled images; classes and
+   splits are settled (:mod:`shardgen.build.resolve`), and OUT is checked (:mod:`shardgen.build.outdir`).
+2. **Convert** (:mod:`shardgen.build.convert`): worker processes turn chunks of files into PNGs
    in the scratch folder ``OUT/.shardgen-work``; finished chunks are reused on resume.
-3. **Assemble** (:mod:`shardgen.assemble`): splits, shuffle and shard layout are planned,
+3. **Assemble** (:mod:`shardgen.build.assemble`): splits, shuffle and shard layout are planned,
    and each shard is written atomically; finished shards are kept on resume.
-4. **Finish** (:mod:`shardgen.outputs`): the metadata files, and ``manifest.json`` last.
+4. **Finish** (:mod:`shardgen.build.finish`): the metadata files, and ``manifest.json`` last.
 
 Memory stays proportional to the file list: images live on disk between the phases.
 """
@@ -24,25 +24,25 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .assemble import ShardTask
-from .columns import RecordTable, StrColumn
+from ..sources.columns import RecordTable, StrColumn
 from .config import BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, chunk_jobs
-from .errors import ShardgenError, UsageError
-from .format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
+from ..errors import ShardgenError, UsageError
+from ..format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
 from .lock import LocalLock
 from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
-from .outputs import finish_build
+from .finish import finish_build
 from .plan import make_plan
-from .pool import AHEAD, run_jobs, worker_init
-from .progress import bar as progress_bar
+from ..engines.pool import AHEAD, run_jobs, worker_init
+from ..progress import bar as progress_bar
 from .resolve import resolve
-from .scan import Skip
+from ..sources.items import Skip
 from .split import empty_split_notes
-from .storage import is_url
+from ..storage import is_url
 
 __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_splits", "CHUNK"]
 
@@ -111,9 +111,9 @@ class _Run:
     work: str
     progress: bool
     pool: Any = None
-    #: a :class:`~shardgen.cluster.DaskPool` (``--scheduler``): the tasks run there instead
+    #: a :class:`~shardgen.engines.dask.DaskPool` (``--scheduler``): the tasks run there instead
     dask: Any = None
-    #: a :class:`~shardgen.remote.Paths` when SRC or OUT is a URL
+    #: a :class:`~shardgen.build.remote_out.Paths` when SRC or OUT is a URL
     urls: Any = None
     phase: str = "converting images"
     reused: int = 0
@@ -122,7 +122,7 @@ class _Run:
     rehashed: int = 0
     #: jobs handed to the process pool ahead of their results
     window: int = 0
-    #: the hold on OUT (:func:`shardgen.lock.hold_out`); checked after every job
+    #: the hold on OUT (:func:`shardgen.build.lock.hold_out`); checked after every job
     lock: Any = None
 
     def start_pool(self, n_jobs: int) -> None:
@@ -225,15 +225,15 @@ class _Run:
 
 @contextlib.contextmanager
 def _hold_out(out: str, urls):
-    """Hold OUT for the ``with`` block: a :class:`~shardgen.lock.LocalLock` for a folder, a
-    :class:`~shardgen.lease.Lease` for a URL; yields it (``check()``, ``note``, ``release()``).
+    """Hold OUT for the ``with`` block: a :class:`~shardgen.build.lock.LocalLock` for a folder, a
+    :class:`~shardgen.build.lease.Lease` for a URL; yields it (``check()``, ``note``, ``release()``).
 
     Raises:
         OutBusy: another build holds OUT. UsageError: OUT cannot be used.
     """
     if urls is not None and urls.out_remote:
         from .lease import Lease
-        from .storage.transport import storage_errors
+        from ..storage.transport import storage_errors
 
         with storage_errors(urls.out.url, "taking the lease on OUT", urls.out.options):
             lock = Lease(urls.out).acquire()
@@ -261,9 +261,9 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
         overwrite: replace a build of another config (or other library versions) in OUT.
         progress: progress bars on stderr.
         rehash: on resume, read every source of a finished chunk again to compare its xxh64,
-            instead of trusting an unchanged stat stamp (:mod:`shardgen.stamps`); never changes
+            instead of trusting an unchanged stat stamp (:mod:`shardgen.build.stamps`); never changes
             the output. (Sources given as a URL are always read again.)
-        cluster: a :class:`~shardgen.cluster.Cluster` (``--scheduler``): the conversion and
+        cluster: a :class:`~shardgen.engines.dask.Cluster` (``--scheduler``): the conversion and
             the shards run as Dask tasks there; the output is the same bytes (a ``local:N``
             cluster starts while SRC is scanned). None: worker processes on this machine.
         storage_options, endpoint_url: fsspec options (and the S3 endpoint) of a SRC or OUT
@@ -279,15 +279,16 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
     """
     urls = None
     if storage_options is not None or endpoint_url is not None or is_url(cfg.src) or is_url(cfg.out):
-        from .remote import paths_of
+        from .remote_out import paths_of
 
         urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
     with _hold_out(cfg.out, urls) as lock:  # before anything looks at OUT (or a cluster starts)
         if cluster is None:
             return _build(cfg, overwrite, progress, rehash, None, urls, lock)
-        from .cluster_start import start
+        from ..engines.dask_start import start
 
-        dask = start(cluster, cfg.pixel_limit)  # tcp://: reached now; local:N: starts while SRC is scanned
+        # tcp://: reached now; local:N: starts while SRC is scanned, its workers importing the tasks' modules
+        dask = start(replace(cluster, preload=(ChunkTask.__module__, ShardTask.__module__)), cfg.pixel_limit)
         try:
             return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None, lock)
         finally:

@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UsageError
-from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
-                     WORK_DIR, dump_json, wids_index_name)
+from ..errors import UsageError
+from ..format import MANIFEST, SPLIT_RE, TMP_PREFIX, WORK_DIR, dump_json, is_own_split_file, is_own_top
 from .lock import LEASE
-from .storage import is_url
-from .storage.io import put_atomic, read_or_none
-from .storage.location import Location, location
-from .storage.transport import storage_errors
+from ..storage import is_url
+from ..storage.io import put_atomic, read_or_none
+from ..storage.location import Location, location
+from ..storage.transport import storage_errors
 
 __all__ = ["Paths", "paths_of", "RemoteOut"]
-
-_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
-
 
 # ---- OUT on object storage -------------------------------------------------------------------------
 
@@ -69,15 +64,15 @@ class RemoteOut:
             tops.setdefault(top, []).append(rest)
         foreign = []
         for top, rests in sorted(tops.items()):
-            if top in _OWN_FILES or top.startswith(TMP_PREFIX):
+            if is_own_top(top):
                 continue
-            if SPLIT_RE.match(top) and all(r and _own_split_file(top, r) for r in rests):
+            if SPLIT_RE.match(top) and all(r and "/" not in r and is_own_split_file(top, r) for r in rests):
                 continue
             foreign.append(top)
         return foreign
 
     def prepare(self, fingerprint: dict, overwrite: bool) -> str:
-        """Check OUT (as :func:`shardgen.outdir.prepare_out`), clean temporaries, record the config.
+        """Check OUT (as :func:`shardgen.build.outdir.prepare_out`), clean temporaries, record the config.
 
         Returns:
             the scratch folder's URL.
@@ -136,12 +131,6 @@ class RemoteOut:
         work = [self.path(n) for n in self.listing() if n.split("/")[0] == WORK_DIR and n != LEASE]
         if work:
             self.fs.rm(work)
-
-
-def _own_split_file(split: str, rest: str) -> bool:
-    name = rest.rsplit("/", 1)[-1]
-    return "/" not in rest and (bool(re.match(rf"^{re.escape(split)}-\d{{6}}\.tar$", name))
-                                or name in (DATASET_JSON, wids_index_name(split)) or name.startswith(TMP_PREFIX))
 
 
 def _json_or_none(raw: bytes) -> Any:
@@ -204,13 +193,13 @@ class Paths:
 
     def chunk_task(self, src_root: str, work_url: str, size: int, fit: str, max_pixels: int,
                    dicom_window: str = "auto"):
-        from .remote_tasks import FsChunkTask
+        from .fs_tasks import FsChunkTask
 
         return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), size, fit, max_pixels,
                            dicom_window)
 
     def shard_task(self, work_url: str):
-        from .remote_tasks import FsShardTask
+        from .fs_tasks import FsShardTask
 
         return FsShardTask(self.out, self.work(work_url))
 

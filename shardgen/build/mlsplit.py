@@ -30,32 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .split import Components, _exact, component_ids
+from .split import Components, exact_weights, component_ids
 
-__all__ = ["assign_multilabel", "assign_multilabel_indices", "positive_rates"]
-
-
-def assign_multilabel(relpaths: Sequence[str], labels: Sequence[Sequence[int]], n_classes: int,
-                      together: Sequence[Sequence[int]], ratios: Sequence[tuple[str, float]],
-                      seed: int) -> list[str]:
-    """Assign each sample to a split (the rule is in the module docstring).
-
-    Args:
-        relpaths: source path of each sample.
-        labels: the class indices of each sample (empty: no positive class).
-        n_classes: C.
-        together: groups of sample indices that must share a split.
-        ratios: ``[(split, ratio), ...]`` summing to 1.
-        seed: seed of the assignment.
-
-    Returns:
-        The split name of each sample.
-    """
-    sets: dict[tuple[int, ...], int] = {}
-    codes = np.asarray([sets.setdefault(tuple(ls), len(sets)) for ls in labels], dtype=np.int64)
-    names = [s for s, _ in ratios]
-    out = assign_multilabel_indices(relpaths, list(sets), codes, n_classes, together, ratios, seed)
-    return [names[j] for j in out]
+__all__ = ["assign_multilabel_indices", "positive_rates"]
 
 
 class _Held:
@@ -92,10 +69,22 @@ class _Held:
 def assign_multilabel_indices(relpaths: Sequence[str], label_sets: Sequence[Sequence[int]], codes: np.ndarray,
                               n_classes: int, together: Sequence[Sequence[int]], ratios: Sequence[tuple[str, float]],
                               seed: int, groups: np.ndarray | None = None) -> np.ndarray:
-    """:func:`assign_multilabel` on compact inputs: each sample's label set is
-    ``label_sets[codes[i]]``; ``groups`` (an int code per sample, -1: none) joins samples as
-    ``together`` does. Returns an int16 array of split indices; no object per sample."""
-    w = [float(x) for x in _exact([r for _, r in ratios])]
+    """Assign each sample to a split (the rule is in the module docstring).
+
+    Args:
+        relpaths: source path of each sample.
+        label_sets: the distinct label sets (class indices; empty: no positive class).
+        codes: each sample's label set, an index into ``label_sets``.
+        n_classes: C.
+        together: groups of sample indices that must share a split.
+        ratios: ``[(split, ratio), ...]`` summing to 1.
+        seed: seed of the assignment.
+        groups: an int code per sample (-1: none) that joins samples as ``together`` does.
+
+    Returns:
+        An int16 array of split indices (into ``ratios``); no Python object per sample.
+    """
+    w = [float(x) for x in exact_weights([r for _, r in ratios])]
     k = len(ratios)
     comps = Components(relpaths, None, component_ids(len(relpaths), together, groups), seed, salt="mlsplit")
     held = _Held(comps, label_sets, codes, n_classes)

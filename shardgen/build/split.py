@@ -38,9 +38,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import xxhash
 
-from .columns import ties_sorted
+from ..sources.columns import ties_sorted
 
-__all__ = ["UnionFind", "assign_splits", "assign_split_indices", "component_ids", "Components", "empty_split_notes",
+__all__ = ["UnionFind", "assign_split_indices", "component_ids", "Components", "empty_split_notes",
            "shuffle_order", "largest_remainder"]
 
 
@@ -70,7 +70,7 @@ def _h(seed: int, *parts: str) -> int:
     return xxhash.xxh64_intdigest("\x00".join(parts).encode("utf-8", "surrogateescape"), seed=seed & 0xFFFFFFFFFFFFFFFF)
 
 
-def _exact(ratios: Sequence[float]) -> list[Fraction]:
+def exact_weights(ratios: Sequence[float]) -> list[Fraction]:
     """The ratios as written (``0.15`` is 15/100), normalised to sum exactly 1."""
     fr = [Fraction(str(r)) for r in ratios]
     total = sum(fr)
@@ -83,7 +83,7 @@ def largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
     Each part is ``floor(n * ratio)`` or one more; the leftover units go to the largest
     fractional parts, ties to the earlier ratio. Exact arithmetic.
     """
-    raw = [n * w for w in _exact(ratios)]
+    raw = [n * w for w in exact_weights(ratios)]
     base = [int(x) for x in raw]  # floor: raw >= 0
     rest = n - sum(base)
     order = sorted(range(len(ratios)), key=lambda i: (-(raw[i] - base[i]), i))
@@ -201,13 +201,9 @@ def _class_targets(n_c: int, w: list[Fraction], need: list[int]) -> list[int]:
     return target
 
 
-def assign_splits(
-    relpaths: Sequence[str],
-    labels: Sequence[int],
-    together: Sequence[Sequence[int]],
-    ratios: Sequence[tuple[str, float]],
-    seed: int,
-) -> list[str]:
+def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
+                         ratios: Sequence[tuple[str, float]], seed: int,
+                         groups: np.ndarray | None = None) -> np.ndarray:
     """Assign each sample to a split (the rule is in the module docstring).
 
     Args:
@@ -216,21 +212,14 @@ def assign_splits(
         together: groups of sample indices that must share a split.
         ratios: ``[(split, ratio), ...]`` summing to 1 (each in (0, 1]).
         seed: seed of the assignment.
+        groups: an int code per sample (-1: none) that joins samples like ``together`` does,
+            without lists.
 
     Returns:
-        The split name of each sample.
+        An int16 array of split indices (into ``ratios``); memory: a few arrays of 8 bytes per
+        sample, no Python object per sample.
     """
-    names = [s for s, _ in ratios]
-    return [names[j] for j in assign_split_indices(relpaths, labels, together, ratios, seed)]
-
-
-def assign_split_indices(relpaths: Sequence[str], labels: Sequence[int], together: Sequence[Sequence[int]],
-                         ratios: Sequence[tuple[str, float]], seed: int,
-                         groups: np.ndarray | None = None) -> np.ndarray:
-    """:func:`assign_splits` as an int16 array of split indices (into ``ratios``); memory:
-    a few arrays of 8 bytes per sample, no Python object per sample. ``groups`` (an int
-    code per sample, -1: none) joins samples like ``together`` does, without lists."""
-    w = _exact([r for _, r in ratios])
+    w = exact_weights([r for _, r in ratios])
     k = len(ratios)
     comps = Components(relpaths, labels, component_ids(len(relpaths), together, groups), seed)
     classes = sorted({int(c) for c in np.unique(comps.label)}, key=lambda c: (_h(seed, "class", str(c)), c))
@@ -283,7 +272,7 @@ def empty_split_notes(ratios: Sequence[tuple[str, float]], samples: Mapping[str,
     """One note per split with a non-zero ratio and no samples, saying why.
 
     Args:
-        ratios: ``[(split, ratio), ...]`` as given to :func:`assign_splits`.
+        ratios: ``[(split, ratio), ...]`` as given to :func:`assign_split_indices`.
         samples: samples per split in the finished build.
     """
     n = sum(samples.values())

@@ -9,36 +9,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 
-from .errors import UsageError
-from .format import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, MANIFEST, SKIPPED, SPLIT_RE, TMP_PREFIX,
-                     WORK_DIR, CodecVersions, wids_index_name)
-from .imaging.codecs import check_same_codecs
+from ..errors import UsageError
+from ..format import MANIFEST, SPLIT_RE, TMP_PREFIX, WORK_DIR, CodecVersions, is_own_split_file, is_own_top
+from ..imaging.codecs import check_same_codecs
 from .lock import LOCK_FILE
 
 __all__ = ["prepare_out", "decide", "clean_temporaries", "remove_stale", "is_own_split_dir", "remove_build"]
 
-_OWN_FILES = {MANIFEST, CLASSES, SKIPPED, DUPLICATES, DATASET_CARD, WORK_DIR}
-
-
 def is_own_split_dir(path: str, name: str) -> bool:
     """A split folder holding only shardgen files (shards, dataset.json, wids index, temporaries)."""
-    pat = re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar$")
     try:
         entries = os.listdir(path)
     except OSError:
         return False
-    own = {DATASET_JSON, wids_index_name(name)}
-    return all(pat.match(e) or e in own or e.startswith(TMP_PREFIX) for e in entries)
+    return all(is_own_split_file(name, e) for e in entries)
 
 
 def _foreign_entries(out: str) -> list[str]:
     foreign = []
     for e in sorted(os.listdir(out)):
         p = os.path.join(out, e)
-        if e in _OWN_FILES or e.startswith(TMP_PREFIX):
+        if is_own_top(e):
             continue
         if os.path.isdir(p) and SPLIT_RE.match(e) and is_own_split_dir(p, e):
             continue
@@ -48,7 +41,7 @@ def _foreign_entries(out: str) -> list[str]:
 
 def remove_build(out: str) -> None:
     """Delete the shardgen files in ``out`` (only those; callers checked for foreign files), all
-    but the lock file the running build holds (``.shardgen-work/build.lock``, :mod:`shardgen.lock`):
+    but the lock file the running build holds (``.shardgen-work/build.lock``, :mod:`shardgen.build.lock`):
     removing it would let a second build take OUT while this one replaces the old build."""
     for e in os.listdir(out):
         p = os.path.join(out, e)

@@ -10,11 +10,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cpus import usable_cpus
-from .errors import UsageError
-from .format import SPLIT_RE
-from .imaging.dicom import DICOM_WINDOWS
-from .imaging.image import DEFAULT_MAX_PIXELS, FITS, encoder_info
+from ..cpus import usable_cpus
+from ..errors import UsageError
+from ..format import SPLIT_RE
+from ..imaging.dicom import DICOM_WINDOWS
+from ..imaging.image import DEFAULT_MAX_PIXELS, FITS, encoder_info
 
 __all__ = ["BuildConfig", "parse_splits", "parse_columns", "parse_split_lists", "fingerprint_of", "FORMATS",
            "DEFAULT_SPLITS", "ROLES"]
@@ -238,7 +238,7 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
     ``no_finding``, ``split_lists``) only when given, so builds that do not use them record
     exactly what they always did.
     """
-    from .imaging.codecs import codec_versions
+    from ..imaging.codecs import codec_versions
 
     fp: dict[str, Any] = {
         "size": cfg.size,

@@ -6,7 +6,7 @@ and writes the chunk's ``.bin`` and ``.json`` together (:func:`~shardgen.storage
 shard to a local temporary file with the one :class:`~shardgen.format.ShardWriter`, and
 uploads it atomically (:func:`~shardgen.storage.io.put_file_atomic`: one PUT on an object store).
 Every whole-object read is one GET (:func:`~shardgen.storage.io.single_get`). The bytes are those
-of :class:`~shardgen.convert.ChunkTask` and :class:`~shardgen.assemble.ShardTask`.
+of :class:`~shardgen.build.convert.ChunkTask` and :class:`~shardgen.build.assemble.ShardTask`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from fsspec.utils import merge_offset_ranges
 
 from .assemble import ShardJob, ShardTask
 from .convert import ChunkResult, ChunkTask, ImageRecord
-from .errors import ShardgenError
-from .format import ShardWriter, dump_json, stream_xxh64
-from .imaging.image import ImageSkip, process_bytes
-from .storage.location import Location
-from .storage.get import read_many, read_ranges
-from .storage.io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
-from .retry import is_transient
+from ..errors import ShardgenError
+from ..format import ShardWriter, dump_json, stream_xxh64
+from ..imaging.image import ImageSkip, process_bytes
+from ..storage.location import Location
+from ..storage.get import read_many, read_ranges
+from ..storage.io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
+from ..retry import is_transient
 
 __all__ = ["FsChunkTask", "FsShardTask"]
 
@@ -42,7 +42,7 @@ class FsChunkTask(ChunkTask):
     Args:
         src: where the sources are (their paths in the jobs are full URLs or paths).
         work: the build's scratch folder.
-        size, fit, max_pixels, dicom_window: as :class:`~shardgen.convert.ChunkTask`.
+        size, fit, max_pixels, dicom_window: as :class:`~shardgen.build.convert.ChunkTask`.
 
     A reusable chunk's sources are always read again and compared with their xxh64 (an
     object store has no stat stamp to trust, as ``--rehash`` does locally).
