@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .ring import Batch, Ring, WorkerFailure
 from ..errors import LoaderError
 from ..order.plan import batches_per_rank, shard_sequence
 from ..order.resume import EpochRun, Layout, Phase
 from ..order.sequence import EpochSequence, balanced_units, class_targets, multiplicities
 from ..order.shuffle import output_order
-from ..read.targets import Targets
 from ..read.samples import SampleReader, slot_samples
 from ..read.spec import Spec
+from ..read.targets import Targets
 from ..transform import SampleTransform
+from .ring import Batch, Ring, WorkerFailure
 
 __all__ = ["ShardStream", "BatchOut"]
 

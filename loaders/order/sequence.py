@@ -12,7 +12,8 @@ manifest, the labels, the seed and the epoch, so every process computes the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence as Seq
+from typing import Any
+from typing import Sequence as Seq
 
 import numpy as np
 

@@ -27,9 +27,9 @@ from shardgen.format.validate import member_limit
 from ..errors import LoaderError
 from ..order.plan import SlotPlan
 from ..order.sequence import Segment
+from .shards.cache import ShardCache
 from .shards.opening import jump, open_shard
 from .shards.sources import RemoteSource
-from .shards.cache import ShardCache
 from .spec import Spec
 from .targets import Targets
 

@@ -22,7 +22,6 @@ from .cache import ShardCache
 from .sources import LocalSource, RemoteSource
 from .verified import fetch_remote, open_cached, open_local
 
-
 __all__ = ["open_shard", "jump"]
 
 

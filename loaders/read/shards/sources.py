@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from shardgen import retry
 from shardgen.redact import redact
 
-from .cache import CacheWriter
 from ...errors import LoaderError
+from .cache import CacheWriter
 from .ranged import BodyTooLarge, read_range
 
 __all__ = ["LocalSource", "RemoteSource", "prefetch_pool", "DEFAULT_CHUNK"]

@@ -33,8 +33,8 @@ import xxhash
 
 from shardgen.format import ShardEntry, ShardReadError
 
-from .cache import CacheWriter, ShardCache
 from ...errors import LoaderError
+from .cache import CacheWriter, ShardCache
 from .sources import LocalSource, RemoteSource
 from .spool import BytesSource, MemorySpool, give_back, memory_limit, private_spool, shard_changed, take_buffer
 from .tarcount import SampleCounter, check_samples
