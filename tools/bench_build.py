@@ -56,7 +56,7 @@ import make_dicom  # noqa: E402
 import make_sample_dataset as msd  # noqa: E402
 from bench_dask_s3 import dask_column, s3_column  # noqa: E402
 from shardgen.cpus import usable_cpus  # noqa: E402
-from shardgen.imaging.image import encode_png, fit_square, process_bytes, to_gray  # noqa: E402
+from shardgen.imaging.image import ImageOptions, encode_png, fit_square, process_bytes, to_gray  # noqa: E402
 
 
 def _env():
@@ -162,7 +162,7 @@ def per_core(datas: list[bytes], size: int) -> dict[str, float]:
         "PIL decode+BOX resize+PIL PNG zlib6": pil_pil(6),
         "PIL decode+BOX resize+PIL PNG zlib1": pil_pil(1),
         "PIL decode+BOX resize+shardgen PNG (avg filter, libdeflate)": pil_fast,
-        "shardgen process_bytes (full: EXIF, modes, hash, encode)": lambda d: process_bytes(d, size, "pad").png,
+        "shardgen process_bytes (full: EXIF, modes, hash, encode)": lambda d: process_bytes(d, ImageOptions(size, "pad")).png,
     }
     try:
         import cv2  # optional: only measured when installed
@@ -214,12 +214,12 @@ def dicom_per_core(root: str, n: int, side: int, size: int) -> dict[str, tuple[f
     res = {}
     for kind, datas in dicom_sources(root, n, side).items():
         name = "x.dcm" if kind.startswith("DICOM") else "x.png"
-        process_bytes(datas[0], size, "pad", name=name)  # imports pydicom and its plugins once
+        process_bytes(datas[0], ImageOptions(size, "pad"), name=name)  # imports pydicom and its plugins once
         cpu = wall = 0.0
         for _ in range(3):
             t0, c0 = time.perf_counter(), time.process_time()
             for d in datas:
-                process_bytes(d, size, "pad", name=name)
+                process_bytes(d, ImageOptions(size, "pad"), name=name)
             cpu = max(cpu, len(datas) / (time.process_time() - c0))
             wall = max(wall, len(datas) / (time.perf_counter() - t0))
         res[kind] = (cpu, wall)
@@ -243,7 +243,7 @@ def size_ratio(out: str, files: list[str], size: int) -> float:
     ours = theirs = 0
     for f in files:
         with open(f, "rb") as fh:
-            p = process_bytes(fh.read(), size, "pad")
+            p = process_bytes(fh.read(), ImageOptions(size, "pad"))
         ours += len(p.png)
         b = io.BytesIO()
         Image.open(io.BytesIO(p.png)).save(b, "PNG", compress_level=6)

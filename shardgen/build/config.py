@@ -14,7 +14,7 @@ from ..cpus import usable_cpus
 from ..errors import UsageError
 from ..format import SPLIT_RE
 from ..imaging.dicom import DICOM_WINDOWS
-from ..imaging.image import DEFAULT_MAX_PIXELS, FITS, encoder_info
+from ..imaging.image import DEFAULT_MAX_PIXELS, FITS, ImageOptions, encoder_info
 
 __all__ = ["BuildConfig", "parse_splits", "parse_columns", "parse_split_lists", "fingerprint_of", "FORMATS",
            "DEFAULT_SPLITS", "ROLES"]
@@ -219,6 +219,11 @@ class BuildConfig:
     @property
     def pixel_limit(self) -> int:
         return self.max_pixels or DEFAULT_MAX_PIXELS
+
+    @property
+    def image_options(self) -> ImageOptions:
+        """The conversion options of each image, as the workers take them."""
+        return ImageOptions(self.size, self.fit, self.pixel_limit, self.dicom_window)
 
 
 def _inside(path: str, folder: str) -> bool:

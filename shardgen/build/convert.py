@@ -22,7 +22,7 @@ import xxhash
 
 from ..engines.pool import Batching, SizedJobs
 from ..format import atomic_write_bytes, file_xxh64
-from ..imaging.image import ImageSkip, process_file
+from ..imaging.image import ImageOptions, ImageSkip, process_file
 from .stamps import stamp_of, unchanged
 
 __all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "chunk_jobs"]
@@ -119,10 +119,7 @@ class ChunkTask:
 
     Args:
         work: the build's scratch folder.
-        size: output side in pixels.
-        fit: ``pad``, ``crop`` or ``stretch``.
-        max_pixels: larger inputs are skipped as decompression bombs.
-        dicom_window: ``auto`` (default) or ``none``, the VOI step of DICOM sources.
+        image: how each source becomes a sample.
         rehash: on resume, read every source of a finished chunk again and compare its
             xxh64, instead of trusting an unchanged stat stamp (default False).
     """
@@ -130,10 +127,8 @@ class ChunkTask:
     #: Four chunks per Dask task, four tasks ahead per worker thread.
     batching = Batching("convert", most_per_task=4, ahead_per_slot=4)
 
-    def __init__(self, work: str, size: int, fit: str, max_pixels: int, dicom_window: str = "auto",
-                 rehash: bool = False) -> None:
-        self.work, self.size, self.fit, self.max_pixels = work, size, fit, max_pixels
-        self.dicom_window, self.rehash = dicom_window, rehash
+    def __init__(self, work: str, image: ImageOptions, rehash: bool = False) -> None:
+        self.work, self.image, self.rehash = work, image, rehash
 
     def paths(self, cid: int) -> tuple[str, str]:
         """The chunk's ``.bin`` and ``.json`` paths."""
@@ -189,7 +184,7 @@ class ChunkTask:
         for _rel, path in entries:
             stamps.append(stamp_of(path))  # before the read: a later write changes the stamp
             try:
-                pr, src_hash = process_file(path, self.size, self.fit, self.max_pixels, self.dicom_window)
+                pr, src_hash = process_file(path, self.image)
             except ImageSkip as e:
                 recs.append(ImageRecord(False, str(e), _src_hash(path)))
                 continue

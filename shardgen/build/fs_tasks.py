@@ -27,7 +27,7 @@ from .assemble import ShardJob, ShardTask
 from .convert import ChunkResult, ChunkTask, ImageRecord
 from ..errors import ShardgenError
 from ..format import ShardWriter, dump_json, stream_xxh64
-from ..imaging.image import ImageSkip, process_bytes
+from ..imaging.image import ImageOptions, ImageSkip, process_bytes
 from ..storage.location import Location
 from ..storage.get import read_many, read_ranges
 from ..storage.io import put_file_atomic, put_scratch, put_scratch_pair, read_object, read_or_none
@@ -42,15 +42,14 @@ class FsChunkTask(ChunkTask):
     Args:
         src: where the sources are (their paths in the jobs are full URLs or paths).
         work: the build's scratch folder.
-        size, fit, max_pixels, dicom_window: as :class:`~shardgen.build.convert.ChunkTask`.
+        image: how each source becomes a sample.
 
     A reusable chunk's sources are always read again and compared with their xxh64 (an
     object store has no stat stamp to trust, as ``--rehash`` does locally).
     """
 
-    def __init__(self, src: Location, work: Location, size: int, fit: str, max_pixels: int,
-                 dicom_window: str = "auto") -> None:
-        super().__init__(work.url, size, fit, max_pixels, dicom_window)
+    def __init__(self, src: Location, work: Location, image: ImageOptions) -> None:
+        super().__init__(work.url, image)
         self.src, self.work_loc = src, work
         #: one bit per chunk, set by :meth:`done_mask`: its records existed when OUT was listed
         self.listed: bytes | None = None
@@ -117,8 +116,7 @@ class FsChunkTask(ChunkTask):
                 continue
             src_hash = xxhash.xxh64_hexdigest(data)
             try:
-                pr = process_bytes(data, self.size, self.fit, self.max_pixels, name=path,
-                                   dicom_window=self.dicom_window)
+                pr = process_bytes(data, self.image, name=path)
             except ImageSkip as e:
                 recs.append(ImageRecord(False, str(e), src_hash))
                 continue

@@ -191,12 +191,10 @@ class Paths:
             shutil.rmtree(staging, ignore_errors=True)
         return result
 
-    def chunk_task(self, src_root: str, work_url: str, size: int, fit: str, max_pixels: int,
-                   dicom_window: str = "auto"):
+    def chunk_task(self, src_root: str, work_url: str, image):
         from .fs_tasks import FsChunkTask
 
-        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), size, fit, max_pixels,
-                           dicom_window)
+        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), image)
 
     def shard_task(self, work_url: str):
         from .fs_tasks import FsShardTask

@@ -162,9 +162,8 @@ class _Run:
             bar.update(len(recs))
             self.lock.check()
 
-        task = (self.urls.chunk_task(src_root, self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window)
-                if self.urls else ChunkTask(self.work, cfg.size, cfg.fit, cfg.pixel_limit, cfg.dicom_window,
-                                            rehash=self.rehash))
+        task = (self.urls.chunk_task(src_root, self.work, cfg.image_options) if self.urls
+                else ChunkTask(self.work, cfg.image_options, rehash=self.rehash))
         run_jobs(self.pool, task, task.pending_first(jobs), got, self.window)
         bar.close()
         return records

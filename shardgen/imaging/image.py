@@ -19,13 +19,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..format.png import DEFLATE_LEVEL, encode_png, encoder_info
 from ..format.sample import pixels_digest
-from .dicom import DICOM_EXTENSIONS, DicomSkip, decode_dicom, is_dicom
+from .dicom import DICOM_EXTENSIONS, DICOM_WINDOWS, DicomSkip, decode_dicom, is_dicom
 from .dicom_info import DicomInfo
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FITS",
     "DEFAULT_MAX_PIXELS",
+    "ImageOptions",
     "ImageSkip",
     "Processed",
     "to_gray",
@@ -46,6 +47,39 @@ IMAGE_EXTENSIONS = frozenset(
 FITS = ("pad", "crop", "stretch")
 #: Largest accepted input, in pixels (width x height); larger files are skipped as decompression bombs.
 DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How a source image becomes a sample: every conversion option, in one picklable object.
+
+    A new conversion step adds its field here and reads it in :func:`process_bytes`; the build
+    makes the object from its config (:attr:`shardgen.build.config.BuildConfig.image_options`).
+
+    Attributes:
+        size: output side in pixels (default 256).
+        fit: ``pad`` (default), ``crop`` or ``stretch``: see :func:`fit_square`.
+        max_pixels: larger images are skipped as decompression bombs (default Pillow's 89,478,485).
+        dicom_window: ``auto`` (default) or ``none``: the VOI step of DICOM images (``--dicom_window``).
+
+    Raises:
+        ValueError: a value out of range, with the reason.
+    """
+
+    size: int = 256
+    fit: str = "pad"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    dicom_window: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size must be a positive integer, got {self.size!r}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
+        if self.dicom_window not in DICOM_WINDOWS:
+            raise ValueError(f"dicom_window must be one of {', '.join(DICOM_WINDOWS)}, got {self.dicom_window!r}")
 
 def configure_worker(max_pixels: int) -> None:
     """Set Pillow's own decompression-bomb limit to ``max_pixels`` in this process.
@@ -232,16 +266,13 @@ def _process_dicom(data: bytes, size: int, fit: str, max_pixels: int, window: st
     return _finish(gray, true_color, width, height, d.mode, size, fit, d.info)
 
 
-def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS, *,
-                  name: str = "", dicom_window: str = "auto") -> Processed:
+def process_bytes(data: bytes, options: ImageOptions, *, name: str = "") -> Processed:
     """Convert one encoded image (file contents) to the build's PNG.
 
     Args:
         data: the file's bytes.
-        size, fit: see :func:`fit_square`.
-        max_pixels: larger images are skipped as decompression bombs.
+        options: the conversion (:class:`ImageOptions`).
         name: the file's name; ``.dcm`` / ``.dicom`` (or the ``DICM`` preamble) selects DICOM.
-        dicom_window: ``auto`` (default) or ``none``: the VOI step of DICOM images (``--dicom_window``).
 
     Raises:
         ImageSkip: the data is empty, not an image, truncated, too large or undecodable.
@@ -250,6 +281,7 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
 
     if not data:
         raise ImageSkip("zero-byte file")
+    size, fit, max_pixels, dicom_window = options.size, options.fit, options.max_pixels, options.dicom_window
     if is_dicom(name, data):
         return _process_dicom(data, size, fit, max_pixels, dicom_window)
     im = _open(io.BytesIO(data), max_pixels)
@@ -268,8 +300,7 @@ def process_bytes(data: bytes, size: int, fit: str, max_pixels: int = DEFAULT_MA
     return _finish(gray, true_color, width, height, mode, size, fit)
 
 
-def process_file(path: str, size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 dicom_window: str = "auto") -> tuple[Processed, str]:
+def process_file(path: str, options: ImageOptions) -> tuple[Processed, str]:
     """Read and convert one file; returns ``(processed, xxh64 of the file bytes)``.
 
     Raises:
@@ -280,5 +311,5 @@ def process_file(path: str, size: int, fit: str, max_pixels: int = DEFAULT_MAX_P
             data = f.read()
     except OSError as e:
         raise ImageSkip(f"unreadable: {e.strerror or e}") from None
-    pr = process_bytes(data, size, fit, max_pixels, name=path, dicom_window=dicom_window)
+    pr = process_bytes(data, options, name=path)
     return pr, xxhash.xxh64_hexdigest(data)
