@@ -160,3 +160,26 @@ def test_progress_bars_leave_the_users_tqdm_settings_and_start_no_thread(sample_
     assert tqdm.tqdm.monitor_interval == before
     assert not [t for t in threading.enumerate() if t.name == "tqdm_monitor"]
     assert "convert" in capsys.readouterr().err
+
+
+def test_one_table_says_what_each_storage_protocol_can_do():
+    """Object stores have flat keys and whole-object PUTs; a local or memory filesystem has
+    folders and needs a temporary name; Data Lake Gen1 has folders (upload makes them)."""
+    import fsspec
+
+    from shardgen.storage import capabilities
+    from shardgen.storage.io import put_atomic
+
+    s3 = capabilities(fsspec.filesystem("s3", anon=True))
+    assert (s3.folders, s3.atomic_put, s3.local) == (False, True, False)
+    local = capabilities(fsspec.filesystem("file"))
+    assert (local.folders, local.atomic_put, local.local) == (True, False, True)
+    mem = fsspec.filesystem("memory")
+    assert capabilities(mem).atomic_put is False
+    put_atomic(mem, "/t/x.json", b"{}")  # through a temporary, renamed: nothing else left
+    assert mem.cat_file("/t/x.json") == b"{}" and mem.ls("/t", detail=False) == ["/t/x.json"]
+
+    class Adl:
+        protocol = ("adl",)
+
+    assert capabilities(Adl()).folders is True and capabilities(Adl()).atomic_put is False

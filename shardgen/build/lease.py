@@ -48,7 +48,7 @@ from typing import Any
 from ..errors import UsageError
 from .lock import LEASE, MAX_RECORD, Holder, OutBusy, OutLockLost, busy
 from ..redact import redact
-from ..storage import S3_PROTOCOLS
+from ..storage.protocols import S3_PROTOCOLS, protocols_of
 from ..storage.io import retried
 
 __all__ = ["LEASE", "DEFAULT_TTL_S", "SETTLE_S", "ENV_TTL", "Lease", "lease_ttl"]
@@ -141,8 +141,7 @@ class Lease:
     def __init__(self, loc: Any, ttl_s: float | None = None) -> None:
         self.url = loc.url
         self.fs = loc.fs()
-        protos = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
-        self.s3 = bool(set(protos) & set(S3_PROTOCOLS))
+        self.s3 = bool(protocols_of(self.fs) & set(S3_PROTOCOLS))
         self.path = f"{self.fs._strip_protocol(loc.url).rstrip('/')}/{LEASE}"
         self.ttl_s = lease_ttl() if ttl_s is None else ttl_s
         self.token = secrets.token_hex(16)

@@ -7,6 +7,7 @@ from typing import Any, Callable
 from ..errors import UsageError
 from ..imaging.dicom import has_dicom_magic
 from ..storage.location import Location
+from ..storage.protocols import protocols_of
 from .folder import Tree, is_image, is_visible
 
 __all__ = ["RemoteBareNames", "scan_url"]
@@ -79,7 +80,7 @@ def _list_into(fs: Any, root: str, add: Callable[[str, bool], None]) -> None:
         if path.startswith(root + "/") and len(path) > len(root) + 1:
             add(path[len(root) + 1:], is_dir)
 
-    iterdir = getattr(fs, "_iterdir", None) if "s3" in _protocols(fs) else None
+    iterdir = getattr(fs, "_iterdir", None) if "s3" in protocols_of(fs) else None
     if iterdir is None:
         try:
             found = fs.find(root, withdirs=True, detail=True)
@@ -154,10 +155,6 @@ def _scan_index_url(loc: Location, index: str, regex, options):
     res.items.compact()
     res.root = loc.url
     return res
-
-
-def _protocols(fs: Any) -> set[str]:
-    return set(fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
 def scan_url(loc: Location, index: str | None, group: str | None, options=None):

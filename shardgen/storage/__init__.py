@@ -14,11 +14,13 @@ Below the sources, the build and the commands; it imports only the format and th
 helpers. The names below are the package's public API (the loaders use it too).
 """
 
-from .filesystems import (DEFAULT_TIMEOUT_S, HTTP_PROTOCOLS, S3_PROTOCOLS, S3FS_RETRIES, Build, check_timeout,
+from .filesystems import (DEFAULT_TIMEOUT_S, S3FS_RETRIES, Build, check_timeout,
                           filesystem, is_url, open_build, parse_storage_options, read_dataset_json, s3_endpoint,
                           split_url, storage_options_for, timeout_options)
+from .protocols import HTTP_PROTOCOLS, S3_PROTOCOLS, Capabilities, capabilities
 from .transport import storage_error
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
            "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
-           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json", "storage_error"]
+           "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json", "storage_error", "Capabilities",
+           "capabilities"]

@@ -25,10 +25,11 @@ from ..errors import AccessDenied, InvalidBuild, TransportError, UsageError
 from ..format import DATASET_JSON, MANIFEST, Manifest, ManifestError, ShardReadError, SplitEntry, parse_dataset_json
 from ..format.validate import MAX_DATASET_JSON_BYTES, MAX_MANIFEST_BYTES, FileTooLarge, read_capped
 from ..redact import redact
+from .protocols import HTTP_PROTOCOLS, S3_PROTOCOLS
 from .transport import open_guarded
 
 __all__ = ["Build", "open_build", "split_url", "is_url", "filesystem", "parse_storage_options",
-           "storage_options_for", "s3_endpoint", "S3_PROTOCOLS", "HTTP_PROTOCOLS", "DEFAULT_TIMEOUT_S",
+           "storage_options_for", "s3_endpoint", "DEFAULT_TIMEOUT_S",
            "S3FS_RETRIES", "timeout_options", "check_timeout", "read_dataset_json"]
 
 
@@ -46,10 +47,6 @@ def split_url(source: str) -> tuple[str, str]:
     return s.rstrip("/") or "/", MANIFEST
 
 
-#: fsspec protocols that the S3 endpoint settings apply to.
-S3_PROTOCOLS = ("s3", "s3a")
-#: fsspec protocols served by aiohttp.
-HTTP_PROTOCOLS = ("http", "https")
 #: Default connect and read timeout of every remote request, in seconds.
 DEFAULT_TIMEOUT_S = 30.0
 #: Tries of one S3 call inside s3fs when shardgen sets the timeouts (s3fs's own default is 5;

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..format import TMP_PREFIX
 from ..retry import RetryPolicy, call
+from .protocols import capabilities
 
 __all__ = ["put_atomic", "put_file_atomic", "put_scratch", "put_scratch_pair", "single_get", "read_object",
            "read_or_none", "STORAGE_RETRY", "retried"]
@@ -30,20 +31,11 @@ def retried(fn: Any) -> Any:
     return call(fn, STORAGE_RETRY)
 
 
-#: fsspec protocols whose single PUT makes an object visible whole or not at all.
-_WHOLE_OBJECT_PUT = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"}
-
-
-def _whole_object_put(fs: Any) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return bool(_WHOLE_OBJECT_PUT & set(protos))
-
-
 def put_atomic(fs: Any, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: one PUT on an object store (visible whole or not
     at all), else under a temporary name, then moved to ``path``; transient errors are
     retried (:func:`retried`)."""
-    if _whole_object_put(fs):
+    if capabilities(fs).atomic_put:
         retried(lambda: fs.pipe_file(path, data))
     else:
         retried(lambda: _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data)))
@@ -52,7 +44,7 @@ def put_atomic(fs: Any, path: str, data: bytes) -> None:
 def put_file_atomic(fs: Any, local: str, path: str) -> None:
     """Upload the local file ``local`` to ``path`` atomically (as :func:`put_atomic`; a large
     file's multipart upload is visible only once complete)."""
-    if _whole_object_put(fs):
+    if capabilities(fs).atomic_put:
         retried(lambda: fs.put_file(local, path))
     else:
         retried(lambda: _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp)))
@@ -67,7 +59,7 @@ def put_scratch_pair(fs: Any, first: tuple[str, bytes], second: tuple[str, bytes
     """Write two scratch objects, ``(path, data)`` each: both at once on an object store (one
     round trip; a chunk's records name its ``.bin``'s xxh64, so records that arrive without
     their ``.bin`` are never trusted), else ``first`` and then ``second``."""
-    if _whole_object_put(fs):
+    if capabilities(fs).atomic_put:
         retried(lambda: fs.pipe(dict([first, second])))
     else:
         put_atomic(fs, *first)
@@ -79,7 +71,7 @@ def _via_tmp(fs: Any, path: str, write: Any) -> None:
     temporary object is removed if anything fails)."""
     parent, _, name = path.rstrip("/").rpartition("/")
     tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
-    if _is_local(fs):
+    if capabilities(fs).local:
         fs.makedirs(parent, exist_ok=True)
     try:
         write(tmp)
@@ -116,11 +108,6 @@ def read_object(fs: Any, path: str) -> bytes:
     """The whole object (or file) at ``path``, with one GET on an object store (:func:`single_get`);
     transient errors are retried (:func:`retried`)."""
     return retried(lambda: fs.cat_file(path, **single_get(fs)))
-
-
-def _is_local(fs: Any) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return bool({"file", "local"} & set(protos))
 
 
 def read_or_none(fs: Any, path: str) -> bytes | None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from .filesystems import S3_PROTOCOLS, filesystem, storage_options_for
+from .filesystems import filesystem, storage_options_for
+from .protocols import S3_PROTOCOLS
 
 __all__ = ["Location", "location"]
 

@@ -18,6 +18,7 @@ from ...errors import UsageError
 from ...format import stream_xxh64
 from ...retry import error_named, is_unreachable
 from ...storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
+from ...storage.protocols import capabilities, protocols_of
 from ...storage.scrub import Scrubber, display_url, short
 
 __all__ = ["Dest", "BLOCK", "S3_PART", "META_KEY", "TMP_RE"]
@@ -30,7 +31,6 @@ S3_PART = 16 << 20
 META_KEY = "xxh64"
 #: Names of the temporary files of a local destination.
 TMP_RE = re.compile(r"^\.tmp-\d+-\d+-.+\.part$")
-_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "r2"}
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
 
 
@@ -65,11 +65,10 @@ class Dest:
         opts = storage_options_for(dest, storage_options, endpoint_url)
         self.endpoint = s3_endpoint(opts)
         self.fs, path = filesystem(dest, opts)
-        protos = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
-        self.protocols = set(protos)
-        self.local = bool(self.protocols & {"file", "local"})
+        self.protocols = protocols_of(self.fs)
+        caps = capabilities(self.fs)
+        self.local, self.folders = caps.local, caps.folders
         self.s3 = bool(self.protocols & set(S3_PROTOCOLS))
-        self.object_store = bool(self.protocols & _OBJECT_STORES)
         self.root = path.rstrip("/") if path not in ("/", "") else path
         if self.s3 and not self.root.split("/")[0]:
             raise UsageError(f"{display_url(dest)}: no bucket in the URL (expected s3://bucket/prefix)")
@@ -189,7 +188,7 @@ class Dest:
     # -- helpers ---------------------------------------------------------------------
     def _make_parent(self, rel: str) -> None:
         """Create the parent folder where the filesystem has real folders."""
-        if not self.object_store:
+        if self.folders:
             self.fs.makedirs(self.fs._parent(self.path(rel)), exist_ok=True)
 
     def _local_atomic(self, rel: str, write: Callable[[str], None]) -> None:
