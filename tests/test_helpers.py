@@ -4,6 +4,7 @@ endpoint and ``storage_options``, progress bars that leave the user's tqdm alone
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
@@ -183,3 +184,19 @@ def test_one_table_says_what_each_storage_protocol_can_do():
         protocol = ("adl",)
 
     assert capabilities(Adl()).folders is True and capabilities(Adl()).atomic_put is False
+
+
+def test_one_target_reader_for_every_reader_of_a_build():
+    """format.read_target is what the loaders, verify, diff and the exports read targets with:
+    the writer's bytes read back; anything else a LabelError with the reason."""
+    from shardgen.format import LabelError, encode_cls, encode_multihot, read_target
+
+    assert read_target(encode_cls(3), 4) == 3 and read_target(b"3\n", 4) == 3
+    assert read_target(encode_multihot([0, 2], 3), 3, multilabel=True) == (0, 2)
+    bad = {b"4": "label 4 out of range (0..3)", b"-1": "not a decimal class index", b" 3": "not a decimal",
+           b"9" * 5000: "not a decimal", b"\xff": "not a decimal", None: "no .cls member"}
+    for raw, why in bad.items():
+        with pytest.raises(LabelError, match=re.escape(why)):
+            read_target(raw, 4)
+    with pytest.raises(LabelError, match=r"\.labels\.npy: not a float32"):
+        read_target(encode_multihot([0], 3), 4, multilabel=True)

@@ -318,7 +318,8 @@ BAD = {
     "wrong_size": (lambda key: (f"{key}.png", png_bytes(np.zeros((32, 32), np.uint8))), "image is 32x32"),
     "rgb": (lambda key: (f"{key}.png", png_bytes(np.zeros((64, 64, 3), np.uint8), "RGB")), "mode RGB"),
     "label_range": (lambda key: (f"{key}.cls", b"9"), "label 9 out of range"),
-    "label_text": (lambda key: (f"{key}.cls", b"cat"), "not an integer"),
+    "label_text": (lambda key: (f"{key}.cls", b"cat"), "not a decimal class index"),
+    "label_huge": (lambda key: (f"{key}.cls", b"9" * 5000), "not a decimal class index"),
 }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardgen.format import CLS_EXT, LABELS_EXT, decode_multihot
+from shardgen.format import CLS_EXT, LABELS_EXT, LabelError, read_target
 
 from ..errors import LoaderError
 
@@ -53,20 +53,12 @@ class Targets:
         Raises:
             LoaderError: the member is missing or is not a valid target of this build.
         """
-        if raw is None:
-            raise LoaderError(f"{where}: no .{self.member} member")
-        if self.multilabel:
-            try:
-                on = decode_multihot(raw, self.n_classes)
-            except ValueError as e:
-                raise LoaderError(f"{where}: .{LABELS_EXT}: {e}") from None
-            vec = np.zeros(self.n_classes, dtype=np.float32)
-            vec[list(on)] = 1.0
-            return vec
         try:
-            label = int(raw.strip())
-        except ValueError:
-            raise LoaderError(f"{where}: label {raw[:20]!r} is not an integer") from None
-        if not 0 <= label < self.n_classes:
-            raise LoaderError(f"{where}: label {label} out of range (the build has {self.n_classes} classes)")
-        return label
+            target = read_target(raw, self.n_classes, self.multilabel)
+        except LabelError as e:
+            raise LoaderError(f"{where}: {e}") from None
+        if not self.multilabel:
+            return target
+        vec = np.zeros(self.n_classes, dtype=np.float32)
+        vec[list(target)] = 1.0
+        return vec

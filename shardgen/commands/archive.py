@@ -34,7 +34,7 @@ import zipfile
 from typing import Any, Iterator
 
 from ..errors import AccessDenied, ShardgenError, TransportError
-from ..format import CLS_EXT, LABELS_EXT, ShardReadError, TarReader, decode_cls, decode_multihot
+from ..format import CLS_EXT, LABELS_EXT, LabelError, ShardReadError, TarReader, read_target
 from ..format.atomic import atomic_write, create_temp_dir, sweep_stale_temps
 from ..format.checksum import HashingReader
 from ..format.validate import member_limit, shown
@@ -345,15 +345,7 @@ def label_of(rel: str, smp: Any, n_classes: int) -> int:
     Raises:
         ShardgenError: missing, not a number, or out of range (naming shard and key).
     """
-    if CLS_EXT not in smp.parts:
-        raise ShardgenError(f"{rel}: {smp.key}: sample lacks .cls; run shardgen verify")
-    try:
-        label = decode_cls(smp.parts[CLS_EXT])
-    except (ValueError, UnicodeDecodeError):
-        raise ShardgenError(f"{rel}: {smp.key}: .cls is not a class index; run shardgen verify") from None
-    if not 0 <= label < n_classes:
-        raise ShardgenError(f"{rel}: {smp.key}: label {label} out of range (0..{n_classes - 1})")
-    return label
+    return _target(rel, smp, n_classes, False)
 
 
 def labels_of(rel: str, smp: Any, n_classes: int) -> tuple[int, ...]:
@@ -362,9 +354,11 @@ def labels_of(rel: str, smp: Any, n_classes: int) -> tuple[int, ...]:
     Raises:
         ShardgenError: missing, or not a 0/1 float32 vector of ``n_classes`` values.
     """
-    if LABELS_EXT not in smp.parts:
-        raise ShardgenError(f"{rel}: {smp.key}: sample lacks .{LABELS_EXT}; run shardgen verify")
+    return _target(rel, smp, n_classes, True)
+
+
+def _target(rel: str, smp: Any, n_classes: int, multilabel: bool) -> Any:
     try:
-        return decode_multihot(smp.parts[LABELS_EXT], n_classes)
-    except ValueError as e:
-        raise ShardgenError(f"{rel}: {smp.key}: .{LABELS_EXT}: {e}; run shardgen verify") from None
+        return read_target(smp.parts.get(LABELS_EXT if multilabel else CLS_EXT), n_classes, multilabel)
+    except LabelError as e:
+        raise ShardgenError(f"{rel}: {smp.key}: {e}; run shardgen verify") from None

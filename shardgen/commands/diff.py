@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AccessDenied, ShardgenError, TransportError
-from ..format import DATASET_JSON, ShardEntry, pixels_digest
+from ..format import CLS_EXT, DATASET_JSON, LabelError, ShardEntry, pixels_digest, read_target
 from ..progress import bar as progress_bar
 from ..storage import Build, open_build
 from .archive import shard_samples
@@ -201,8 +201,10 @@ def _row(s, classes: list[str], ext: str, decode: bool, where: str) -> tuple[tup
     if isinstance(meta.get("label_names"), list):  # a multi-label sample
         cls = "|".join(map(str, meta["label_names"]))
     elif not isinstance(cls, str):
-        raw = s.parts.get("cls", b"").strip()
-        cls = classes[int(raw)] if raw.isdigit() and int(raw) < len(classes) else "?"
+        try:
+            cls = classes[read_target(s.parts.get(CLS_EXT), len(classes))]
+        except LabelError:
+            cls = "?"
     pixels = meta.get("pixels")
     if not decode and isinstance(pixels, str) and _HEX16_RE.match(pixels):
         return (s.key, cls, pixels), False

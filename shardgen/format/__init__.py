@@ -23,9 +23,9 @@ from .names import (CLASSES, DATASET_CARD, DATASET_JSON, DUPLICATES, FORMAT, KEY
                     SPLIT_RE, WIDS_SUFFIX, WORK_DIR, is_own_split_file, is_own_top, shard_name, shard_relpath,
                     wids_index_name)
 from .reader import Member, Sample, ShardReadError, TarReader, find_sample_headers, split_member_name
-from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, LABELS_EXT, MEMBERS, MULTILABEL_MEMBERS, SampleMeta, decode_cls,
+from .sample import (CLS_EXT, IMAGE_EXT, JSON_EXT, LABELS_EXT, MEMBERS, MULTILABEL_MEMBERS, SampleMeta, LabelError,
                      decode_multihot, encode_cls, encode_multihot, multilabel_members, path_fields, pixels_digest,
-                     sample_members, shard_pixels_xxh64)
+                     read_target, sample_members, shard_pixels_xxh64)
 from .writer import TAR_MTIME, ShardWriter, tar_header
 
 __all__ = [
@@ -37,9 +37,9 @@ __all__ = [
     "CLASSES", "DATASET_CARD", "DATASET_JSON", "DUPLICATES", "FORMAT", "KEY_RE", "MANIFEST", "SKIPPED",
     "SPLIT_RE", "WIDS_SUFFIX", "WORK_DIR", "OWN_FILES", "is_own_split_file", "is_own_top", "shard_name", "shard_relpath",
     "wids_index_name",
-    "CLS_EXT", "IMAGE_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta", "decode_cls",
+    "CLS_EXT", "IMAGE_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta", "LabelError",
     "decode_multihot", "encode_cls", "encode_multihot", "multilabel_members", "path_fields", "pixels_digest",
-    "sample_members", "shard_pixels_xxh64",
+    "read_target", "sample_members", "shard_pixels_xxh64",
     "TAR_MTIME", "Member", "Sample", "ShardReadError", "ShardWriter", "TarReader", "find_sample_headers",
     "split_member_name", "tar_header",
 ]

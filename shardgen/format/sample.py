@@ -14,6 +14,7 @@ indices) and ``label_names`` instead of ``class``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import quote_from_bytes
@@ -21,7 +22,7 @@ from urllib.parse import quote_from_bytes
 import xxhash
 
 __all__ = ["IMAGE_EXT", "CLS_EXT", "JSON_EXT", "LABELS_EXT", "MEMBERS", "MULTILABEL_MEMBERS", "SampleMeta",
-           "encode_cls", "decode_cls", "encode_multihot", "decode_multihot", "multihot_header", "path_fields",
+           "encode_cls", "LabelError", "read_target", "encode_multihot", "decode_multihot", "multihot_header", "path_fields",
            "pixels_digest", "shard_pixels_xxh64", "sample_members", "multilabel_members"]
 
 IMAGE_EXT = "png"
@@ -40,16 +41,44 @@ def encode_cls(index: int) -> bytes:
     return str(int(index)).encode("ascii")
 
 
-def decode_cls(data: bytes) -> int:
-    """``b"3"`` -> ``3``.
+#: A valid ``.cls`` member: ASCII decimal digits, at most one newline after them.
+_CLS_RE = re.compile(rb"^[0-9]{1,9}\n?$")
+
+
+class LabelError(ValueError):
+    """A sample's target member that is not a valid target of its build; the message is the reason."""
+
+
+def read_target(raw: bytes | None, n_classes: int, multilabel: bool = False) -> int | tuple[int, ...]:
+    """One sample's target from its member's bytes, checked against the build: the one reader
+    of targets (the loaders, ``verify`` and the exports all read them here).
+
+    Args:
+        raw: the ``.cls`` member (single-label) or the ``.labels.npy`` member (multi-label);
+            None when the sample has none.
+        n_classes: C, the build's class count.
+        multilabel: read a ``.labels.npy`` multi-hot vector instead of a ``.cls`` index.
+
+    Returns:
+        The class index in ``[0, C)``, or the sorted class indices a multi-hot vector sets.
 
     Raises:
-        ValueError: not ASCII decimal digits.
+        LabelError: the member is missing, not a decimal class index, out of range, or not a
+            0/1 float32 vector of C values.
     """
-    s = data.decode("ascii").strip()
-    if not s.isdigit():
-        raise ValueError(f"class index {data[:20]!r} is not a decimal number")
-    return int(s)
+    if raw is None:
+        raise LabelError(f"no .{LABELS_EXT if multilabel else CLS_EXT} member")
+    if multilabel:
+        try:
+            return decode_multihot(raw, n_classes)
+        except ValueError as e:
+            raise LabelError(f".{LABELS_EXT}: {e}") from None
+    if not _CLS_RE.match(raw):
+        raise LabelError(f".{CLS_EXT} is not a decimal class index: {raw[:20]!r}")
+    v = int(raw)
+    if v >= n_classes:
+        raise LabelError(f"label {v} out of range (0..{n_classes - 1})")
+    return v
 
 
 def multihot_header(n: int) -> bytes:

@@ -22,11 +22,10 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 from PIL import Image
 
-from ...format.sample import CLS_EXT, LABELS_EXT, decode_multihot, pixels_digest
+from ...format.sample import CLS_EXT, LABELS_EXT, LabelError, pixels_digest, read_target
 
 __all__ = ["Expect", "SampleCheck", "check_sample", "check_batch", "Checker"]
 
-_CLS_RE = re.compile(rb"^[0-9]+\n?$")
 _HEX16_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -108,24 +107,13 @@ def _check_members(parts: dict[str, bytes], ex: Expect, reasons: list[str]) -> N
         reasons.append("unexpected member " + ", ".join(f".{e}" for e in extra))
 
 
-def _check_cls(raw: bytes, ex: Expect, reasons: list[str]) -> int:
-    """The ``.cls`` member's class index, or -1 (with a reason) when it is not a valid one."""
-    if not _CLS_RE.match(raw):
-        reasons.append(f".cls is not a decimal class index: {raw[:20]!r}")
-        return -1
-    v = int(raw)
-    if v >= len(ex.classes):
-        reasons.append(f"label {v} out of range (0..{len(ex.classes) - 1})")
-        return -1
-    return v
-
-
-def _check_multihot(raw: bytes, ex: Expect, reasons: list[str]) -> Any:
-    """The class indices set in a ``.labels.npy`` member, or -1 (with a reason) when it is not valid."""
+def _check_target(raw: bytes, ex: Expect, reasons: list[str]) -> Any:
+    """The target member's class index (or a multi-label sample's class indices), or -1 (with a
+    reason) when it is not a valid one (:func:`~shardgen.format.sample.read_target`)."""
     try:
-        return decode_multihot(raw, len(ex.classes))
-    except ValueError as e:
-        reasons.append(f".{LABELS_EXT}: {e}")
+        return read_target(raw, len(ex.classes), ex.multilabel)
+    except LabelError as e:
+        reasons.append(str(e))
         return -1
 
 
@@ -171,8 +159,7 @@ def check_sample(parts: dict[str, bytes], ex: Expect) -> SampleCheck:
     reasons: list[str] = []
     _check_members(parts, ex, reasons)
     target = LABELS_EXT if ex.multilabel else CLS_EXT
-    check = _check_multihot if ex.multilabel else _check_cls
-    cls = check(parts[target], ex, reasons) if target in parts else -1
+    cls = _check_target(parts[target], ex, reasons) if target in parts else -1
     recorded = _check_json(parts["json"], cls, ex, reasons) if "json" in parts else None
     digest, decoded = "", False
     if ex.ext in parts:
