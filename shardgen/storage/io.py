@@ -17,7 +17,7 @@ from ..retry import RetryPolicy, call
 from .protocols import capabilities
 
 __all__ = ["put_atomic", "put_file_atomic", "put_scratch", "put_scratch_pair", "single_get", "read_object",
-           "read_or_none", "STORAGE_RETRY", "retried"]
+           "read_or_none", "STORAGE_RETRY", "retried", "write_via_temporary"]
 
 #: A build's reads and writes of objects: a transient error (a 500 or 503, a dropped
 #: connection, a timeout) is tried again 3 times, 0.5, 1 and 2 s later (jittered), and none
@@ -38,7 +38,7 @@ def put_atomic(fs: Any, path: str, data: bytes) -> None:
     if capabilities(fs).atomic_put:
         retried(lambda: fs.pipe_file(path, data))
     else:
-        retried(lambda: _via_tmp(fs, path, lambda tmp: fs.pipe_file(tmp, data)))
+        retried(lambda: write_via_temporary(fs, path, lambda tmp: fs.pipe_file(tmp, data)))
 
 
 def put_file_atomic(fs: Any, local: str, path: str) -> None:
@@ -47,7 +47,7 @@ def put_file_atomic(fs: Any, local: str, path: str) -> None:
     if capabilities(fs).atomic_put:
         retried(lambda: fs.put_file(local, path))
     else:
-        retried(lambda: _via_tmp(fs, path, lambda tmp: fs.put_file(local, tmp)))
+        retried(lambda: write_via_temporary(fs, path, lambda tmp: fs.put_file(local, tmp)))
 
 
 def put_scratch(fs: Any, path: str, data: bytes) -> None:
@@ -66,9 +66,11 @@ def put_scratch_pair(fs: Any, first: tuple[str, bytes], second: tuple[str, bytes
         put_atomic(fs, *second)
 
 
-def _via_tmp(fs: Any, path: str, write: Any) -> None:
-    """``write(tmp)`` to a temporary name beside ``path``, then move it to ``path`` (the
-    temporary object is removed if anything fails)."""
+def write_via_temporary(fs: Any, path: str, write: Any) -> None:
+    """``write(tmp)`` to a temporary name beside ``path`` (``.tmp-<random>-<name>``, the format's
+    temporary prefix), then move it to ``path``; the temporary is removed if anything fails.
+    The one temp-then-rename writer of fsspec filesystems (upload's local destinations too);
+    local files the build writes itself go through :func:`shardgen.format.atomic_write`."""
     parent, _, name = path.rstrip("/").rpartition("/")
     tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
     if capabilities(fs).local:

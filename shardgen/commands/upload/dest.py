@@ -1,23 +1,21 @@
 """The destination of an upload: its filesystem and the few operations upload needs.
 
-On a local destination every file is written under a temporary name
-(``.tmp-<pid>-<thread>-<name>.part``) and renamed, so nothing under a final name is
-ever partial. On S3 a shard's xxh64 travels as user metadata in the same request as
-its bytes.
+On a local destination every file is written under a temporary name (``.tmp-<random>-<name>``,
+:func:`~shardgen.storage.io.write_via_temporary`) and renamed, so nothing under a final name is
+ever partial. On S3 a shard's xxh64 travels as user metadata in the same request as its bytes.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 import urllib.parse
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import UsageError
-from ...format import stream_xxh64
+from ...format import TMP_PREFIX, stream_xxh64
 from ...retry import error_named, is_unreachable
 from ...storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
+from ...storage.io import write_via_temporary
 from ...storage.protocols import capabilities, protocols_of
 from ...storage.scrub import Scrubber, display_url, short
 
@@ -29,8 +27,8 @@ BLOCK = 8 << 20
 S3_PART = 16 << 20
 #: The user-metadata key holding a shard's xxh64 on S3 (header ``x-amz-meta-xxh64``).
 META_KEY = "xxh64"
-#: Names of the temporary files of a local destination.
-TMP_RE = re.compile(r"^\.tmp-\d+-\d+-.+\.part$")
+#: Names of the temporary files of a local destination (the format's temporary prefix).
+TMP_RE = re.compile("^" + re.escape(TMP_PREFIX))
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
 
 
@@ -159,7 +157,7 @@ class Dest:
     def put_file(self, lpath: str, rel: str, digest: str | None, callback) -> None:
         """Send the local file ``lpath`` as ``rel`` (on S3 with ``digest`` as metadata)."""
         if self.local:
-            self._local_atomic(rel, lambda tmp: self.fs.put_file(lpath, tmp, callback=callback))
+            write_via_temporary(self.fs, self.path(rel), lambda tmp: self.fs.put_file(lpath, tmp, callback=callback))
             return
         kw: dict[str, Any] = {}
         if self.s3:
@@ -172,7 +170,7 @@ class Dest:
     def put_bytes(self, data: bytes, rel: str) -> None:
         """Write ``data`` as ``rel``."""
         if self.local:
-            self._local_atomic(rel, lambda tmp: self.fs.pipe_file(tmp, data))
+            write_via_temporary(self.fs, self.path(rel), lambda tmp: self.fs.pipe_file(tmp, data))
             return
         self._make_parent(rel)
         self.fs.pipe_file(self.path(rel), data)
@@ -191,16 +189,3 @@ class Dest:
         if self.folders:
             self.fs.makedirs(self.fs._parent(self.path(rel)), exist_ok=True)
 
-    def _local_atomic(self, rel: str, write: Callable[[str], None]) -> None:
-        """``write(tmp)`` a temporary file next to ``rel``, then rename it to ``rel``."""
-        dst = self.path(rel)
-        self.fs.makedirs(self.fs._parent(dst), exist_ok=True)
-        d, _, base = rel.rpartition("/")
-        name = f".tmp-{os.getpid()}-{threading.get_ident()}-{base}.part"
-        tmp = self.path(f"{d}/{name}" if d else name)
-        try:
-            write(tmp)
-            self.fs.mv(tmp, dst)
-        finally:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
