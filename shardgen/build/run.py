@@ -200,9 +200,15 @@ class _Run:
             clean_temporaries(self.out)
 
     def fail(self, e: BaseException) -> ShardgenError | None:
-        """The error to raise for an interruption or a write failure (None: re-raise ``e``)."""
-        self.stop_pool(wait=False)
-        if isinstance(e, (KeyboardInterrupt, _Terminated)):
+        """The error to raise for an interruption or a write failure (None: re-raise ``e``).
+
+        An interruption stops the workers at once. Any other failure lets the jobs already handed
+        to them end (at most the feeding window; no new job is fed once a run fails): killing a
+        worker while it sends a result leaves the pool's result lock held, and
+        ``Pool.terminate`` then waits forever for its task thread (seen on a full disk)."""
+        interrupted = isinstance(e, (KeyboardInterrupt, _Terminated))
+        self.stop_pool(wait=not interrupted and self.dask is None)  # a Dask run cancels its tasks
+        if interrupted:
             signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
             with contextlib.suppress(Exception):
                 self.clean_temporaries()
