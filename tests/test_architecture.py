@@ -182,3 +182,20 @@ def test_the_checker_catches_an_upward_import(bad):
         pytest.skip(f"{a} or {b} is not in this tree")
     assert layer(_owner(b, MODS)) > layer(a)
     assert _cycles({"x": {"y"}, "y": {"x"}}) == [["x", "y"]]
+
+
+def test_the_public_import_paths_keep_working():
+    """The restructuring moved modules, not the public API (issue 23): these paths still import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import shardgen.build.lock\n"
+            "assert 'shardgen.build.run' not in sys.modules, 'the lock rules pulled in the whole build'\n"
+            "from shardgen.build import BuildConfig, BuildInterrupted, BuildResult, build, parse_splits\n"
+            "from shardgen.storage import open_build, filesystem\n"
+            "from shardgen.format import Manifest, ShardWriter, TarReader, read_target\n"
+            "from loaders import make_loader, StyleGANShards\n"
+            "assert callable(build) and callable(make_loader)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

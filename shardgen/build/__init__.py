@@ -11,3 +11,17 @@ layout), :mod:`.assemble` (scratch -> shards), :mod:`.fs_tasks` (both tasks thro
 The build reads SRC through :mod:`shardgen.sources`, runs its jobs on :mod:`shardgen.engines`
 and writes through :mod:`shardgen.format`; only the CLI and the commands import it.
 """
+
+from typing import Any
+
+__all__ = ["build", "BuildConfig", "BuildResult", "BuildInterrupted", "parse_splits"]
+
+
+def __getattr__(name: str) -> Any:
+    """``shardgen.build.build`` and its companions, the public import path, imported on first
+    use: the lock rules the commands take from this package do not pull in the whole build."""
+    if name in __all__:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
