@@ -13,7 +13,7 @@ from typing import Any
 
 from ...errors import UsageError
 from ...format import TMP_PREFIX, stream_xxh64
-from ...retry import error_named, is_unreachable
+from ...retry import access_denied, error_named, is_unreachable
 from ...storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
 from ...storage.io import write_via_temporary
 from ...storage.protocols import capabilities, protocols_of
@@ -76,7 +76,10 @@ class Dest:
 
     # -- preflight -------------------------------------------------------------------
     def fail(self, e: BaseException, doing: str) -> UsageError:
-        """A one-line UsageError for a destination that cannot be used."""
+        """A one-line UsageError for a destination that cannot be used. What went wrong is told by
+        :mod:`shardgen.retry`'s one set of rules (:func:`~shardgen.retry.is_unreachable`,
+        :func:`~shardgen.retry.access_denied`), as for the build's storage errors
+        (:func:`shardgen.storage.transport.storage_error`); only the wording is upload's."""
         where = display_url(self.url)
         if is_unreachable(e):
             return UsageError(self.scrub(f"{where}: cannot reach {_endpoint_of(e, self.endpoint)} "
@@ -84,9 +87,10 @@ class Dest:
         if error_named(e, *_NO_CREDENTIALS):
             return UsageError(f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY (or a profile in ~/.aws) or pass --storage_options")
-        if isinstance(e, PermissionError):
+        denied = access_denied(e)  # the build's rule too (storage.transport): S3 codes, HTTP 401/403, EACCES
+        if denied is not None:
             return UsageError(self.scrub(
-                f"{where}: access denied while {doing} ({str(e).strip() or 'Forbidden'}); check the "
+                f"{where}: access denied while {doing} ({denied.strip() or 'Forbidden'}); check the "
                 f"credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket's permissions"))
         if isinstance(e, FileNotFoundError) and self.s3:
             bucket = self.root.split("/")[0]
