@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, sample_tool
-from shardgen.build.stamps import RECENT_NS, stamp_of, unchanged
+from shardgen.sources.stamps import RECENT_NS, stamp_of, unchanged
 from test_resume import OPTS, kill_at, tree
 
 VICTIM = Path("COVID") / "images" / "COVID-1.png"  # in chunk 0 (sorted paths)

@@ -2,11 +2,12 @@
 
 :mod:`.run` orchestrates a build; each phase has its module: :mod:`.config` (the frozen,
 validated :class:`~.config.BuildConfig`), :mod:`.resolve` (SRC scanned, classes and splits
-settled), :mod:`.outdir` and :mod:`.remote_out` (OUT's state, local or URL), :mod:`.lock` and
-:mod:`.lease` (one writer per OUT), :mod:`.convert` with :mod:`.stamps` (sources -> scratch
-PNGs, resumable), :mod:`.split` and :mod:`.mlsplit` (samples -> splits), :mod:`.plan` (the shard
-layout), :mod:`.assemble` (scratch -> shards), :mod:`.fs_tasks` (both tasks through fsspec) and
-:mod:`.finish` (metadata files, ``manifest.json`` last).
+settled), :mod:`.store` (OUT, a folder or a URL: the one interface the run and both tasks use,
+over :mod:`.outdir` and :mod:`.remote_out`, OUT's state), :mod:`.lock` and :mod:`.lease` (one
+writer per OUT), :mod:`.convert` (sources -> scratch PNGs, resumable; the sources read through
+:mod:`shardgen.sources.files`), :mod:`.split` and :mod:`.mlsplit` (samples -> splits),
+:mod:`.plan` (the shard layout), :mod:`.assemble` (scratch -> shards) and :mod:`.finish`
+(metadata files, ``manifest.json`` last).
 
 The build reads SRC through :mod:`shardgen.sources`, runs its jobs on :mod:`shardgen.engines`
 and writes through :mod:`shardgen.format`; only the CLI and the commands import it.

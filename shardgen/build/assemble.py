@@ -2,8 +2,8 @@
 
 :func:`make_job` turns one shard of the plan (:mod:`shardgen.build.plan`) into a
 :class:`ShardJob`: each sample's PNG location in a chunk's ``.bin``, its label and its
-``.json`` bytes. :class:`ShardTask` writes the shard under a temporary name and renames
-it; a shard already on disk whose plan fingerprint (keys, pixels, PNG lengths, labels,
+``.json`` bytes. :class:`ShardTask` writes the shard through OUT's store (:mod:`shardgen.build.store`:
+under a temporary name and renamed, or one upload); a shard already in OUT whose plan fingerprint (keys, pixels, PNG lengths, labels,
 metadata) and checksum match its journal entry is kept.
 """
 
@@ -20,7 +20,9 @@ import xxhash
 from .convert import CHUNK
 from ..errors import ShardgenError
 from ..engines.pool import Batching
-from ..format import SampleMeta, ShardWriter, atomic_write_json, file_xxh64, multilabel_members, sample_members
+from ..format import WORK_DIR, SampleMeta, dump_json, multilabel_members, sample_members
+from ..retry import is_transient
+from .store import OutStore
 
 __all__ = ["SampleSource", "ShardJob", "make_job", "ShardTask"]
 
@@ -97,50 +99,42 @@ class ShardTask:
     """Write one shard from converted chunks, or keep it if it is already right (picklable).
 
     Args:
-        out: the build folder.
-        work: its scratch folder (journal of written shards in ``work/shards``).
+        out: OUT (:func:`~shardgen.build.store.out_store`); its scratch folder holds the journal of
+            written shards (``.shardgen-work/shards``).
     """
 
     #: One shard per Dask task, two ahead per worker thread: a shard job holds its samples' ``.json``
     #: bytes, so few are in flight.
     batching = Batching("shards", most_per_task=1, ahead_per_slot=2)
 
-    def __init__(self, out: str, work: str) -> None:
-        self.out, self.work = out, work
+    def __init__(self, out: OutStore) -> None:
+        self.out = out
 
     def _kept(self, job: ShardJob, final: str, journal: str) -> dict | None:
         try:
-            with open(journal) as f:
-                rec = json.load(f)
-            if rec.get("plan") == job.plan_fp and os.path.exists(final):
-                digest, size = file_xxh64(final)
-                if digest == rec["xxh64"] and size == rec["bytes"]:
-                    return rec
-        except (OSError, ValueError, KeyError):
-            pass
-        return None
+            rec = json.loads(self.out.read_or_none(journal) or b"null")
+            if not isinstance(rec, dict) or rec.get("plan") != job.plan_fp:
+                return None
+            got = self.out.digest(final)
+            return rec if got is not None and got == (rec["xxh64"], rec["bytes"]) else None
+        except (ValueError, KeyError):
+            return None
 
     def __call__(self, job: ShardJob) -> tuple[str, dict, bool]:
         """Returns ``(relpath, {"samples", "bytes", "xxh64", ...}, kept)``."""
-        final = os.path.join(self.out, job.relpath)
-        journal = os.path.join(self.work, "shards", job.relpath.replace("/", "__") + ".json")
+        final = self.out.join(job.relpath)
+        journal = self.out.join(f"{WORK_DIR}/shards/" + job.relpath.replace("/", "__") + ".json")
         rec = self._kept(job, final, journal)
         if rec is not None:
             return job.relpath, rec, True
-        handles: dict[str, Any] = {}
-        try:
-            with ShardWriter(final) as w:
-                for s in job.samples:
-                    f = handles.get(s.chunk_bin) or handles.setdefault(s.chunk_bin, open(s.chunk_bin, "rb"))
-                    f.seek(s.offset)
-                    png = f.read(s.length)
-                    if len(png) != s.length:
-                        raise ShardgenError(f"scratch file {s.chunk_bin} is shorter than recorded; "
-                                            "re-run with --overwrite")
-                    w.add(s.key, s.members(png))
-        finally:
-            for f in handles.values():
-                f.close()
+        with self.out.shard(job.relpath) as w:
+            for s, png in zip(job.samples, self.out.pngs(job.samples)):
+                if isinstance(png, BaseException) and is_transient(png):
+                    raise png
+                if isinstance(png, BaseException) or len(png) != s.length:
+                    raise ShardgenError(f"scratch file {s.chunk_bin} is shorter than recorded; "
+                                        "re-run with --overwrite")
+                w.add(s.key, s.members(png))
         rec = {"plan": job.plan_fp, "path": job.relpath, "samples": w.samples, "bytes": w.bytes, "xxh64": w.xxh64}
-        atomic_write_json(journal, rec)
+        self.out.put(journal, dump_json(rec))
         return job.relpath, rec, False

@@ -3,7 +3,7 @@
 The sorted file list is cut into chunks of :data:`CHUNK` files. A worker process decodes,
 converts and encodes each chunk and writes ``OUT/.shardgen-work/chunks/c-NNNNNN.bin``
 (the PNGs, back to back) and then ``c-NNNNNN.json`` (one :class:`ImageRecord` per file, each
-source's stat stamp (:mod:`shardgen.build.stamps`) and the bin's xxh64), each renamed into place
+source's stat stamp (:mod:`shardgen.sources.stamps`) and the bin's xxh64), each renamed into place
 when complete. A chunk whose record file exists, whose bin still has that checksum and
 whose source files are all unchanged is reused: this is what makes a killed build
 resumable. A source with its recorded stamp is unchanged without being read; any other
@@ -21,9 +21,10 @@ import numpy as np
 import xxhash
 
 from ..engines.pool import Batching, SizedJobs
-from ..format import atomic_write_bytes, file_xxh64
-from ..imaging.image import ImageOptions, ImageSkip, process_file
-from .stamps import stamp_of, unchanged
+from ..format import WORK_DIR
+from ..imaging.image import ImageOptions, ImageSkip, process_bytes
+from ..sources.files import SourceFiles
+from .store import OutStore
 
 __all__ = ["CHUNK", "ImageRecord", "ChunkTask", "ChunkResult", "ChunkJobs", "chunk_jobs"]
 
@@ -67,20 +68,6 @@ class ImageRecord:
         return cls(*row)
 
 
-def _src_hash(path: str) -> str | None:
-    try:
-        return file_xxh64(path)[0]
-    except OSError:
-        return None
-
-
-def _bin_ok(path: str, digest: str | None) -> bool:
-    try:
-        return digest is not None and file_xxh64(path)[0] == digest
-    except OSError:
-        return False
-
-
 class ChunkJobs(Sequence[tuple[int, list[tuple[str, str]]]]):
     """The conversion jobs of a build, made as they are asked for: ``jobs[cid]`` is
     ``(cid, [(relpath, path), ...])`` for chunk ``cid`` of the sorted ``relpaths`` under ``root``."""
@@ -115,29 +102,43 @@ class ChunkResult(NamedTuple):
 
 
 class ChunkTask:
-    """Convert one chunk of files (picklable; runs in a worker process).
+    """Convert one chunk of files (picklable; runs in a worker process or a Dask worker).
 
     Args:
-        work: the build's scratch folder.
+        src: where the sources are read (:func:`~shardgen.sources.files.source_files`).
+        out: OUT, whose scratch folder holds the chunks (:func:`~shardgen.build.store.out_store`).
         image: how each source becomes a sample.
         rehash: on resume, read every source of a finished chunk again and compare its
-            xxh64, instead of trusting an unchanged stat stamp (default False).
+            xxh64, instead of trusting an unchanged stat stamp (default False). Sources with no
+            stamp (a URL) are always read again.
     """
 
     #: Four chunks per Dask task, four tasks ahead per worker thread.
     batching = Batching("convert", most_per_task=4, ahead_per_slot=4)
 
-    def __init__(self, work: str, image: ImageOptions, rehash: bool = False) -> None:
-        self.work, self.image, self.rehash = work, image, rehash
+    def __init__(self, src: SourceFiles, out: OutStore, image: ImageOptions, rehash: bool = False) -> None:
+        self.src, self.out, self.image, self.rehash = src, out, image, rehash
+        #: one bit per chunk, set by :meth:`done_mask`: its records existed when OUT was listed
+        self.listed: bytes | None = None
 
     def paths(self, cid: int) -> tuple[str, str]:
         """The chunk's ``.bin`` and ``.json`` paths."""
-        base = os.path.join(self.work, "chunks", f"c-{cid:06d}")
+        base = self.out.join(f"{WORK_DIR}/chunks/c-{cid:06d}")
         return base + ".bin", base + ".json"
 
     def done_mask(self, n: int) -> np.ndarray:
-        """For chunks ``0..n-1``: whether its record file exists (bool array)."""
-        return np.fromiter((os.path.exists(self.paths(c)[1]) for c in range(n)), bool, n)
+        """For chunks ``0..n-1``: whether its record file exists (one listing). The task keeps the
+        answer (one bit per chunk), so that a chunk without records is converted without looking
+        again."""
+        have = self.out.names(f"{WORK_DIR}/chunks")
+        done = np.fromiter((f"c-{c:06d}.json" in have for c in range(n)), bool, n)
+        self.listed = np.packbits(done).tobytes()
+        return done
+
+    def _listed_absent(self, cid: int) -> bool:
+        """The chunk had no record file when OUT was listed (:meth:`done_mask`)."""
+        listed = self.listed
+        return listed is not None and cid < 8 * len(listed) and not (listed[cid >> 3] >> (7 - (cid & 7))) & 1
 
     def pending_first(self, jobs: Sequence) -> SizedJobs:
         """``jobs`` (``jobs[cid]`` is chunk ``cid``'s) with the chunks that have no record file
@@ -151,13 +152,13 @@ class ChunkTask:
         """``(records, sources re-hashed)``; records None: the chunk must be converted."""
         bin_path, json_path = self.paths(cid)
         try:
-            with open(json_path) as f:
-                cached = json.load(f)
-        except (OSError, ValueError):
+            cached = json.loads(self.out.read_or_none(json_path) or b"null")
+        except ValueError:
             return None, 0
-        if not cached or cached.get("relpaths") != [r for r, _ in entries]:
+        if not isinstance(cached, dict) or cached.get("relpaths") != [r for r, _ in entries]:
             return None, 0
-        if not _bin_ok(bin_path, cached.get("bin_xxh64")):
+        got = self.out.digest(bin_path)
+        if got is None or got[0] != cached.get("bin_xxh64"):
             return None, 0
         recs = [ImageRecord.from_row(r) for r in cached["records"]]
         stamps = cached.get("stamps") or []
@@ -167,35 +168,38 @@ class ChunkTask:
             stamps = [None] * len(recs)
         rehashed = 0
         for (_, path), rec, stamp in zip(entries, recs, stamps):
-            if not self.rehash and unchanged(stamp, path):
+            if not self.rehash and self.src.trusted(stamp, path):
                 continue
             rehashed += 1
-            if _src_hash(path) != rec.src_hash:
+            if self.src.xxh64(path) != rec.src_hash:
                 return None, rehashed
         return recs, rehashed
 
     def __call__(self, job: tuple[int, list[tuple[str, str]]]) -> ChunkResult:
         cid, entries = job
-        recs, rehashed = self._reusable(cid, entries)
+        recs, rehashed = (None, 0) if self._listed_absent(cid) else self._reusable(cid, entries)
         if recs is not None:
             return ChunkResult(cid, recs, True, rehashed)
         recs, stamps = [], []
         buf = bytearray()
-        for _rel, path in entries:
-            stamps.append(stamp_of(path))  # before the read: a later write changes the stamp
+        for path, stamp, data in self.src.read_each([p for _, p in entries]):
+            stamps.append(stamp)
+            if isinstance(data, OSError):
+                recs.append(ImageRecord(False, f"unreadable: {data.strerror or data}", None))
+                continue
+            src_hash = xxhash.xxh64_hexdigest(data)
             try:
-                pr, src_hash = process_file(path, self.image)
+                pr = process_bytes(data, self.image, name=path)
             except ImageSkip as e:
-                recs.append(ImageRecord(False, str(e), _src_hash(path)))
+                recs.append(ImageRecord(False, str(e), src_hash))
                 continue
             recs.append(ImageRecord(True, None, src_hash, len(buf), len(pr.png), pr.pixel_hash, pr.width,
                                     pr.height, pr.mode, pr.true_color, pr.dicom and pr.dicom.to_json()))
             buf += pr.png
         bin_path, json_path = self.paths(cid)
         # Scratch files are not fsync'ed: the record file holds the bin's checksum, checked on reuse.
-        atomic_write_bytes(bin_path, bytes(buf), fsync=False)
         # ensure_ascii: relpaths may hold surrogate-escaped bytes of non-UTF-8 file names.
         rec_json = {"relpaths": [r for r, _ in entries], "records": [r.to_row() for r in recs],
                     "stamps": stamps, "bin_xxh64": xxhash.xxh64_hexdigest(buf)}
-        atomic_write_bytes(json_path, json.dumps(rec_json).encode(), fsync=False)
+        self.out.put_pair((bin_path, bytes(buf)), (json_path, json.dumps(rec_json).encode()))
         return ChunkResult(cid, recs, False, rehashed)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UsageError
@@ -26,7 +24,6 @@ from .lock import LEASE
 from ..storage import is_url
 from ..storage.io import put_atomic, read_or_none
 from ..storage.location import Location, location
-from ..storage.transport import storage_errors
 
 __all__ = ["Paths", "paths_of", "RemoteOut"]
 
@@ -150,7 +147,6 @@ class Paths:
 
     src: Location
     out: Location
-    _store: Any = field(default=None, repr=False)
 
     @property
     def src_remote(self) -> bool:
@@ -160,46 +156,9 @@ class Paths:
     def out_remote(self) -> bool:
         return is_url(self.out.url)
 
-    @property
-    def store(self) -> RemoteOut:
-        """OUT's state and publication (only when OUT is a URL)."""
-        if self._store is None:
-            self._store = RemoteOut(self.out)
-        return self._store
-
-    def start_out(self, work_fp: dict, overwrite: bool) -> str:
-        """Check and prepare an OUT URL (:meth:`RemoteOut.prepare`); returns the scratch folder's URL."""
-        with storage_errors(self.out.url, "preparing OUT", self.out.options):
-            return self.store.prepare(work_fp, overwrite)
-
-    def work(self, work_url: str) -> Location:
-        return Location(work_url, self.out.options)
-
     def for_workers(self) -> "Paths":
         """The same, carrying this process's ``AWS_*`` credentials to workers on other machines."""
-        return Paths(self.src.with_env_credentials(), self.out.with_env_credentials(), self._store)
-
-    def finish(self, write: Callable[[str], Any], plan, before_manifest: Callable[[], None] | None = None) -> Any:
-        """Write the metadata files with ``write(folder)`` into a local staging folder, then publish
-        them to OUT (stale shards removed, ``manifest.json`` last, ``before_manifest()`` just before
-        it); returns what ``write`` returned."""
-        staging = tempfile.mkdtemp(prefix="shardgen-meta-")
-        try:
-            result = write(staging)
-            self.store.publish(staging, set(plan.shard_relpaths()), list(plan.splits), before_manifest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return result
-
-    def chunk_task(self, src_root: str, work_url: str, image):
-        from .fs_tasks import FsChunkTask
-
-        return FsChunkTask(Location(src_root, self.src.options), self.work(work_url), image)
-
-    def shard_task(self, work_url: str):
-        from .fs_tasks import FsShardTask
-
-        return FsShardTask(self.out, self.work(work_url))
+        return Paths(self.src.with_env_credentials(), self.out.with_env_credentials())
 
 
 def paths_of(src: str, out: str, storage_options: dict[str, Any] | None = None,

@@ -31,18 +31,18 @@ from .assemble import ShardTask
 from ..sources.columns import RecordTable, StrColumn
 from .config import BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, chunk_jobs
-from ..errors import ShardgenError, UsageError
-from ..format import MANIFEST, WORK_DIR, Manifest, atomic_write_json, make_keys
-from .lock import LocalLock
-from .outdir import clean_temporaries, clean_temporaries_quietly, prepare_out
+from ..errors import ShardgenError
+from ..format import WORK_DIR, Manifest, make_keys
 from .finish import finish_build
 from .plan import make_plan
 from ..engines.pool import AHEAD, run_jobs, worker_init
 from ..progress import bar as progress_bar
 from .resolve import resolve
+from ..sources.files import SourceFiles, source_files
 from ..sources.items import Skip
 from .split import empty_split_notes
 from ..storage import is_url
+from .store import OutStore, out_store
 
 __all__ = ["BuildConfig", "BuildResult", "BuildInterrupted", "build", "parse_splits", "CHUNK"]
 
@@ -85,36 +85,19 @@ def _raise_terminated(signum, _frame):
     raise _Terminated(signum)
 
 
-def _start_out(out: str, work_fp: dict, overwrite: bool) -> str:
-    """Check and prepare OUT; returns the scratch folder."""
-    try:
-        prepare_out(out, work_fp, overwrite)
-        work = os.path.join(out, WORK_DIR)
-        os.makedirs(os.path.join(work, "chunks"), exist_ok=True)
-        os.makedirs(os.path.join(work, "shards"), exist_ok=True)
-        clean_temporaries(out)
-        atomic_write_json(os.path.join(work, "config.json"), work_fp)
-        if os.path.exists(os.path.join(out, MANIFEST)):
-            # Readers must never see a manifest listing shards that are being rewritten.
-            os.unlink(os.path.join(out, MANIFEST))
-    except OSError as e:
-        raise UsageError(f"OUT {out}: cannot write ({e.strerror or e})") from None
-    return work
-
-
 @dataclass
 class _Run:
     """The state of one build run, shared by its phases."""
 
     cfg: BuildConfig
-    out: str
-    work: str
+    #: OUT (:mod:`shardgen.build.store`: a folder or a URL)
+    store: OutStore
+    #: where the sources are read (:mod:`shardgen.sources.files`)
+    files: SourceFiles
     progress: bool
     pool: Any = None
     #: a :class:`~shardgen.engines.dask.DaskPool` (``--scheduler``): the tasks run there instead
     dask: Any = None
-    #: a :class:`~shardgen.build.remote_out.Paths` when SRC or OUT is a URL
-    urls: Any = None
     phase: str = "converting images"
     reused: int = 0
     kept: int = 0
@@ -129,8 +112,8 @@ class _Run:
         """Start the worker processes (at least one: images are only ever decoded there, so
         Pillow's process-wide limit is set to ``--max_pixels`` in them, never in the caller)."""
         if self.dask is not None:
-            self.dask.check_reach(self.work, "OUT", self.urls.work(self.work) if self.urls else None)
-            self.dask.out = self.out
+            self.dask.check_reach(self.store.work, "OUT", self.store.work_location)
+            self.dask.out = self.store.url
             self.pool = self.dask
             return
         n = min(self.cfg.n_workers, max(1, n_jobs))
@@ -149,7 +132,7 @@ class _Run:
             self.pool.join()
             self.pool = None
 
-    def convert(self, jobs, n_items: int, src_root: str) -> RecordTable:
+    def convert(self, jobs, n_items: int) -> RecordTable:
         cfg = self.cfg
         records = RecordTable(n_items)
         bar = progress_bar(n_items, "convert", "img", self.progress)
@@ -162,16 +145,14 @@ class _Run:
             bar.update(len(recs))
             self.lock.check()
 
-        task = (self.urls.chunk_task(src_root, self.work, cfg.image_options) if self.urls
-                else ChunkTask(self.work, cfg.image_options, rehash=self.rehash))
+        task = ChunkTask(self.files, self.store, cfg.image_options, rehash=self.rehash)
         run_jobs(self.pool, task, task.pending_first(jobs), got, self.window)
         bar.close()
         return records
 
     def write_shards(self, plan) -> dict[str, dict]:
         self.phase = "writing shards"
-        for sp in plan.splits if not self.out_remote else ():
-            os.makedirs(os.path.join(self.out, sp), exist_ok=True)
+        self.store.make_split_dirs(plan.splits)
         bar = progress_bar(plan.n_shards, "shards", "shard", self.progress)
         recs: dict[str, dict] = {}
 
@@ -182,22 +163,12 @@ class _Run:
             bar.update(1)
             self.lock.check()
 
-        task = self.urls.shard_task(self.work) if self.out_remote else ShardTask(self.out, self.work)
+        task = ShardTask(self.store)
         # half the conversion's window: a shard job carries its samples' keys and .json bytes
         # (a 10,000-sample shard about 2 MB), and each keeps a worker busy for a while
         run_jobs(self.pool, task, plan.jobs(), got, max(1, self.window // 2))
         bar.close()
         return recs
-
-    @property
-    def out_remote(self) -> bool:
-        return self.urls is not None and self.urls.out_remote
-
-    def clean_temporaries(self) -> None:
-        if self.out_remote:
-            self.urls.store.clean_temporaries()
-        else:
-            clean_temporaries(self.out)
 
     def fail(self, e: BaseException) -> ShardgenError | None:
         """The error to raise for an interruption or a write failure (None: re-raise ``e``).
@@ -210,40 +181,31 @@ class _Run:
         self.stop_pool(wait=not interrupted and self.dask is None)  # a Dask run cancels its tasks
         if interrupted:
             signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
-            with contextlib.suppress(Exception):
-                self.clean_temporaries()
-            return BuildInterrupted(f"interrupted while {self.phase}; {self.out} holds a resumable build: "
+            self.store.clean_temporaries(quietly=True)
+            return BuildInterrupted(f"interrupted while {self.phase}; {self.store.url} holds a resumable build: "
                                     "run the same command again to resume", int(signum))
         if not isinstance(e, OSError):
             return None
         where = f" ({e.filename})" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            clean_temporaries_quietly(self.out)
-            return ShardgenError(f"cannot write to {self.out} while {self.phase}: {e.strerror}{where}; "
+            self.store.clean_temporaries(quietly=True)
+            return ShardgenError(f"cannot write to {self.store.url} while {self.phase}: {e.strerror}{where}; "
                                  "fix that and run the same command again to resume")
         # storage that failed past its retries (a 500, a lost connection)
-        with contextlib.suppress(Exception):
-            self.clean_temporaries()
-        return ShardgenError(f"storage error while {self.phase}: {e.strerror or e}{where}; {self.out} holds a "
+        self.store.clean_temporaries(quietly=True)
+        return ShardgenError(f"storage error while {self.phase}: {e.strerror or e}{where}; {self.store.url} holds a "
                              "resumable build: run the same command again to resume")
 
 
 @contextlib.contextmanager
-def _hold_out(out: str, urls):
-    """Hold OUT for the ``with`` block: a :class:`~shardgen.build.lock.LocalLock` for a folder, a
-    :class:`~shardgen.build.lease.Lease` for a URL; yields it (``check()``, ``note``, ``release()``).
+def _hold_out(store: OutStore):
+    """Hold OUT for the ``with`` block (:meth:`~shardgen.build.store.OutStore.hold`: a ``flock`` for a
+    folder, a lease for a URL); yields the hold (``check()``, ``note``, ``release()``).
 
     Raises:
         OutBusy: another build holds OUT. UsageError: OUT cannot be used.
     """
-    if urls is not None and urls.out_remote:
-        from .lease import Lease
-        from ..storage.transport import storage_errors
-
-        with storage_errors(urls.out.url, "taking the lease on OUT", urls.out.options):
-            lock = Lease(urls.out).acquire()
-    else:
-        lock = LocalLock(str(out)).acquire()
+    lock = store.hold()
     try:
         yield lock
     finally:
@@ -287,7 +249,8 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
         from .remote_out import paths_of
 
         urls = paths_of(cfg.src, cfg.out, storage_options, endpoint_url)
-    with _hold_out(cfg.out, urls) as lock:  # before anything looks at OUT (or a cluster starts)
+    # held before anything looks at OUT (or a cluster starts)
+    with _hold_out(out_store(cfg.out, urls.out if urls else None)) as lock:
         if cluster is None:
             return _build(cfg, overwrite, progress, rehash, None, urls, lock)
         from ..engines.dask_start import start
@@ -312,26 +275,23 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
         dask = dask.wait()  # the cluster started meanwhile (cluster_start.Starting); no task has run
         dask.check_source([f"{sr.root}/{it.relpath}" for it in items[:20]], f"SRC {cfg.src}",
                           urls.src if urls else None)
-    work = urls.start_out(work_fp, overwrite) if urls and urls.out_remote else _start_out(cfg.out, work_fp,
-                                                                                         overwrite)
-    run = _Run(cfg, cfg.out, work, progress, rehash=rehash, dask=dask, urls=urls, lock=lock)
+    store = out_store(cfg.out, urls.out if urls else None)
+    store.start(work_fp, overwrite)
+    run = _Run(cfg, store, source_files(urls.src if urls else None), progress, rehash=rehash, dask=dask,
+               lock=lock)
     old_handler = _sigterm_raises()
     try:
         run.start_pool(len(jobs))
-        records = run.convert(jobs, len(items), sr.root)
-        plan = make_plan(cfg, items, keys, records, classes, ratios, run.work)
+        records = run.convert(jobs, len(items))
+        plan = make_plan(cfg, items, keys, records, classes, ratios, store.work)
         shard_recs = run.write_shards(plan)
         run.stop_pool(wait=True)
         if dask is not None:
-            run.clean_temporaries()  # a worker killed while writing a shard leaves its temporary file
+            store.clean_temporaries()  # a worker killed while writing a shard leaves its temporary file
         run.phase = "writing the manifest"
-        lock.check(strict=True)
-        if run.out_remote:
-            manifest = urls.finish(lambda staging: finish_build(cfg, staging, os.path.join(staging, WORK_DIR), fp,
-                                                                classes, plan, shard_recs, sr, excluded), plan,
-                                   before_manifest=lambda: lock.check(strict=True))
-        else:
-            manifest = finish_build(cfg, run.out, run.work, fp, classes, plan, shard_recs, sr, excluded)
+        manifest = store.finish(lambda folder: finish_build(cfg, folder, os.path.join(folder, WORK_DIR), fp, classes,
+                                                            plan, shard_recs, sr, excluded),
+                                plan.splits, set(plan.shard_relpaths()), before_manifest=lambda: lock.check(strict=True))
     except (KeyboardInterrupt, _Terminated, OSError) as e:
         err = run.fail(e)
         if err is None:
@@ -344,7 +304,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
     samples = {sp: s.samples for sp, s in manifest.splits.items()}
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
     notes = list(sr.notes) + empty_split_notes(ratios or (), samples) + ([lock.note] if lock.note else [])
-    return BuildResult(out=run.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
+    return BuildResult(out=cfg.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
                        kept_shards=run.kept, total_shards=plan.n_shards, rehashed_sources=run.rehashed,
                        notes=notes, empty_splits=empty)

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..format.png import DEFLATE_LEVEL, encode_png, encoder_info
@@ -35,7 +34,6 @@ __all__ = [
     "encoder_info",
     "DEFLATE_LEVEL",
     "process_bytes",
-    "process_file",
     "configure_worker",
 ]
 
@@ -298,18 +296,3 @@ def process_bytes(data: bytes, options: ImageOptions, *, name: str = "") -> Proc
     except (OSError, ValueError) as e:
         raise ImageSkip(f"cannot convert mode {mode}: {e}") from None
     return _finish(gray, true_color, width, height, mode, size, fit)
-
-
-def process_file(path: str, options: ImageOptions) -> tuple[Processed, str]:
-    """Read and convert one file; returns ``(processed, xxh64 of the file bytes)``.
-
-    Raises:
-        ImageSkip: the file is unreadable or not a usable image.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageSkip(f"unreadable: {e.strerror or e}") from None
-    pr = process_bytes(data, options, name=path)
-    return pr, xxhash.xxh64_hexdigest(data)
