@@ -626,7 +626,7 @@ def test_a_cache_dir_of_another_user_is_a_usage_error_not_a_permission_error(bui
         shutil.rmtree(base, ignore_errors=True)
     assert p.stdout.startswith("UsageError "), (p.stdout, p.stderr)
     msg = p.stdout[len("UsageError "):].strip()
-    assert "\n" not in msg and str(shared) in msg and "belongs to uid 0" in msg and "your own" in msg, msg
+    assert "\n" not in msg and str(shared) in msg and "belongs to user root (uid 0)" in msg and "your own" in msg, msg
 
 
 def test_verify_false_keeps_the_unchecked_stream_and_says_so(build, truth, served, tmp_path):

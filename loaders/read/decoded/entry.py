@@ -100,7 +100,7 @@ class DecodedEntry:
         multihot: C for a multi-label build (targets stored as C bytes of 0/1), else 0.
         classes: C, the class count (labels out of ``[0, C)`` are refused); 0: not checked.
         seed: the shard's xxh64 as an integer (binds each sample's checksum to its shard).
-        dir_fd: the cache folder, opened by :func:`loaders.read.decoded.private_dir.open_private_dir`.
+        dir_fd: the cache folder, opened by :func:`loaders.read.private.open_private_dir`.
 
     Raises:
         OSError: it cannot be opened (``ELOOP``: a symbolic link, never followed).

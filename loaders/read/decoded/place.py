@@ -4,7 +4,7 @@ decoded_cache_limit=...)``), planned in the main process: the place (``auto``: a
 cache folder), the byte budget, eviction of other splits' entries, and the shards cached.
 The entries themselves are :mod:`loaders.read.decoded.store`.
 
-The place must be private (:mod:`loaders.read.decoded.private_dir`: a folder of this user, not a
+The place must be private (:mod:`loaders.read.private`: a folder of this user, not a
 symbolic link, not writable by group or others), checked on every start. A default
 place that is not (``/dev/shm/shardgen-<user>`` made by another local user, say) is
 not used: the cache goes to a private ``<place>-<random>`` folder next to it instead,
@@ -25,7 +25,7 @@ from typing import Any
 from ...errors import UsageError
 from ..args import parse_size
 from .entry import entry_bytes, label_bytes
-from .private_dir import make_private_dir, private_fallback
+from ..private import make_private_dir, private_fallback
 from .store import DecodedConfig, entry_name
 
 __all__ = ["plan_decoded", "plan_split", "check_decoded_args", "auto_places", "ENV_PLACE"]

@@ -12,7 +12,7 @@ checked against the manifest) are named ``...c.unverified.dec``: a verifying loa
 never reads them. The file itself (header, samples with their checksums, the fill
 protocol) is :mod:`loaders.read.decoded.entry`.
 
-**Where.** The folder is private (:mod:`loaders.read.decoded.private_dir`): checked when the loader
+**Where.** The folder is private (:mod:`loaders.read.private`): checked when the loader
 is made (:mod:`loaders.read.decoded.place`) and again, on an ``O_NOFOLLOW`` descriptor, in
 every process that uses it; every file is created and opened relative to that
 descriptor (``openat``), by a name made of the manifest's checked hex checksum and
@@ -50,7 +50,7 @@ from shardgen.format.checksum import file_xxh64
 from shardgen.format.validate import is_hex16
 
 from .entry import DecodedEntry, entry_bytes, entry_head, label_bytes
-from .private_dir import open_private_dir
+from ..private import open_private_dir
 
 if TYPE_CHECKING:
     from shardgen.format import ShardEntry

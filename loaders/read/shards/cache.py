@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from shardgen.format.validate import is_hex16
 
 from ...errors import LoaderError, UsageError
+from ..private import make_private_dir
 from .spool import CREATE_FLAGS, FileSpool, shard_changed
 
 if TYPE_CHECKING:
@@ -35,44 +36,29 @@ log = logging.getLogger("loaders")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _owner(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
 def check_private_folder(path: str, what: str) -> None:
-    """Create ``path`` (mode 0700) if it is missing, then check that it is a private folder.
+    """Create ``path`` (mode 0700) if it is missing, then check that it is a private folder
+    (:mod:`loaders.read.private`'s rule, the decoded cache's too).
 
     Raises:
-        UsageError: one line naming the folder and the fix: it cannot be created, is a
-            symbolic link or not a folder, belongs to another user, or is writable by its
-            group or by others.
+        UsageError: one line naming the folder, the problem and the fix: it cannot be created,
+            is a symbolic link or not a folder, belongs to another user, is writable by its
+            group or by others, or is not writable by this user.
     """
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+        problem = make_private_dir(path)
     except OSError as e:
         raise UsageError(f"{what} {path}: cannot create: {e.strerror or e}") from None
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"{what} {path}: is a symbolic link; give the folder itself "
-                         f"({os.path.realpath(path)}), if it is yours")
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} {path}: is not a folder")
-    if st.st_uid != os.geteuid():
-        raise UsageError(f"{what} {path}: belongs to {_owner(st.st_uid)}, not to you ({_owner(os.geteuid())}); "
-                         "a folder another user controls could feed you forged shards: use a folder of your own")
-    if st.st_mode & 0o022:
-        raise UsageError(f"{what} {path}: other users may write to it (mode {stat.S_IMODE(st.st_mode):04o}); "
-                         f"make it private (chmod 700 {path}) or use a folder of your own")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: not writable (chmod u+rwx {path})")
+    if problem == "is a symbolic link":
+        problem += f"; give the folder itself ({os.path.realpath(path)}), if it is yours"
+    elif problem is not None and problem.startswith("belongs to"):
+        problem += "; a folder another user controls could feed you forged shards: use a folder of your own"
+    elif problem is not None and problem.startswith("is writable by other users"):
+        problem += f"; make it private (chmod 700 {path}) or use a folder of your own"
+    elif problem is None and not os.access(path, os.W_OK | os.X_OK):
+        problem = f"not writable (chmod u+rwx {path})"
+    if problem is not None:
+        raise UsageError(f"{what} {path}: {problem}")
 
 
 def cache_root(cache_dir: str) -> str:
