@@ -26,6 +26,7 @@ the build was doing, secrets scrubbed (:mod:`.scrub`).
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from typing import Any, Iterator
 
 from ..errors import AccessDenied, ShardgenError, TransportError, UsageError
@@ -33,10 +34,13 @@ from ..redact import redact
 from ..retry import access_denied, error_named, is_unreachable, timed_out, transport_problem
 from .scrub import Scrubber, display_url, short
 
-__all__ = ["storage_error", "GuardedFile", "open_guarded", "storage_errors"]
+__all__ = ["storage_error", "GuardedFile", "open_guarded", "storage_failure", "storage_errors", "endpoint_of",
+           "NO_CREDENTIALS"]
 
 
 def _access_hint(url: str) -> str:
+    if "://" not in str(url) or str(url).startswith("file://"):
+        return "check the folder's permissions"
     if str(url).split("://", 1)[0].lower() in ("s3", "s3a"):
         return ("check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
                 "storage_options) and the bucket's policy")
@@ -125,9 +129,52 @@ def open_guarded(fs: Any, path: str, url: str, timeout: float | None, **kwargs: 
     return GuardedFile(f, url, timeout)
 
 
+#: The error names of botocore's missing-credentials errors.
+NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
+
+
+def endpoint_of(e: BaseException, fallback: str | None) -> str:
+    """The endpoint an error names (scheme and host only, so no credentials), else ``fallback``."""
+    url = getattr(e, "kwargs", {}).get("endpoint_url") if hasattr(e, "kwargs") else None
+    if url:
+        p = urllib.parse.urlsplit(url)
+        return display_url(urllib.parse.urlunsplit((p.scheme, p.netloc, "", "", "")))
+    return fallback or "the storage endpoint"
+
+
+def storage_failure(e: BaseException, url: str, doing: str, endpoint: str | None = None,
+                    missing: str | None = None) -> str | None:
+    """The one line (not yet scrubbed) for a storage failure ``e`` while ``doing`` something to
+    ``url``: the build's writes and listings (:func:`storage_errors`) and upload's destination
+    say the same thing for the same failure. None: ``e`` is not a storage failure.
+
+    Args:
+        endpoint: the S3 endpoint in use, named when it cannot be reached.
+        missing: what a missing object on S3 means to the caller (default: the bucket may not exist).
+    """
+    where = display_url(url)
+    if is_unreachable(e) or timed_out(e):
+        return (f"{where}: cannot reach {endpoint_of(e, endpoint)} while {doing} "
+                "(is the endpoint URL right and the server up?)")
+    if error_named(e, *NO_CREDENTIALS):
+        return (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
+                "in ~/.aws) or pass --storage_options")
+    denied = access_denied(e)
+    if denied is not None or isinstance(e, PermissionError):
+        return f"{where}: access denied while {doing} ({(denied or short(e)).strip() or 'Forbidden'}); " + \
+            _access_hint(url)
+    if isinstance(e, FileNotFoundError) and str(url).split("://", 1)[0].lower() in ("s3", "s3a"):
+        bucket = str(url).split("/")[2]
+        return f"{where}: " + (missing or f"not found while {doing} (does the bucket {bucket!r} exist?)")
+    if isinstance(e, OSError):
+        return f"{where}: storage error while {doing} ({short(e)})"
+    return None
+
+
 @contextlib.contextmanager
 def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
-    """Turn a storage failure while ``doing`` into one line (exit 2), credentials scrubbed.
+    """Turn a storage failure while ``doing`` into one line (exit 2, :func:`storage_failure`),
+    credentials scrubbed.
 
     Raises:
         UsageError: unreachable endpoint, no or wrong credentials, missing bucket, other OSError.
@@ -137,20 +184,8 @@ def storage_errors(url: str, doing: str, storage_options: dict[str, Any] | None 
     except ShardgenError:
         raise
     except Exception as e:  # noqa: BLE001 - classified below, re-raised when not a storage error
-        where, scrub = display_url(url), Scrubber(storage_options)
-        if is_unreachable(e) or timed_out(e):
-            msg = (f"{where}: cannot reach the storage endpoint while {doing} "
-                   "(is the endpoint URL right and the server up?)")
-        elif error_named(e, "NoCredentialsError", "PartialCredentialsError"):
-            msg = (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
-                   "in ~/.aws) or pass --storage_options")
-        elif isinstance(e, PermissionError):
-            msg = (f"{where}: access denied while {doing} ({short(e)}); check the credentials and the "
-                   "bucket's permissions")
-        elif isinstance(e, FileNotFoundError) and url.startswith(("s3://", "s3a://")):
-            msg = f"{where}: not found while {doing} (does the bucket {url.split('/')[2]!r} exist?)"
-        elif isinstance(e, OSError):
-            msg = f"{where}: storage error while {doing} ({short(e)})"
-        else:
+        endpoint = ((storage_options or {}).get("client_kwargs") or {}).get("endpoint_url")
+        msg = storage_failure(e, url, doing, endpoint)
+        if msg is None:
             raise
-        raise UsageError(scrub(msg)) from None
+        raise UsageError(Scrubber(storage_options)(msg)) from None

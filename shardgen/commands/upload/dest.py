@@ -8,16 +8,16 @@ ever partial. On S3 a shard's xxh64 travels as user metadata in the same request
 from __future__ import annotations
 
 import re
-import urllib.parse
 from typing import Any
 
 from ...errors import UsageError
 from ...format import TMP_PREFIX, stream_xxh64
-from ...retry import access_denied, error_named, is_unreachable
+from ...retry import is_unreachable
 from ...storage import S3_PROTOCOLS, filesystem, s3_endpoint, storage_options_for
 from ...storage.io import write_via_temporary
 from ...storage.protocols import capabilities, protocols_of
 from ...storage.scrub import Scrubber, display_url, short
+from ...storage.transport import endpoint_of, storage_failure
 
 __all__ = ["Dest", "BLOCK", "S3_PART", "META_KEY", "TMP_RE"]
 
@@ -29,18 +29,6 @@ S3_PART = 16 << 20
 META_KEY = "xxh64"
 #: Names of the temporary files of a local destination (the format's temporary prefix).
 TMP_RE = re.compile("^" + re.escape(TMP_PREFIX))
-_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
-
-
-def _endpoint_of(e: BaseException, fallback: str | None) -> str:
-    """The endpoint an error names (without credentials), else ``fallback``."""
-    url = getattr(e, "kwargs", {}).get("endpoint_url") if hasattr(e, "kwargs") else None
-    if url:
-        p = urllib.parse.urlsplit(url)
-        return display_url(urllib.parse.urlunsplit((p.scheme, p.netloc, "", "", "")))
-    return fallback or "the storage endpoint"
-
-
 class Dest:
     """The destination filesystem.
 
@@ -76,33 +64,17 @@ class Dest:
 
     # -- preflight -------------------------------------------------------------------
     def fail(self, e: BaseException, doing: str) -> UsageError:
-        """A one-line UsageError for a destination that cannot be used. What went wrong is told by
-        :mod:`shardgen.retry`'s one set of rules (:func:`~shardgen.retry.is_unreachable`,
-        :func:`~shardgen.retry.access_denied`), as for the build's storage errors
-        (:func:`shardgen.storage.transport.storage_error`); only the wording is upload's."""
-        where = display_url(self.url)
-        if is_unreachable(e):
-            return UsageError(self.scrub(f"{where}: cannot reach {_endpoint_of(e, self.endpoint)} "
-                                         f"while {doing} (is the endpoint URL right and the server up?)"))
-        if error_named(e, *_NO_CREDENTIALS):
-            return UsageError(f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and "
-                              f"AWS_SECRET_ACCESS_KEY (or a profile in ~/.aws) or pass --storage_options")
-        denied = access_denied(e)  # the build's rule too (storage.transport): S3 codes, HTTP 401/403, EACCES
-        if denied is not None:
-            return UsageError(self.scrub(
-                f"{where}: access denied while {doing} ({denied.strip() or 'Forbidden'}); check the "
-                f"credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket's permissions"))
-        if isinstance(e, FileNotFoundError) and self.s3:
-            bucket = self.root.split("/")[0]
-            return UsageError(self.scrub(f"{where}: bucket {bucket!r} does not exist "
-                                         f"(at {self.endpoint or 'AWS'}); create it first"))
-        if isinstance(e, FileNotFoundError):
-            return UsageError(self.scrub(f"{where}: not found while {doing} ({e})"))
-        return UsageError(self.scrub(f"{where}: cannot use the destination while {doing} ({short(e)})"))
+        """A one-line UsageError for a destination that cannot be used: the build's rules and
+        wording (:func:`shardgen.storage.transport.storage_failure`), secrets scrubbed."""
+        bucket = self.root.split("/")[0]
+        msg = storage_failure(e, self.url, doing, self.endpoint, missing=(
+            f"bucket {bucket!r} does not exist (at {self.endpoint or 'AWS'}); create it first" if self.s3 else None))
+        return UsageError(self.scrub(msg or f"{display_url(self.url)}: cannot use the destination while {doing} "
+                                            f"({short(e)})"))
 
     def unreachable_endpoint(self, e: BaseException) -> str | None:
         """The endpoint (for a message) if ``e`` says it could not be reached, else None."""
-        return _endpoint_of(e, self.endpoint) if is_unreachable(e) else None
+        return endpoint_of(e, self.endpoint) if is_unreachable(e) else None
 
     def listing(self) -> dict[str, int]:
         """``{relpath: size}`` of every object under the destination (raises UsageError)."""
