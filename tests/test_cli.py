@@ -153,9 +153,9 @@ class FakeCLI:
 
 
 def test_checker_is_generic():
-    assert check_argv(FakeCLI, ["diff", "A", "B", "--json"]) == ["diff", "--a=A", "--b=B", "--json=True"]
+    assert check_argv(FakeCLI, ["diff", "A", "B", "--json"]) == ["diff", "--a='A'", "--b='B'", "--json=True"]
     assert check_argv(FakeCLI, ["export", "OUT", "--dest", "D", "--layout=imagefolder", "--no-overwrite"]) == [
-        "export", "--out=OUT", "--dest=D", "--layout=imagefolder", "--overwrite=False"]
+        "export", "--out='OUT'", "--dest='D'", "--layout='imagefolder'", "--overwrite=False"]
     with pytest.raises(ArgvError, match=r"unknown flag --layuot \(did you mean --layout\?\)"):
         check_argv(FakeCLI, ["export", "OUT", "--layuot", "x"])
     with pytest.raises(ArgvError, match="unexpected argument C"):

@@ -6,6 +6,7 @@ The first phase of :func:`shardgen.build.run.build` (it reads SRC only, never OU
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -55,6 +56,8 @@ def resolve(cfg: BuildConfig, urls=None):
     else:
         _check_empty_classes(sr)
         classes = list(sr.labels)
+    if sr.layout != "index":
+        sr.doubts += _identifier_classes(cfg.src, classes)
     if len(classes) == 1:
         why = "--classes names one class" if cfg.classes is not None else sr.single_reason
         sr.notes.append(f"the build has a single class, {classes[0]!r} ({why}): fine for unconditional "
@@ -67,6 +70,55 @@ def resolve(cfg: BuildConfig, urls=None):
     if not items:
         raise UsageError(f"SRC {cfg.src}: no images in the selected classes")
     return sr, items, classes, _ratios(cfg, sr), excluded
+
+
+#: More classes than this are taken for identifiers (patients, studies), not labels.
+MAX_PLAUSIBLE_CLASSES = 1000
+#: A folder name that is an identifier: letters and a number (``patient00001``, ``images_001``,
+#: ``study1``, ``p10``) or a number alone.
+_ID_NAME = re.compile(r"^[A-Za-z]*[_-]?\d+$")
+#: Words of a folder name that hold files rather than name a label (``stage_2_train_images``).
+_CONTAINER_WORDS = frozenset({"images", "image", "imgs", "img", "files", "data", "dicom", "dicoms", "png", "jpg",
+                              "train", "test", "val", "valid", "validation", "part"})
+
+
+#: Letters before a number that name a label, not an identifier (``class3``, ``grade_2``).
+_LABEL_WORDS = frozenset({"class", "label", "grade", "category", "cat", "type", "level", "kl", "stage"})
+
+
+def _looks_like_identifier(name: str) -> bool:
+    words = {w for w in re.split(r"[_\-. ]+", name.lower()) if w}
+    if words & _CONTAINER_WORDS:
+        return True
+    m = _ID_NAME.match(name)
+    return bool(m) and re.sub(r"[_\-]?\d+$", "", name).lower() not in _LABEL_WORDS
+
+
+def _identifier_classes(src: str, classes: list[str]) -> list[str]:
+    """A doubt when the class folders look like identifiers or containers, not labels (every
+    name, or more than :data:`MAX_PLAUSIBLE_CLASSES` of them), naming the CSVs at SRC's top."""
+    if len(classes) < 2:
+        return []
+    odd = [c for c in classes if _looks_like_identifier(c)]
+    if len(classes) <= MAX_PLAUSIBLE_CLASSES and len(odd) < len(classes):
+        return []
+    shown = ", ".join((odd or classes)[:3]) + (", ..." if len(classes) > 3 else "")
+    msg = (f"the {len(classes):,} classes look like identifiers, not labels ({shown}): SRC's folders are "
+           "probably patients, studies or parts of the download")
+    csvs = _top_csvs(src)
+    if csvs:
+        msg += f"; SRC holds {', '.join(csvs[:3])}{', ...' if len(csvs) > 3 else ''}: did you mean --index?"
+    return [msg]
+
+
+def _top_csvs(src: str) -> list[str]:
+    """The CSV files (also gzipped or zipped) at the top of a local SRC, sorted."""
+    try:
+        names = os.listdir(src)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.lower().endswith((".csv", ".csv.gz", ".csv.zip"))
+                  and os.path.isfile(os.path.join(src, n)))
 
 
 def _ratios(cfg: BuildConfig, sr):

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +32,7 @@ from .assemble import ShardTask
 from ..sources.columns import RecordTable, StrColumn
 from .config import BuildConfig, fingerprint_of, parse_splits
 from .convert import CHUNK, ChunkTask, chunk_jobs
-from ..errors import ShardgenError
+from ..errors import BuildFailed, ShardgenError
 from ..format import WORK_DIR, Manifest, make_keys
 from .finish import finish_build
 from .plan import make_plan
@@ -197,6 +198,21 @@ class _Run:
                              "resumable build: run the same command again to resume")
 
 
+def _check_used(plan, found: int) -> None:
+    """A build that would hold no sample stops before writing anything (exit 1), with the
+    most common reasons its images were skipped; the scratch folder is kept for a resume.
+
+    Raises:
+        BuildFailed: no image found was used.
+    """
+    if any(len(s.rows) for sp in plan.splits.values() for s in sp.shards):
+        return
+    reasons = Counter(sk.reason for sk in plan.skips).most_common(3)
+    why = "; ".join(f"{r} ({n:,})" for r, n in reasons)
+    raise BuildFailed(f"no image was used: {found:,} found, all {len(plan.skips):,} skipped"
+                      + (f"; most common reasons: {why}" if why else "") + " (nothing was written)")
+
+
 @contextlib.contextmanager
 def _hold_out(store: OutStore):
     """Hold OUT for the ``with`` block (:meth:`~shardgen.build.store.OutStore.hold`: a ``flock`` for a
@@ -220,7 +236,7 @@ def _sigterm_raises():
 
 
 def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, rehash: bool = False, cluster=None,
-          storage_options: dict | None = None, endpoint_url: str | None = None) -> BuildResult:
+          storage_options: dict | None = None, endpoint_url: str | None = None, strict: bool = False) -> BuildResult:
     """Run a build (or resume one). See the module docstring for the phases.
 
     Args:
@@ -235,10 +251,15 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
             cluster starts while SRC is scanned). None: worker processes on this machine.
         storage_options, endpoint_url: fsspec options (and the S3 endpoint) of a SRC or OUT
             given as a URL (:func:`shardgen.storage.storage_options_for`); never recorded.
+        strict: refuse, before any work, a build that is probably not what was meant (the scan's
+            ``doubts``: classes that look like patient folders, a ``--no_finding`` that matches
+            nothing); without it they are notes.
 
     Raises:
         UsageError: bad inputs or OUT state (exit code 2).
         BuildInterrupted: SIGINT/SIGTERM; the folder can be resumed.
+        BuildFailed: no image found was used (all skipped; exit code 1, nothing written); with
+            ``strict``, a doubt about the build (before any work).
         ShardgenError: OUT cannot be written (disk full, read-only); the Dask scheduler is lost.
         OutBusy: another build holds OUT (exit code 1; nothing was changed).
         OutLockLost: the hold on OUT was lost while building (a lease that could not be renewed):
@@ -252,20 +273,23 @@ def build(cfg: BuildConfig, overwrite: bool = False, progress: bool = True, reha
     # held before anything looks at OUT (or a cluster starts)
     with _hold_out(out_store(cfg.out, urls.out if urls else None)) as lock:
         if cluster is None:
-            return _build(cfg, overwrite, progress, rehash, None, urls, lock)
+            return _build(cfg, overwrite, progress, rehash, None, urls, lock, strict)
         from ..engines.dask_start import start
 
         # tcp://: reached now; local:N: starts while SRC is scanned, its workers importing the tasks' modules
         dask = start(replace(cluster, preload=(ChunkTask.__module__, ShardTask.__module__)), cfg.pixel_limit)
         try:
-            return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None, lock)
+            return _build(cfg, overwrite, progress, rehash, dask, urls.for_workers() if urls else None, lock, strict)
         finally:
             dask.close()
 
 
-def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls, lock) -> BuildResult:
+def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask, urls, lock,
+           strict: bool = False) -> BuildResult:
     t0 = time.perf_counter()
     sr, items, classes, ratios, excluded = resolve(cfg, urls)
+    if strict and sr.doubts:
+        raise BuildFailed(f"--strict: {sr.doubts[0]}")
     fp = fingerprint_of(cfg, sr.layout, classes, ratios)
     work_fp = dict(fp, src=sr.root if is_url(sr.root) else os.path.realpath(sr.root),
                    index_path=os.path.realpath(cfg.index) if cfg.index else None)
@@ -284,6 +308,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
         run.start_pool(len(jobs))
         records = run.convert(jobs, len(items))
         plan = make_plan(cfg, items, keys, records, classes, ratios, store.work)
+        _check_used(plan, len(items))
         shard_recs = run.write_shards(plan)
         run.stop_pool(wait=True)
         if dask is not None:
@@ -303,7 +328,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
             signal.signal(signal.SIGTERM, old_handler)
     samples = {sp: s.samples for sp, s in manifest.splits.items()}
     empty = [sp for sp, _ in ratios or () if not samples.get(sp)]
-    notes = list(sr.notes) + empty_split_notes(ratios or (), samples) + ([lock.note] if lock.note else [])
+    notes = list(sr.notes) + list(sr.doubts) + empty_split_notes(ratios or (), samples) + ([lock.note] if lock.note else [])
     return BuildResult(out=cfg.out, manifest=manifest, skipped=list(sr.skipped) + plan.skips, images=len(items),
                        seconds=time.perf_counter() - t0, reused_chunks=run.reused, total_chunks=len(jobs),
                        kept_shards=run.kept, total_shards=plan.n_shards, rehashed_sources=run.rehashed,

@@ -87,6 +87,16 @@ def as_int(value: Any, flag: str, minimum: int | None = None) -> int:
     return v
 
 
+def as_float(value: Any, flag: str) -> float:
+    """A number flag (``30``, ``2.5``); booleans and other words are refused."""
+    if isinstance(value, bool):
+        raise UsageError(f"--{flag}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{flag}: expected a number, got {value!r}") from None
+
+
 def as_str(value: Any, flag: str) -> str:
     """A string flag; fire may have turned it into a number or tuple."""
     if isinstance(value, (list, tuple)):
@@ -193,7 +203,8 @@ class CLI:
         )
         result = run_build(cfg, overwrite=as_bool(overwrite, "overwrite"),
                            progress=as_bool(progress, "progress"), rehash=as_bool(rehash, "rehash"),
-                           cluster=_cluster(scheduler, workers), **_storage(endpoint_url, storage_options))
+                           cluster=_cluster(scheduler, workers), strict=strict,
+                           **_storage(endpoint_url, storage_options))
         _say(format_summary(result))
         for note in result.notes:
             _say(f"note: {note}", err=True)
@@ -265,7 +276,7 @@ class CLI:
         from ..commands.info import build_info, format_info
         from ..storage import check_timeout
 
-        secs = check_timeout(timeout if isinstance(timeout, (int, float)) else as_str(timeout, "timeout"), "--timeout")
+        secs = check_timeout(as_float(timeout, "timeout"), "--timeout")
         data = build_info(as_str(source, "source"), timeout=secs)
         if as_bool(json, "json"):
             _say(_json.dumps(data, indent=1, ensure_ascii=False), as_json=True)

@@ -5,7 +5,9 @@ build SRC OUT --sed 5`` builds with the default seed, then says ``Could not cons
 arg: --sed``). :func:`check_argv` reads the argv the way fire does, against
 ``inspect.signature`` of the command's method, and either raises :class:`ArgvError`
 (one line, exit 2, nothing done) or returns an equivalent argv that fire runs as is:
-``[command, "--name=value", ...]``. No command needs code of its own here.
+``[command, "--name='value'", ...]``, every value but a true/false flag's quoted, so that fire
+passes the exact string typed (never ``['normal']`` as a list, ``1e3`` as a float, ``None`` as
+None). No command needs code of its own here.
 
 Rules (fire's, except where marked *):
 
@@ -160,8 +162,16 @@ def check_argv(cli: type, argv: list[str]) -> list[str]:
     cmd = Command.of(name, cmds[name])
     values, extra = _parse(cmd, argv[1:], fire_flags.separator)
     order = [k for k in cmd.params if k in values] + [k for k in values if k not in cmd.params]  # signature order
-    out = [name] + [f"--{k}={values[k]}" for k in order] + extra
+    out = [name] + [f"--{k}={_literal(cmd, k, values[k])}" for k in order] + [repr(w) for w in extra]
     return out + (["--", *flag_args] if flag_args else [])
+
+
+def _literal(cmd: Command, name: str, value: str) -> str:
+    """``value`` as fire must see it to hand the command the string the user typed: fire parses
+    a bare value as a Python literal (``['normal']`` -> a list, ``1e3`` -> 1000.0, ``None``,
+    ``a,b`` -> a tuple), a quoted one is the string itself. True/false flags stay bare (their
+    word, or ``True``/``False``); the commands read every other value from its string."""
+    return value if name in cmd.params and cmd.is_bool(name) else repr(value)
 
 
 def _parse(cmd: Command, toks: list[str], separator: str) -> tuple[dict[str, str], list[str]]:

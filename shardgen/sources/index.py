@@ -232,5 +232,10 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
         labels = sorted({c for ls in out.label_sets for c in ls})
     else:
         labels = sorted(out.label_names)
+    doubts = []
+    if opts.no_finding is not None and not any(len(ls) == 0 for ls in out.label_sets):
+        doubts.append(f"--no_finding {opts.no_finding!r} matches no label cell of --index {index}, so no image "
+                      "is a no-finding image; is the value spelt as in the CSV?")
     return ScanResult("index", out, skipped, labels, splits, root=src, notes=notes,
-                      single_reason="the index names one label", multilabel=opts.label_sep is not None)
+                      single_reason="the index names one label", multilabel=opts.label_sep is not None,
+                      doubts=doubts)

@@ -62,6 +62,8 @@ class ScanResult:
         class_dirs: label -> the folders it came from (relative to ``root``).
         single_reason: why the source has one class, when it has one.
         multilabel: the items carry label sets (``--label_sep``); ``labels`` are the findings.
+        doubts: one-line notes that the build is probably not what was meant (classes that look
+            like patient folders, a ``--no_finding`` that matches nothing); ``--strict`` refuses them.
     """
 
     layout: str
@@ -74,6 +76,7 @@ class ScanResult:
     class_dirs: dict[str, list[str]] = field(default_factory=dict)
     single_reason: str = ""
     multilabel: bool = False
+    doubts: list[str] = field(default_factory=list)
 
 
 def group_of(regex: re.Pattern | None, relpath: str) -> str | None:
