@@ -56,6 +56,9 @@ class _Source:
     records: RecordTable
     classes: list[str]
     work: str
+    #: the splits are drawn by the paths keys come from (an ``--index`` build: the CSV's path
+    #: cells), not by where the files were found, so that a corpus packaged otherwise splits alike
+    by_key_source: bool = False
 
     def __post_init__(self) -> None:
         self.index = {c: k for k, c in enumerate(self.classes)}
@@ -152,7 +155,7 @@ def _assign(src: _Source, ok: np.ndarray, together, ratios, seed: int) -> tuple[
     ``together``: groups of positions in ``ok`` (duplicates); ``--group`` groups come from
     the items' group codes."""
     groups = src.items.group_codes()[ok]
-    rel = _Rows(src.items.relpaths, ok)
+    rel = _Rows(src.items.key_sources() if src.by_key_source else src.items.relpaths, ok)
     if ratios is None:
         codes, values = src.items.split_codes()[ok], src.items.split_names
         names = sorted({values[c] for c in np.unique(codes).tolist()})
@@ -230,7 +233,7 @@ def _split_plan(name: str, rows: np.ndarray, src: _Source, shard_size: int, seed
 def make_plan(cfg, items: ItemTable, keys: Sequence[str], records: RecordTable, classes: list[str], ratios,
               work: str) -> Plan:
     """Splits, duplicate report and shuffled shard layout of a build."""
-    src = _Source(items, keys, records, classes, work)
+    src = _Source(items, keys, records, classes, work, by_key_source=cfg.index is not None)
     okm = records.rows["ok"]
     ok = np.flatnonzero(okm).astype(np.int64)
     skips = [Skip(items.relpaths[i], records.reasons[i]) for i in np.flatnonzero(~okm).tolist()]

@@ -14,7 +14,8 @@ from ..sources.columns import ItemTable
 from .config import DEFAULT_SPLITS, BuildConfig, parse_splits
 from ..errors import UsageError
 from ..sources.index import IndexOptions
-from ..sources.folder import scan
+from ..sources.archives import archive_source, scan_archives
+from ..sources.folder import compile_group, scan
 
 __all__ = ["resolve"]
 
@@ -38,6 +39,8 @@ def resolve(cfg: BuildConfig, urls=None):
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
             sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
+    elif archive_source(cfg.src):
+        sr = scan_archives(cfg.src, cfg.index, compile_group(cfg.group), IndexOptions.of(cfg) if cfg.index else None)
     else:
         sr = scan(cfg.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
     if not sr.items:

@@ -301,7 +301,7 @@ def _build(cfg: BuildConfig, overwrite: bool, progress: bool, rehash: bool, dask
                           urls.src if urls else None)
     store = out_store(cfg.out, urls.out if urls else None)
     store.start(work_fp, overwrite)
-    run = _Run(cfg, store, source_files(urls.src if urls else None), progress, rehash=rehash, dask=dask,
+    run = _Run(cfg, store, sr.reader or source_files(urls.src if urls else None), progress, rehash=rehash, dask=dask,
                lock=lock)
     old_handler = _sigterm_raises()
     try:

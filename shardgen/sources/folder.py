@@ -34,7 +34,7 @@ from ..imaging.image import IMAGE_EXTENSIONS
 from .columns import ItemTable
 from .items import Item, ScanResult, Skip, group_of
 
-__all__ = ["SPLIT_NAMES", "Tree", "scan", "scan_tree", "rebase", "unwrap", "compile_group", "is_image", "is_visible"]
+__all__ = ["SPLIT_NAMES", "Tree", "Listing", "scan", "scan_layout", "scan_tree", "rebase", "unwrap", "compile_group", "is_image", "is_visible"]
 
 SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation", "dev"})
 #: The Kaggle image folder name inside a class folder.
@@ -139,6 +139,44 @@ class Tree:
 
     def is_kaggle_class(self, rel: str) -> bool:
         return IMAGES in self.subdirs(rel) and self.has(_join(rel, IMAGES))
+
+
+class Listing:
+    """Folders built from a flat listing (an object store's keys, an archive's members): ``add``
+    each path, then :meth:`folders` gives a :class:`Tree`'s ``folders`` (names sorted). Hidden
+    paths (a component starting with ``.``) are left out."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
+
+    def _folder(self, rel: str) -> tuple[list[str], list[str]]:
+        # not recursive: a closure that calls itself is a reference cycle, and the cycle kept
+        # every name of the listing alive after the scan until the garbage collector ran
+        folders, missing, up = self._folders, [], rel
+        while up not in folders:
+            missing.append(up)
+            up = up.rpartition("/")[0]
+        for m in reversed(missing):
+            parent, _, name = m.rpartition("/")
+            folders[parent][0].append(name)
+            folders[m] = ([], [])
+        return folders[rel]
+
+    def add(self, rel: str, is_dir: bool) -> None:
+        """One path (``/``-separated, relative to the listing's root)."""
+        if any(not is_visible(p) for p in rel.split("/")):
+            return
+        if is_dir:
+            self._folder(rel)
+        else:
+            parent, _, name = rel.rpartition("/")
+            self._folder(parent)[1].append(name)
+
+    def folders(self) -> dict[str, tuple[list[str], list[str]]]:
+        for dirs, files in self._folders.values():  # in place: no second copy of every name list
+            dirs[:] = sorted(set(dirs))
+            files[:] = sorted(set(files))
+        return self._folders
 
 
 def _kaggle_dirs(tree: Tree, base: str) -> list[str]:
@@ -329,7 +367,15 @@ def scan(src: str, index: str | None = None, group: str | None = None, options=N
         res.items.compact()
         return res
     skipped: list[Skip] = []
-    tree = Tree(src, skipped)
+    return scan_layout(Tree(src, skipped), src, regex, skipped)
+
+
+def scan_layout(tree: Tree, src: str, regex: re.Pattern | None, skipped: list[Skip]) -> ScanResult:
+    """The layout of a walked SRC: the wrapper folder unwrapped, classes, splits and items.
+
+    Raises:
+        UsageError: no class folders are found.
+    """
     notes = list(tree.notes)
     base = unwrap(tree, src, notes)
     if not tree.subdirs(base):

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
+import io
 import os
 import posixpath
 import re
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+import zipfile
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -117,19 +120,42 @@ def _label_set(cell: str, opts: IndexOptions, where: str) -> tuple[str, tuple[st
     return opts.label_sep.join(parts), tuple(parts)
 
 
-@contextlib.contextmanager
-def _open_rows(index: str, opts: IndexOptions) -> Iterator[tuple[dict[str, str], Iterator[tuple[int, dict]]]]:
-    """``(role -> column of the roles the CSV has, its rows with line numbers)``: the header
-    is checked here, the rows are read one at a time."""
+def _open_text(index: str, data: bytes | None = None) -> IO[str]:
+    """The CSV ``index`` as text: a ``.csv``, a ``.csv.gz`` or a ``.csv.zip`` (its one ``.csv``);
+    ``data``: its bytes, already read (a member of SRC's archive).
+
+    Raises:
+        UsageError: it cannot be opened, or a zip does not hold exactly one CSV.
+    """
+    name = index.lower()
     try:
-        f = open(index, newline="", encoding="utf-8-sig")
+        raw: IO[bytes] = io.BytesIO(data) if data is not None else open(index, "rb")
+        if name.endswith(".gz"):
+            raw = gzip.GzipFile(fileobj=raw)
+        elif name.endswith(".zip"):
+            zf = zipfile.ZipFile(raw)
+            csvs = [n for n in zf.namelist() if n.lower().endswith(".csv") and not n.endswith("/")]
+            if len(csvs) != 1:
+                raise UsageError(f"--index {index}: the zip holds {len(csvs)} CSV files, not one")
+            raw = zf.open(csvs[0])
     except OSError as e:
         raise UsageError(f"--index {index}: cannot open ({e.strerror or e})") from None
+    except zipfile.BadZipFile as e:
+        raise UsageError(f"--index {index}: not a readable zip ({e})") from None
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+@contextlib.contextmanager
+def _open_rows(index: str, opts: IndexOptions,
+               data: bytes | None = None) -> Iterator[tuple[dict[str, str], Iterator[tuple[int, dict]]]]:
+    """``(role -> column of the roles the CSV has, its rows with line numbers)``: the header
+    is checked here, the rows are read one at a time."""
+    f = _open_text(index, data)
     with f:
         reader = csv.DictReader(f)
         try:
             cols = [c.strip() for c in (reader.fieldnames or [])]
-        except (UnicodeDecodeError, csv.Error) as e:
+        except (UnicodeDecodeError, csv.Error, OSError, EOFError) as e:
             raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
         named = dict(opts.columns)
         for role in ("path", "label"):
@@ -145,7 +171,7 @@ def _open_rows(index: str, opts: IndexOptions) -> Iterator[tuple[dict[str, str],
         def rows() -> Iterator[tuple[int, dict]]:
             try:
                 yield from enumerate(reader, start=2)
-            except (UnicodeDecodeError, csv.Error) as e:
+            except (UnicodeDecodeError, csv.Error, OSError, EOFError) as e:
                 raise UsageError(f"--index {index}: not a readable UTF-8 CSV ({e})") from None
 
         yield roles, rows()
@@ -182,7 +208,7 @@ def _unique(table: ItemTable, lines: array, index: str) -> tuple[ItemTable, int]
 
 
 def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOptions | None = None,
-               names=None) -> ScanResult:
+               names=None, data: bytes | None = None) -> ScanResult:
     """Read the CSV index; see the module docstring.
 
     Args:
@@ -191,6 +217,7 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
         regex: the ``--group`` regex, or None.
         options: how to read the CSV (None: the defaults).
         names: the bare-name resolver (``resolve(rel, where) -> rel``); None: a walk of the folder ``src``.
+        data: the CSV's bytes when they were read already (a member of SRC's archive); None: read ``index``.
 
     Raises:
         UsageError: unreadable CSV, missing columns, empty cells, conflicting duplicates,
@@ -200,16 +227,20 @@ def scan_index(src: str, index: str, regex: re.Pattern | None, options: IndexOpt
     opts = options or IndexOptions()
     bare = names if names is not None else _BareNames(src)
     table, lines = ItemTable(), array("q")
-    with _open_rows(index, opts) as (roles, rows):
+    with _open_rows(index, opts, data) as (roles, rows):
         for n, row in rows:
             path, cell = _cell(row, roles, "path"), _cell(row, roles, "label")
             where = f"--index {index}: line {n}"
             if not path or not cell:
                 raise UsageError(f"{where}: empty path or label")
-            rel = bare.resolve(_normalise(src, path, where), where)
+            given = _normalise(src, path, where)
+            rel = bare.resolve(given, where)
             label, labels = _label_set(cell, opts, where)
             group = _cell(row, roles, "group") or group_of(regex, rel)
-            table.append(Item(rel, label, _cell(row, roles, "split") or None, group, None, labels))
+            # the key comes from the CSV's path, not from where the file was found: the same corpus
+            # packaged otherwise (NIH's tarballs, Kaggle's folders) is the same dataset
+            table.append(Item(rel, label, _cell(row, roles, "split") or None, group,
+                              given if given != rel else None, labels))
             lines.append(n)
     out, repeats = _unique(table, lines, index)
     splits_given = set(out.split_names) | ({None} if (out.split_codes() < 0).any() else set())

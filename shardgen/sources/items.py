@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..format import path_fields
 
@@ -77,6 +77,8 @@ class ScanResult:
     single_reason: str = ""
     multilabel: bool = False
     doubts: list[str] = field(default_factory=list)
+    #: how the conversion reads SRC's files when the scan needs its own reader (archives), else None
+    reader: Any = None
 
 
 def group_of(regex: re.Pattern | None, relpath: str) -> str | None:

@@ -8,7 +8,7 @@ from ..errors import UsageError
 from ..imaging.dicom import has_dicom_magic
 from ..storage.location import Location
 from ..storage.protocols import protocols_of
-from .folder import Tree, is_image, is_visible
+from .folder import Listing, Tree, is_image, is_visible
 
 __all__ = ["RemoteBareNames", "scan_url"]
 
@@ -33,37 +33,11 @@ def _remote_tree(loc: Location):
     """A :class:`~shardgen.sources.folder.Tree` of the objects under ``loc`` (one recursive listing)."""
     fs = loc.fs()
     root = fs._strip_protocol(loc.url).rstrip("/")
-    folders: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
-
-    def folder(rel: str) -> tuple[list[str], list[str]]:
-        # not recursive: a closure that calls itself is a reference cycle, and the cycle kept
-        # every name of the listing alive after the scan until the garbage collector ran
-        missing, up = [], rel
-        while up not in folders:
-            missing.append(up)
-            up = up.rpartition("/")[0]
-        for m in reversed(missing):
-            parent, _, name = m.rpartition("/")
-            folders[parent][0].append(name)
-            folders[m] = ([], [])
-        return folders[rel]
-
-    def add(rel: str, is_dir: bool) -> None:
-        if any(not is_visible(p) for p in rel.split("/")):
-            return
-        if is_dir:
-            folder(rel)
-        else:
-            parent, _, name = rel.rpartition("/")
-            folder(parent)[1].append(name)
-
-    _list_into(fs, root, add)
+    listing = Listing()
+    _list_into(fs, root, listing.add)
     tree = _RemoteTree.__new__(_RemoteTree)
     tree.root, tree.notes, tree._sniffed, tree.fs = loc.url, [], {}, fs
-    for dirs, files in folders.values():  # in place: no second copy of every name list
-        dirs[:] = sorted(set(dirs))
-        files[:] = sorted(set(files))
-    tree.folders = folders
+    tree.folders = listing.folders()
     return tree
 
 
