@@ -258,3 +258,51 @@ def test_scheduler_local_workers_open_the_archive_themselves(unpacked, tmp_path)
     assert p.returncode == 0, p.stderr
     _same(out, out_dir)
     assert os.path.isfile(out / "manifest.json")
+
+
+# ---- big JPEGs: libjpeg's DCT scaling (jpeg_draft) -------------------------------------------------
+
+def _samples(out: Path) -> dict:
+    """``{source: (json meta, pixels)}`` of every sample of a build."""
+    got = {}
+    for shard in sorted(out.glob("*/*.tar")):
+        with tarfile.open(shard) as tf:
+            members = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                meta = json.loads(data)
+                png = members[name[:-len("json")] + "png"]
+                got[meta["source"]] = (meta, np.asarray(Image.open(io.BytesIO(png)), np.int16))
+    return got
+
+
+def test_large_jpegs_decode_at_a_dct_scale_unless_jpeg_draft_false(tmp_path):
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1500, 0:1200].astype(np.float32)
+    for k, c in enumerate(("a", "b")):
+        (src / c).mkdir(parents=True)
+        for i in range(3):
+            img = 110 + 70 * np.sin(x / 170 + k + i) * np.cos(y / 300) + rng.normal(0, 3, x.shape)
+            im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L")
+            exif = Image.Exif()
+            if i == 2:
+                exif[0x0112] = 6  # shown rotated: 1500 x 1200
+            im.save(src / c / f"{i}.jpg", quality=92, exif=exif.tobytes())
+    common = ["--size", 64, "--splits", "train=1", "--progress", "false"]
+    p = run_cli("build", src, tmp_path / "draft", *common)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("build", src, tmp_path / "full", *common, "--jpeg_draft", "false")
+    assert p.returncode == 0, p.stderr
+    mdraft = json.loads((tmp_path / "draft" / "manifest.json").read_text())
+    mfull = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    assert mdraft["config"]["jpeg_draft"] is True and mfull["config"]["jpeg_draft"] is False
+    draft, full = _samples(tmp_path / "draft"), _samples(tmp_path / "full")
+    assert draft.keys() == full.keys() and len(draft) == 6
+    diffs = []
+    for source, (meta, px) in draft.items():
+        fmeta, fpx = full[source]
+        want = (1500, 1200) if source.endswith("2.jpg") else (1200, 1500)
+        assert (meta["width"], meta["height"]) == want == (fmeta["width"], fmeta["height"])  # the source's size
+        diffs.append(np.abs(px - fpx).mean())
+    assert 0 < max(diffs) and float(np.mean(diffs)) <= 1.0, diffs  # scaled, and within a grey level

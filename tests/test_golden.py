@@ -9,7 +9,9 @@ manifest, so ``manifest.json``'s digest also depends on which of them are instal
 (pydicom); no shard changed. Issue 13 changed the PNG row filter from Average to Up (a
 numpy decoder in the loaders undoes it ~2x faster than Pillow): every shard, the
 manifest and the README changed; each sample's pixels and every other member are the
-same as before.
+same as before. Issue 24 made large JPEGs decode at libjpeg's DCT scale (``jpeg_draft``,
+on by default and recorded in the config): the two shards holding the sample's JPEGs, the
+manifest and the README changed; with ``--jpeg_draft false`` every shard is as before.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import xxhash
 from conftest import run_cli, sample_tool
 
 GOLDEN = {
-    "README.md": "2d457941dfa0ba04",
+    "README.md": "53ccc72db899c54d",
     "classes.json": "725f9b498b4ca6d6",
     "duplicates.jsonl": "a1abb5d36132b2f3",
-    "manifest.json": "0f537f8eece41fd9",
+    "manifest.json": "9ccfba4e4eedd35f",
     "skipped.jsonl": "516da43ab86dc177",
     "test/dataset.json": "e52bc73906e0064a",
     "test/test-000000.tar": "aec16e1feaebc980",
@@ -31,9 +33,9 @@ GOLDEN = {
     "train/dataset.json": "40eb5d154dcb8be0",
     "train/train-000000.tar": "1624af96f7a3e285",
     "train/train-000001.tar": "75305a265d4c8bca",
-    "train/train-000002.tar": "84aaff89a0a1a3bf",
+    "train/train-000002.tar": "e9b786e143deec11",
     "train/train-000003.tar": "92a51262bcc8cf68",
-    "train/train-000004.tar": "11c07f92ee78dc2b",
+    "train/train-000004.tar": "3169603d8c6e9a48",
     "train/train.wids.json": "cc0b408ef5de2fe5",
 }
 

@@ -122,6 +122,9 @@ class BuildConfig:
         max_pixels: inputs with more pixels are skipped as decompression bombs (default 89,478,485).
         dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its full
             range) or ``none`` (always the full range); see ``docs/dicom.md``.
+        jpeg_draft: decode JPEGs at least twice the needed size at libjpeg's DCT scale first
+            (default True; changes pixels slightly, so it is part of the fingerprint); False:
+            the exact full decode.
         columns: ``role=COL,...``: the index's columns for the roles path, label, group, split
             (default: columns named as the roles).
         label_sep: separator of the labels in one label cell; makes the build multi-label.
@@ -145,6 +148,7 @@ class BuildConfig:
     group: str | None = None
     max_pixels: int | None = None
     dicom_window: str = "auto"
+    jpeg_draft: bool = True
     columns: str | None = None
     label_sep: str | None = None
     no_finding: str | None = None
@@ -154,6 +158,8 @@ class BuildConfig:
     split_list_files: tuple[tuple[str, str], ...] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.jpeg_draft, bool):
+            raise UsageError(f"--jpeg_draft must be true or false, got {self.jpeg_draft!r}")
         if not isinstance(self.size, int) or isinstance(self.size, bool) or not 8 <= self.size <= 16384:
             raise UsageError(f"--size must be an integer from 8 to 16384, got {self.size!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -223,7 +229,7 @@ class BuildConfig:
     @property
     def image_options(self) -> ImageOptions:
         """The conversion options of each image, as the workers take them."""
-        return ImageOptions(self.size, self.fit, self.pixel_limit, self.dicom_window)
+        return ImageOptions(self.size, self.fit, self.pixel_limit, self.dicom_window, self.jpeg_draft)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -256,6 +262,7 @@ def fingerprint_of(cfg: BuildConfig, layout: str, classes: list[str],
         "group": cfg.group,
         "index": os.path.basename(cfg.index) if cfg.index else None,
         "max_pixels": cfg.pixel_limit,
+        "jpeg_draft": cfg.jpeg_draft,
         "layout": layout,
         "encoder": encoder_info(),
         "codecs": codec_versions().to_json(),

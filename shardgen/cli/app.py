@@ -139,7 +139,7 @@ class CLI:
     @_guard("build")
     def build(self, src, out, size=256, splits=None, seed=0, shard_size=1000, workers=None,
               classes=None, fit="pad", format="png", strict=False, index=None, group=None,
-              max_pixels=None, overwrite=False, progress=True, dicom_window="auto", columns=None,
+              max_pixels=None, overwrite=False, progress=True, dicom_window="auto", jpeg_draft=True, columns=None,
               label_sep=None, no_finding=None, split_lists=None, rehash=False, scheduler=None, endpoint_url=None,
               storage_options=None):
         """Build shards from a folder of labelled images.
@@ -164,6 +164,8 @@ class CLI:
             progress: show a progress bar on stderr (default true).
             dicom_window: ``auto`` (default: a DICOM image's first VOI LUT or window, else its
                 full range) or ``none`` (always the full range).
+            jpeg_draft: decode large JPEGs at libjpeg's DCT scale before the resize (default true);
+                false: the exact full decode.
             columns: the index's columns per role, e.g. ``path=Image Index,label=Finding Labels,group=Patient ID``
                 (default: columns named path, label, group, split).
             label_sep: separator of several labels in one label cell (``|``): a multi-label build.
@@ -196,6 +198,7 @@ class CLI:
             group=None if group is None else as_str(group, "group"),
             max_pixels=None if max_pixels is None else as_int(max_pixels, "max_pixels"),
             dicom_window=as_str(dicom_window, "dicom_window"),
+            jpeg_draft=as_bool(jpeg_draft, "jpeg_draft"),
             columns=None if columns is None else as_str(columns, "columns"),
             label_sep=None if label_sep is None else as_str(label_sep, "label_sep"),
             no_finding=None if no_finding is None else as_str(no_finding, "no_finding"),

@@ -9,6 +9,7 @@ and records it (:func:`encoder_info`, in the manifest and the config fingerprint
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class ImageOptions:
         fit: ``pad`` (default), ``crop`` or ``stretch``: see :func:`fit_square`.
         max_pixels: larger images are skipped as decompression bombs (default Pillow's 89,478,485).
         dicom_window: ``auto`` (default) or ``none``: the VOI step of DICOM images (``--dicom_window``).
+        jpeg_draft: decode a JPEG at least twice the size the fit needs at libjpeg's DCT scale
+            (1/2, 1/4 or 1/8) closest above that size, then resize (default True; ``--jpeg_draft``);
+            False: always the full decode.
 
     Raises:
         ValueError: a value out of range, with the reason.
@@ -68,6 +72,7 @@ class ImageOptions:
     fit: str = "pad"
     max_pixels: int = DEFAULT_MAX_PIXELS
     dicom_window: str = "auto"
+    jpeg_draft: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
@@ -220,13 +225,30 @@ def fit_square(a: np.ndarray, size: int, fit: str) -> np.ndarray:
     return np.asarray(im.resize((size, size), resample))
 
 
-def _open(fp, max_pixels: int) -> Image.Image:
+def draft_size(width: int, height: int, size: int, fit: str) -> tuple[int, int] | None:
+    """The smallest decoded size from which :func:`fit_square` still shrinks a ``width`` x
+    ``height`` image to ``size`` (None: the image is not twice that, so no DCT scale applies)."""
+    if fit == "stretch":
+        need = (size, size)
+    else:
+        scale = size / (max(width, height) if fit == "pad" else min(width, height))
+        need = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    return need if width >= 2 * need[0] and height >= 2 * need[1] else None
+
+
+def _open(fp, max_pixels: int, draft: tuple[int, str] | None = None) -> Image.Image:
+    """Open and decode; ``draft``: ``(size, fit)`` lets a large JPEG decode at a DCT scale
+    (:func:`draft_size`). The image's ``info["source_size"]`` is its size before any scaling."""
     try:
         im = Image.open(fp)
         w, h = im.size
         if max_pixels and w * h > max_pixels:
             raise ImageSkip(f"decompression bomb: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+        need = draft_size(w, h, *draft) if draft is not None and im.format == "JPEG" else None
+        if need is not None:
+            im.draft(None, need)
         im.load()
+        im.info["source_size"] = (w, h)
     except ImageSkip:
         raise
     except UnidentifiedImageError:
@@ -282,15 +304,16 @@ def process_bytes(data: bytes, options: ImageOptions, *, name: str = "") -> Proc
     size, fit, max_pixels, dicom_window = options.size, options.fit, options.max_pixels, options.dicom_window
     if is_dicom(name, data):
         return _process_dicom(data, size, fit, max_pixels, dicom_window)
-    im = _open(io.BytesIO(data), max_pixels)
-    width, height, mode = im.width, im.height, im.mode
+    im = _open(io.BytesIO(data), max_pixels, (size, fit) if options.jpeg_draft else None)
+    (width, height), mode = im.info["source_size"], im.mode
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:  # broken EXIF is not a reason to drop the pixels
         orientation = 1
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)
-        width, height = im.width, im.height  # as displayed: after the EXIF orientation
+        if orientation in (5, 6, 7, 8):  # as displayed: after the EXIF orientation
+            width, height = height, width
     try:
         gray, true_color = to_gray(im)
     except (OSError, ValueError) as e:

@@ -27,6 +27,7 @@ import os
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from typing import Any, Iterator, Sequence
 
 import xxhash
@@ -121,7 +122,7 @@ def members(path: str) -> tuple[list[str], list[Skip]]:
                 for info in tf:
                     if not info.isdir():
                         take(info.name, info.isreg(), info.size)
-    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as e:
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, ValueError) as e:
         raise UsageError(f"SRC archive {path}: cannot be read ({_why(e)})") from None
     return names, skipped
 
@@ -223,6 +224,73 @@ class _TreeNames:
         return found[0] if found else rel
 
 
+def is_compressed_tar(path: str) -> bool:
+    """A ``.tar.gz`` / ``.tgz`` (read as a stream: a gzip stream has no random access)."""
+    return path.lower().endswith((".tar.gz", ".tgz"))
+
+
+class TarStream:
+    """A compressed tar read forward, once: the members a chunk asks for are gathered as the
+    stream passes them, and the stream goes on from there for the next chunk. A member behind
+    the stream's position restarts it (one more pass): members in name order (``tar
+    --sort=name``, Python's ``tarfile`` over a sorted listing) cost one pass per worker.
+
+    Args:
+        archive: the ``.tar.gz`` path.
+    """
+
+    def __init__(self, archive: str) -> None:
+        self.archive = archive
+        self._tf: tarfile.TarFile | None = None
+        self._it: Iterator[tarfile.TarInfo] | None = None
+
+    def _restart(self) -> None:
+        self.close()
+        self._tf = tarfile.open(self.archive, "r|*")
+        self._it = iter(self._tf)
+
+    def collect(self, wanted: set[str]) -> dict[str, bytes]:
+        """``{member: bytes}`` for each member of ``wanted`` found (normalised names)."""
+        got: dict[str, bytes] = {}
+        for attempt in range(2):
+            if self._it is None or attempt:
+                self._restart()
+            for info in self._it:
+                self._tf.members.clear()  # a stream keeps every header it passed otherwise
+                name = posixpath.normpath(info.name)
+                if name in wanted and name not in got and info.isreg():
+                    got[name] = self._tf.extractfile(info).read()
+                    if len(got) == len(wanted):
+                        return got
+            self._it = None  # at the end: the rest (if any) lies behind
+        return got
+
+    def close(self) -> None:
+        if self._tf is not None:
+            self._tf.close()
+        self._tf = self._it = None
+
+
+#: This process's compressed-tar streams: ``(pid, path) -> TarStream``.
+_STREAMS: dict[tuple[int, str], TarStream] = {}
+
+
+def _stream(archive: str) -> TarStream:
+    key = (os.getpid(), archive)
+    s = _STREAMS.get(key)
+    if s is None:
+        while len(_STREAMS) >= MAX_OPEN:
+            _STREAMS.pop(next(iter(_STREAMS))).close()
+        s = _STREAMS[key] = TarStream(archive)
+    return s
+
+
+#: Archives a process keeps open at most (the oldest is closed first).
+MAX_OPEN = 16
+#: This process's open archives: ``(pid, path, dev, inode, size, mtime) -> (handle, members)``.
+_OPEN: dict[tuple, tuple[Any, dict[str, Any]]] = {}
+
+
 class ArchiveFiles:
     """The bytes of SRC's files where SRC is read through archives (picklable; each process
     opens each archive once). A path ``<archive>/<member>`` is a member; any other path a file.
@@ -233,10 +301,6 @@ class ArchiveFiles:
 
     def __init__(self, archives: Sequence[str]) -> None:
         self.archives = tuple(sorted(archives, key=len, reverse=True))
-        self._open: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict:
-        return {"archives": self.archives, "_open": {}}  # handles stay in the process that opened them
 
     def split(self, path: str) -> tuple[str | None, str]:
         """``(archive, member)`` of ``path``; ``(None, path)`` for a plain file."""
@@ -246,8 +310,13 @@ class ArchiveFiles:
         return None, path
 
     def _handle(self, archive: str) -> tuple[Any, dict[str, Any]]:
-        """``(open archive, {normalised member name: its info})``, opened on first use."""
-        h = self._open.get(archive)
+        """``(open archive, {normalised member name: its info})``: opened once per process (the
+        reader travels to the workers with every job; the handles stay in the process), and again
+        when the archive's stat changed."""
+        st = os.stat(archive)
+        # the pid: a forked worker must not share its parent's file offset
+        ident = (os.getpid(), archive, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        h = _OPEN.get(ident)
         if h is None:
             if archive.lower().endswith(".zip"):
                 zf = zipfile.ZipFile(archive)
@@ -261,7 +330,9 @@ class ArchiveFiles:
                 for i in tf:
                     infos.setdefault(posixpath.normpath(i.name), i)
                 h = (tf, infos)
-            self._open[archive] = h
+            while len(_OPEN) >= MAX_OPEN:
+                _OPEN.pop(next(iter(_OPEN)))[0].close()
+            _OPEN[ident] = h
         return h
 
     def read(self, path: str) -> bytes:
@@ -274,6 +345,11 @@ class ArchiveFiles:
         if archive is None:
             with open(path, "rb") as f:
                 return f.read()
+        if is_compressed_tar(archive):
+            got = self._streamed([path])[path]
+            if isinstance(got, BaseException):
+                raise got
+            return got
         try:
             h, infos = self._handle(archive)
             info = infos[member]
@@ -285,8 +361,7 @@ class ArchiveFiles:
             return f.read()
         except KeyError:
             raise FileNotFoundError(2, os.strerror(2), path) from None
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as e:
-            self._open.pop(archive, None)
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, ValueError) as e:
             raise OSError(f"{_why(e)} (in {archive})") from None
 
     def head(self, path: str, n: int) -> bytes:
@@ -297,13 +372,40 @@ class ArchiveFiles:
             return b""
 
     def read_each(self, paths: Sequence[str]) -> Iterator[Read]:
+        """Each path's bytes, in order; the members of a compressed tar are gathered in one
+        forward pass of its stream (:class:`TarStream`), the others read at their offsets."""
+        streamed = self._streamed(paths)
         for path in paths:
-            archive, _ = self.split(path)
+            archive, member = self.split(path)
             stamp = stamp_of(archive or path)  # before the read: a later write changes the stamp
             try:
-                yield path, stamp, self.read(path)
+                got = streamed.get(path)
+                if isinstance(got, BaseException):
+                    raise got
+                yield path, stamp, got if got is not None else self.read(path)
             except OSError as e:
                 yield path, stamp, e
+
+    def _streamed(self, paths: Sequence[str]) -> dict[str, bytes | OSError]:
+        """The bytes of the members of compressed tars among ``paths`` (a missing one: its error)."""
+        wanted: dict[str, dict[str, str]] = {}
+        for path in paths:
+            archive, member = self.split(path)
+            if archive is not None and is_compressed_tar(archive):
+                wanted.setdefault(archive, {})[member] = path
+        out: dict[str, bytes | OSError] = {}
+        for archive, members_ in wanted.items():
+            try:
+                got = _stream(archive).collect(set(members_))
+            except (OSError, tarfile.TarError, zlib.error, EOFError, ValueError) as e:
+                _STREAMS.pop((os.getpid(), archive), None)
+                got, err = {}, OSError(f"{_why(e)} (in {archive})")
+            else:
+                err = None
+            for member, path in members_.items():
+                out[path] = got[member] if member in got else (
+                    err or FileNotFoundError(2, os.strerror(2), path))
+        return out
 
     def trusted(self, stamp: list[int] | None, path: str) -> bool:
         archive, _ = self.split(path)
