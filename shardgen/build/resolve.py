@@ -14,7 +14,7 @@ from ..sources.columns import ItemTable
 from .config import DEFAULT_SPLITS, BuildConfig, parse_splits
 from ..errors import UsageError
 from ..sources.index import IndexOptions
-from ..sources.archives import archive_source, scan_archives
+from ..sources.archives import archive_source, scan_archives, top_archives
 from ..sources.folder import compile_group, scan
 
 __all__ = ["resolve"]
@@ -43,6 +43,10 @@ def resolve(cfg: BuildConfig, urls=None):
         sr = scan_archives(cfg.src, cfg.index, compile_group(cfg.group), IndexOptions.of(cfg) if cfg.index else None)
     else:
         sr = scan(cfg.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
+        beside = top_archives(cfg.src)[0]
+        if beside:
+            sr.notes.append(f"SRC also holds {', '.join(beside[:3])}{' ...' if len(beside) > 3 else ''}: not opened, "
+                            "since SRC holds folders (build an archive alone to read it)")
     if not sr.items:
         raise UsageError(f"SRC {cfg.src}: no images found ({sr.layout} layout)")
     _check_class_names(sr)

@@ -40,7 +40,7 @@ from .index import scan_index
 from .items import Skip
 from .stamps import stamp_of, unchanged
 
-__all__ = ["ARCHIVE_SUFFIXES", "MAX_MEMBER_BYTES", "is_archive", "archive_source", "archive_tree", "scan_archives",
+__all__ = ["ARCHIVE_SUFFIXES", "MAX_MEMBER_BYTES", "is_archive", "top_archives", "archive_source", "archive_tree", "scan_archives",
            "ArchiveFiles"]
 
 #: File names read as archives (lower-cased).
@@ -54,7 +54,7 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _top_archives(src: str) -> tuple[list[str], bool]:
+def top_archives(src: str) -> tuple[list[str], bool]:
     """``(archive names at the top of folder src, whether it also holds a visible folder)``."""
     try:
         entries = list(os.scandir(src))
@@ -70,7 +70,7 @@ def archive_source(src: str) -> bool:
     and no folder."""
     if os.path.isfile(src):
         return is_archive(src)
-    archives, has_dirs = _top_archives(src)
+    archives, has_dirs = top_archives(src)
     return bool(archives) and not has_dirs
 
 
@@ -154,7 +154,7 @@ def archive_tree(src: str, skipped: list[Skip]) -> ArchiveTree:
         for n in names:
             listing.add(n, False)
     else:
-        tops, _ = _top_archives(src)
+        tops, _ = top_archives(src)
         archives = [os.path.join(src, a) for a in tops]
         for e in sorted(os.scandir(src), key=lambda e: e.name):
             if e.name not in tops and e.is_file():
