@@ -9,7 +9,7 @@ dominates.
 
 Usage:
     python tools/bench_memory.py [--images 200000] [--root bench-out/memory] [--workers 2] [--scheduler local:2]
-        [--index single|multi [--split_lists]] [--shard_size 10000]
+        [--index single|multi [--split_lists]] [--shard_size 10000] [--zip]
 """
 
 from __future__ import annotations
@@ -148,6 +148,22 @@ def peak_rss(src: str, out: str, workers: int, scheduler: str | None = None,
     return mon.peak, time.perf_counter() - t0, mon.cpu
 
 
+def make_zip(src: str) -> str:
+    """``src`` packed into ``src.zip`` (members stored, as image archives usually are); reused."""
+    import zipfile
+
+    dest = src + ".zip"
+    if not os.path.exists(dest):
+        with zipfile.ZipFile(dest + ".part", "w", zipfile.ZIP_STORED) as zf:
+            for d, _, files in sorted(os.walk(src)):
+                for f in sorted(files):
+                    if not f.startswith("."):
+                        p = os.path.join(d, f)
+                        zf.write(p, os.path.relpath(p, src))
+        os.replace(dest + ".part", dest)
+    return dest
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200_000)
@@ -162,6 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard_size", type=int, default=10_000,
                     help="samples per shard (default 10,000, as the figures in benchmarks.md; the build's own default is "
                          "1,000). A Dask build holds a window of shard jobs in flight, so its constant grows with this")
+    ap.add_argument("--zip", action="store_true", help="SRC packed into one stored .zip, read in place")
     ap.add_argument("--s3", action="store_true",
                     help="SRC uploaded to a SeaweedFS server on loopback (tests/s3server.py), OUT local")
     args = ap.parse_args(argv)
@@ -182,6 +199,8 @@ def main(argv=None) -> int:
             flags = make_index(src, n, args.index == "multi") if args.index else None
             if args.split_lists:
                 flags += make_split_lists(src, n)
+            if args.zip:
+                src = make_zip(src)
             if server is not None:
                 print(f"uploading {n:,} images to SeaweedFS ...", file=sys.stderr)
                 src = upload(server, src)
@@ -193,7 +212,7 @@ def main(argv=None) -> int:
             shutil.rmtree(os.path.join(args.root, "weed"), ignore_errors=True)
     (b_rss, _, _), (rss, secs, cpu) = res[args.base], res[args.images]
     per = (rss - b_rss) / (args.images - args.base)
-    out = {"images": args.images, "scheduler": args.scheduler, "index": args.index, "s3": args.s3,
+    out = {"images": args.images, "scheduler": args.scheduler, "index": args.index, "s3": args.s3, "zip": args.zip,
            "split_lists": args.split_lists, "shard_size": args.shard_size,
            "base_images": args.base, "peak_rss_bytes": rss, "base_peak_rss_bytes": b_rss,
            "bytes_per_image": round(per), "build_seconds": round(secs, 1),
