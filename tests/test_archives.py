@@ -308,3 +308,20 @@ def test_large_jpegs_decode_at_a_dct_scale_unless_jpeg_draft_false(tmp_path):
         assert (meta["width"], meta["height"]) == want == (fmeta["width"], fmeta["height"])  # the source's size
         diffs.append(np.abs(px - fpx).mean())
     assert 0 < max(diffs) and float(np.mean(diffs)) <= 1.0, diffs  # scaled, and within a grey level
+
+
+# ---- an archive on object storage ------------------------------------------------------------------
+
+from test_s3 import BUCKET, s3server  # noqa: E402,F401  (the session's SeaweedFS server)
+
+
+@pytest.mark.s3
+def test_a_zip_on_s3_builds_as_its_unpacked_folder(unpacked, s3server, tmp_path):  # noqa: F811
+    src, m_dir, out_dir = unpacked
+    archive = _zip_tree(src, tmp_path / "archive.zip")
+    s3server.client().put(str(archive), f"{BUCKET}/download/archive.zip")
+    out = tmp_path / "out"
+    p = run_cli("build", f"s3://{BUCKET}/download/archive.zip", out, *FAST, env=s3server.env())
+    assert p.returncode == 0, p.stderr
+    _same(out, out_dir)
+    assert _shards(json.loads((out / "manifest.json").read_text())) == _shards(m_dir)

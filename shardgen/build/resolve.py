@@ -14,7 +14,7 @@ from ..sources.columns import ItemTable
 from .config import DEFAULT_SPLITS, BuildConfig, parse_splits
 from ..errors import UsageError
 from ..sources.index import IndexOptions
-from ..sources.archives import archive_source, scan_archives, top_archives
+from ..sources.archives import archive_source, is_archive, scan_archives, top_archives
 from ..sources.folder import compile_group, scan
 
 __all__ = ["resolve"]
@@ -38,7 +38,11 @@ def resolve(cfg: BuildConfig, urls=None):
         from ..sources.url import scan_url
 
         with storage_errors(cfg.src, "listing SRC", urls.src.options):
-            sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
+            if is_archive(cfg.src):
+                sr = scan_archives(urls.src.url, cfg.index, compile_group(cfg.group),
+                                   IndexOptions.of(cfg) if cfg.index else None, loc=urls.src)
+            else:
+                sr = scan_url(urls.src, cfg.index, cfg.group, IndexOptions.of(cfg) if cfg.index else None)
     elif archive_source(cfg.src):
         sr = scan_archives(cfg.src, cfg.index, compile_group(cfg.group), IndexOptions.of(cfg) if cfg.index else None)
     else:

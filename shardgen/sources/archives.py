@@ -28,12 +28,13 @@ import posixpath
 import tarfile
 import zipfile
 import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import xxhash
 
 from ..errors import UsageError
 from ..imaging.dicom import has_dicom_magic
+from ..storage.location import Location
 from .files import Read
 from .folder import Listing, Tree, is_image, scan_layout
 from .index import scan_index
@@ -74,6 +75,18 @@ def archive_source(src: str) -> bool:
     return bool(archives) and not has_dirs
 
 
+def open_archive(path: str, loc: Location | None = None) -> BinaryIO:
+    """The archive's bytes as a seekable file: a local file, or (``loc``: SRC is a URL) an fsspec
+    file whose reads are ranged GETs (the zip's central directory, then each member)."""
+    if loc is None:
+        return open(path, "rb")
+    return loc.fs().open(path, "rb", block_size=_URL_BLOCK)
+
+
+#: Read-ahead of an archive given as a URL (bytes per ranged GET).
+_URL_BLOCK = 4 << 20
+
+
 def _unsafe(name: str) -> str | None:
     """Why a member name cannot be a path under SRC (None: it can)."""
     if not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 for c in name):
@@ -83,7 +96,7 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
-def members(path: str) -> tuple[list[str], list[Skip]]:
+def members(path: str, loc: Location | None = None) -> tuple[list[str], list[Skip]]:
     """The regular-file members of archive ``path`` (normalised names, in archive order) and the
     skipped ones.
 
@@ -112,13 +125,13 @@ def members(path: str) -> tuple[list[str], list[Skip]]:
 
     try:
         if path.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
+            with open_archive(path, loc) as raw, zipfile.ZipFile(raw) as zf:
                 for info in zf.infolist():
                     if not info.is_dir():
                         mode = (info.external_attr >> 16) & 0o170000
                         take(info.filename, mode in (0, 0o100000), info.file_size)
         else:
-            with tarfile.open(path, "r:*") as tf:
+            with open_archive(path, loc) as raw, tarfile.open(fileobj=raw, mode="r:*") as tf:
                 for info in tf:
                     if not info.isdir():
                         take(info.name, info.isreg(), info.size)
@@ -143,13 +156,13 @@ class ArchiveTree(Tree):
         return is_image(rel) or self._sniffed[rel]
 
 
-def archive_tree(src: str, skipped: list[Skip]) -> ArchiveTree:
-    """The tree of SRC read through its archives (:func:`archive_source` is true); the archives
-    read are ``tree.reader.archives``."""
+def archive_tree(src: str, skipped: list[Skip], loc: Location | None = None) -> ArchiveTree:
+    """The tree of SRC read through its archives (:func:`archive_source` is true, or ``loc``: SRC
+    is the URL of one archive); the archives read are ``tree.reader.archives``."""
     listing = Listing()
-    if os.path.isfile(src):
+    if loc is not None or os.path.isfile(src):
         archives = [src]
-        names, skips = members(src)
+        names, skips = members(src, loc)
         skipped += skips
         for n in names:
             listing.add(n, False)
@@ -168,11 +181,11 @@ def archive_tree(src: str, skipped: list[Skip]) -> ArchiveTree:
     tree = ArchiveTree.__new__(ArchiveTree)
     tree.root, tree.notes, tree._sniffed = src, [], {}
     tree.folders = listing.folders()
-    tree.reader = ArchiveFiles(tuple(archives))
+    tree.reader = ArchiveFiles(tuple(archives), loc)
     return tree
 
 
-def scan_archives(src: str, index: str | None, regex, options=None):
+def scan_archives(src: str, index: str | None, regex, options=None, loc: Location | None = None):
     """:func:`shardgen.sources.folder.scan` for a SRC read through its archives (same layouts, same
     rules); the result's ``reader`` is the :class:`ArchiveFiles` the conversion reads with.
 
@@ -180,7 +193,7 @@ def scan_archives(src: str, index: str | None, regex, options=None):
         UsageError: an archive cannot be read, no class folders, or any error of the index.
     """
     skipped: list[Skip] = []
-    tree = archive_tree(src, skipped)
+    tree = archive_tree(src, skipped, loc)
     if index is not None:
         res = scan_index(src, index, regex, options, names=_TreeNames(tree), data=_index_in_archive(src, index, tree))
     else:
@@ -193,7 +206,7 @@ def scan_archives(src: str, index: str | None, regex, options=None):
 def _index_in_archive(src: str, index: str, tree: ArchiveTree) -> bytes | None:
     """The bytes of ``--index`` when it names a member of SRC's archive (``--index
     CheXpert-v1.0-small/train.csv`` with SRC ``CheXpert-v1.0-small.zip``); None: a local file."""
-    if os.path.exists(index) or not os.path.isfile(src):
+    if os.path.exists(index) or not (tree.reader.loc is not None or os.path.isfile(src)):
         return None
     rel = posixpath.normpath(index.replace(os.sep, "/"))
     try:
@@ -239,14 +252,15 @@ class TarStream:
         archive: the ``.tar.gz`` path.
     """
 
-    def __init__(self, archive: str) -> None:
-        self.archive = archive
+    def __init__(self, archive: str, loc: Location | None = None) -> None:
+        self.archive, self.loc = archive, loc
         self._tf: tarfile.TarFile | None = None
         self._it: Iterator[tarfile.TarInfo] | None = None
 
     def _restart(self) -> None:
         self.close()
-        self._tf = tarfile.open(self.archive, "r|*")
+        self._raw = open_archive(self.archive, self.loc)
+        self._tf = tarfile.open(fileobj=self._raw, mode="r|*")
         self._it = iter(self._tf)
 
     def collect(self, wanted: set[str]) -> dict[str, bytes]:
@@ -268,6 +282,7 @@ class TarStream:
     def close(self) -> None:
         if self._tf is not None:
             self._tf.close()
+            self._raw.close()
         self._tf = self._it = None
 
 
@@ -275,13 +290,13 @@ class TarStream:
 _STREAMS: dict[tuple[int, str], TarStream] = {}
 
 
-def _stream(archive: str) -> TarStream:
+def _stream(archive: str, loc: Location | None) -> TarStream:
     key = (os.getpid(), archive)
     s = _STREAMS.get(key)
     if s is None:
         while len(_STREAMS) >= MAX_OPEN:
             _STREAMS.pop(next(iter(_STREAMS))).close()
-        s = _STREAMS[key] = TarStream(archive)
+        s = _STREAMS[key] = TarStream(archive, loc)
     return s
 
 
@@ -296,11 +311,14 @@ class ArchiveFiles:
     opens each archive once). A path ``<archive>/<member>`` is a member; any other path a file.
 
     Args:
-        archives: the archives' paths.
+        archives: the archives' paths (or URLs).
+        loc: SRC's :class:`~shardgen.storage.location.Location` when SRC is the URL of an archive
+            (``s3://bucket/archive.zip``: ranged reads); None: local archives.
     """
 
-    def __init__(self, archives: Sequence[str]) -> None:
+    def __init__(self, archives: Sequence[str], loc: Location | None = None) -> None:
         self.archives = tuple(sorted(archives, key=len, reverse=True))
+        self.loc = loc
 
     def split(self, path: str) -> tuple[str | None, str]:
         """``(archive, member)`` of ``path``; ``(None, path)`` for a plain file."""
@@ -313,19 +331,23 @@ class ArchiveFiles:
         """``(open archive, {normalised member name: its info})``: opened once per process (the
         reader travels to the workers with every job; the handles stay in the process), and again
         when the archive's stat changed."""
-        st = os.stat(archive)
         # the pid: a forked worker must not share its parent's file offset
-        ident = (os.getpid(), archive, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self.loc is None:
+            st = os.stat(archive)
+            ident: tuple = (os.getpid(), archive, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        else:
+            ident = (os.getpid(), archive)
         h = _OPEN.get(ident)
         if h is None:
             if archive.lower().endswith(".zip"):
-                zf = zipfile.ZipFile(archive)
+                zf = zipfile.ZipFile(archive if self.loc is None else open_archive(archive, self.loc))
                 infos = {}
                 for i in zf.infolist():
                     infos.setdefault(posixpath.normpath(i.filename), i)
                 h = (zf, infos)
             else:
-                tf = tarfile.open(archive, "r:*")
+                tf = (tarfile.open(archive, "r:*") if self.loc is None
+                      else tarfile.open(fileobj=open_archive(archive, self.loc), mode="r:*"))
                 infos = {}
                 for i in tf:
                     infos.setdefault(posixpath.normpath(i.name), i)
@@ -396,7 +418,7 @@ class ArchiveFiles:
         out: dict[str, bytes | OSError] = {}
         for archive, members_ in wanted.items():
             try:
-                got = _stream(archive).collect(set(members_))
+                got = _stream(archive, self.loc).collect(set(members_))
             except (OSError, tarfile.TarError, zlib.error, EOFError, ValueError) as e:
                 _STREAMS.pop((os.getpid(), archive), None)
                 got, err = {}, OSError(f"{_why(e)} (in {archive})")
