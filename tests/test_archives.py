@@ -87,7 +87,7 @@ def test_members_of_an_unchanged_archive_are_trusted_on_resume_without_reading(u
     from shardgen.build.config import BuildConfig
     from shardgen.build.convert import ChunkTask
     from shardgen.build.store import LocalOut
-    from shardgen.sources.archives import ArchiveFiles
+    from shardgen.sources.archive_files import ArchiveFiles
 
     src, _, _ = unpacked
     archive = _zip_tree(src, tmp_path / "archive.zip")

@@ -48,7 +48,7 @@ from ..errors import UsageError
 
 __all__ = ["ArgvError", "Command", "check_argv", "commands"]
 
-#: values a true/false flag takes as its next word (as_bool in app.py accepts the same)
+#: values a true/false flag takes as its next word (as_bool in cli/values accepts the same)
 BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 HELP = ("-h", "--help")
 
