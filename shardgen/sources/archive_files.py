@@ -164,8 +164,8 @@ class ArchiveFiles:
             _OPEN[ident] = h
         return h
 
-    def read(self, path: str) -> bytes:
-        """The bytes of ``path``.
+    def read(self, path: str, limit: int = -1) -> bytes:
+        """The bytes of ``path`` (``limit``: at most that many, from the start; -1: all).
 
         Raises:
             OSError: it cannot be read (a missing member reads as a missing file).
@@ -173,30 +173,33 @@ class ArchiveFiles:
         archive, member = self.split(path)
         if archive is None:
             with open(path, "rb") as f:
-                return f.read()
-        if is_compressed_tar(archive):
+                return f.read(limit)
+        if is_compressed_tar(archive):  # a stream: the member is read whole as it passes
             got = self._streamed([path])[path]
             if isinstance(got, BaseException):
                 raise got
-            return got
+            return got if limit < 0 else got[:limit]
         try:
             h, infos = self._handle(archive)
             info = infos[member]
             if isinstance(h, zipfile.ZipFile):
-                return h.read(info)
+                if limit < 0:
+                    return h.read(info)  # whole: its CRC is checked
+                with h.open(info) as zf:
+                    return zf.read(limit)
             f = h.extractfile(info)
             if f is None:
                 raise OSError(f"{member}: not a regular file")
-            return f.read()
+            return f.read(limit)
         except KeyError:
             raise FileNotFoundError(2, os.strerror(2), path) from None
         except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, ValueError) as e:
             raise OSError(f"{error_text(e)} (in {archive})") from None
 
     def head(self, path: str, n: int) -> bytes:
-        """The first ``n`` bytes of ``path`` (empty when it cannot be read)."""
+        """The first ``n`` bytes of ``path`` (empty when it cannot be read): a sniff reads no more."""
         try:
-            return self.read(path)[:n]
+            return self.read(path, n)
         except OSError:
             return b""
 
